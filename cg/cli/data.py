@@ -1,0 +1,137 @@
+"""``cgwb data``: OpenMM reference MD, GFN2-xTB labels, dataset info and conversion."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import add_group, add_quiet
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
+    g = add_group(sub, name, help_)
+
+    p = g.add_parser("md", help="Langevin MD of a PDB with OpenMM amber14; saves R, F, E (.npz)",
+                     description="Langevin MD of a PDB system with OpenMM (amber14, vacuum or OBC2); writes an "
+                                 "sGDML-format dataset with positions (Å), forces (kcal/mol/Å), energies (kcal/mol).")
+    p.add_argument("pdb", nargs="?", default=None, help="PDB file (default: the shipped alanine dipeptide)")
+    p.add_argument("-o", "--out", default="aa_md.npz", help="output .npz (default: %(default)s)")
+    p.add_argument("-n", "--frames", type=int, default=1000, help="frames to save (default: %(default)s)")
+    p.add_argument("--save-every", type=int, default=100, help="MD steps between frames (default: %(default)s)")
+    p.add_argument("--dt", type=float, default=1.0, help="time step in fs (default: %(default)s)")
+    p.add_argument("-T", "--temperature", type=float, default=300.0, help="K (default: %(default)s)")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps (default: %(default)s)")
+    p.add_argument("--solvent", choices=["vacuum", "obc2"], default="vacuum")
+    p.add_argument("--equilibrate", type=int, default=10000, help="steps before the first frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--platform", default=None, help="OpenMM platform (default: CUDA if present, else CPU)")
+    add_quiet(p)
+    p.set_defaults(func=_md)
+
+    p = g.add_parser("label", help="label geometries with GFN2-xTB energies and forces (tblite)",
+                     description="Label every geometry of a dataset (or any trajectory MDAnalysis reads) with "
+                                 "GFN2-xTB energies and forces.")
+    p.add_argument("input", help=".npz dataset, or a topology file (with --traj)")
+    p.add_argument("--traj", default=None, help="trajectory file when INPUT is a topology")
+    p.add_argument("-o", "--out", required=True, help="output .npz")
+    p.add_argument("--method", default="GFN2-xTB", choices=["GFN2-xTB", "GFN1-xTB"])
+    p.add_argument("--charge", type=float, default=0.0)
+    p.add_argument("--uhf", type=int, default=0, help="unpaired electrons")
+    p.add_argument("--every", type=int, default=1, help="take every k-th frame")
+    p.add_argument("--max-frames", type=int, default=None)
+    add_quiet(p)
+    p.set_defaults(func=_label)
+
+    p = g.add_parser("info", help="print a summary of a dataset", description="Summarise an sGDML-format dataset.")
+    p.add_argument("dataset")
+    p.set_defaults(func=_info)
+
+    p = g.add_parser("convert", help="trajectory (any MDAnalysis format) <-> sGDML .npz",
+                     description="Convert a topology+trajectory MDAnalysis reads into an sGDML-format .npz "
+                                 "(forces included when present), or an .npz into PDB + DCD/XTC/TRR.")
+    p.add_argument("input", help="topology file, or an .npz dataset")
+    p.add_argument("traj", nargs="?", default=None, help="trajectory file (for topology input)")
+    p.add_argument("-o", "--out", required=True, help=".npz, or a trajectory file (.dcd/.xtc/.trr) for .npz input")
+    p.add_argument("--select", default="all", help="MDAnalysis selection (default: all)")
+    p.add_argument("--topology", default=None, help="topology (PDB) for .npz -> trajectory")
+    p.set_defaults(func=_convert)
+
+
+def default_pdb() -> Path:
+    """The shipped alanine dipeptide structure."""
+    from forcefield.data import alanine_dipeptide_pdb
+
+    return alanine_dipeptide_pdb()
+
+
+def _md(a: argparse.Namespace) -> int:
+    from forcefield.reference import run_openmm_md
+
+    pdb = a.pdb or default_pdb()
+    t0 = time.perf_counter()
+    ds = run_openmm_md(pdb, n_frames=a.frames, save_every=a.save_every, timestep_fs=a.dt, temperature=a.temperature,
+                       friction_per_ps=a.friction, solvent=a.solvent, equilibration_steps=a.equilibrate, seed=a.seed,
+                       platform=a.platform, progress=not a.quiet)
+    dt = time.perf_counter() - t0
+    ds.save(a.out)
+    print(ds.summary())
+    ns = a.frames * a.save_every * a.dt / 1e6
+    print(f"wrote {a.out}: {len(ds)} frames, {ns:.3f} ns simulated in {dt:.1f} s ({ns / dt * 86400:.1f} ns/day)")
+    return 0
+
+
+def _load_any(path: str, traj: str | None):
+    from forcefield import Dataset, load_dataset, open_universe
+
+    if path.endswith(".npz") and traj is None:
+        return load_dataset(path)
+    u = open_universe(path, traj) if traj else open_universe(path)
+    return Dataset.from_universe(u)
+
+
+def _label(a: argparse.Namespace) -> int:
+    from forcefield.reference import label_dataset
+
+    ds = _load_any(a.input, a.traj)
+    ds = ds.subset(slice(None, None, a.every))
+    if a.max_frames:
+        ds = ds.subset(slice(0, a.max_frames))
+    t0 = time.perf_counter()
+    out = label_dataset(ds, method=a.method, charge=a.charge, uhf=a.uhf, progress=not a.quiet)
+    dt = time.perf_counter() - t0
+    out.save(a.out)
+    print(out.summary())
+    print(f"wrote {a.out}: {len(out)} frames labelled in {dt:.1f} s ({1000 * dt / len(out):.1f} ms/frame)")
+    return 0
+
+
+def _info(a: argparse.Namespace) -> int:
+    from forcefield import load_dataset
+
+    ds = load_dataset(a.dataset)
+    print(ds.summary())
+    if ds.F is not None:
+        print(f"  md5 {ds.md5()}")
+    return 0
+
+
+def _convert(a: argparse.Namespace) -> int:
+    from forcefield import load_dataset
+    from forcefield.universe import write_universe
+
+    if a.input.endswith(".npz"):
+        ds = load_dataset(a.input)
+        u = ds.to_universe(a.topology)
+        write_universe(u, a.out)
+        print(f"wrote {a.out} ({len(ds)} frames)")
+    else:
+        ds = _load_any(a.input, a.traj) if a.select == "all" else None
+        if ds is None:
+            from forcefield import Dataset, open_universe
+
+            u = open_universe(a.input, a.traj) if a.traj else open_universe(a.input)
+            ds = Dataset.from_universe(u, selection=a.select)
+        ds.save(a.out)
+        print(ds.summary())
+        print(f"wrote {a.out}")
+    return 0
