@@ -1,0 +1,186 @@
+"""CG mappings: which atoms form which bead, how positions and forces are mapped.
+
+A :class:`Mapping` is a linear map from N atoms to n beads. Bead positions are weighted centroids
+(centre of mass or centre of geometry) of non-overlapping atom groups; bead forces follow the
+consistency condition of Noid et al. (J. Chem. Phys. 128, 244114, 2008): a force map ``W`` with
+``W @ C.T = I`` where ``C`` is the position map. For non-overlapping groups the bead force is the sum
+of its atoms' forces.
+
+Units: Å, amu, kcal/mol/Å.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from forcefield.errors import InputError, where
+from forcefield.fileio import atomic_path
+
+WEIGHTINGS = ("com", "cog")
+
+
+@dataclass
+class Mapping:
+    """Beads as groups of atom indices with centroid weights.
+
+    Parameters
+    ----------
+    beads : one integer array of atom indices per bead (non-overlapping).
+    atom_masses : (N,) masses of the atoms in amu.
+    weighting : ``"com"`` (centre of mass) or ``"cog"`` (centre of geometry).
+    names : bead names (default ``B0``, ``B1``, ...).
+    atom_bonds : (n_bonds, 2) atomic bond graph; bead bonds are derived from it.
+    atom_names : optional atom names (for reports and universes).
+    source : free-text provenance ("preset backbone", "learned 6 beads", ...).
+    """
+
+    beads: list[np.ndarray]
+    atom_masses: np.ndarray
+    weighting: str = "com"
+    names: list[str] = field(default_factory=list)
+    atom_bonds: np.ndarray | None = None
+    atom_names: list[str] | None = None
+    source: str = "indices"
+
+    def __post_init__(self) -> None:
+        self.atom_masses = np.asarray(self.atom_masses, dtype=float)
+        self.beads = [np.asarray(b, dtype=int).reshape(-1) for b in self.beads]
+        if self.weighting not in WEIGHTINGS:
+            raise InputError(f"unknown weighting {self.weighting!r}; expected one of {WEIGHTINGS}")
+        if not self.names:
+            self.names = [f"B{i}" for i in range(len(self.beads))]
+        if len(self.names) != len(self.beads):
+            raise InputError(f"{len(self.names)} bead names for {len(self.beads)} beads")
+        if self.atom_bonds is not None:
+            self.atom_bonds = np.asarray(self.atom_bonds, dtype=int).reshape(-1, 2)
+        self.validate()
+
+    # ---------------------------------------------------------------- checks
+    def validate(self, require_all: bool = False) -> None:
+        """Each bead non-empty, indices in range, no atom in two beads (and every atom used if asked)."""
+        n = self.n_atoms
+        owner = np.full(n, -1)
+        for k, (b, name) in enumerate(zip(self.beads, self.names)):
+            if b.size == 0:
+                raise InputError(f"bead {k} ({name}) is empty")
+            bad = b[(b < 0) | (b >= n)]
+            if bad.size:
+                raise InputError(f"bead {k} ({name}) names atom {int(bad[0])}, but there are {n} atoms")
+            clash = b[owner[b] >= 0]
+            if clash.size:
+                j = int(owner[clash[0]])
+                raise InputError(f"bead {k} ({name}) overlaps bead {j} ({self.names[j]}) at atom {int(clash[0])}")
+            owner[b] = k
+        if require_all and (owner < 0).any():
+            raise InputError(f"atom {int(np.flatnonzero(owner < 0)[0])} is in no bead")
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atom_masses)
+
+    @property
+    def n_beads(self) -> int:
+        return len(self.beads)
+
+    @property
+    def masses(self) -> np.ndarray:
+        """Bead masses (amu): the sum of their atoms' masses."""
+        return np.array([self.atom_masses[b].sum() for b in self.beads])
+
+    def assignment(self) -> np.ndarray:
+        """(N,) bead index of every atom, -1 for atoms in no bead."""
+        out = np.full(self.n_atoms, -1)
+        for k, b in enumerate(self.beads):
+            out[b] = k
+        return out
+
+    # ---------------------------------------------------------------- maps
+    def matrix(self) -> np.ndarray:
+        """Position map C (n_beads, N): rows sum to one; bead positions are ``C @ R``."""
+        C = np.zeros((self.n_beads, self.n_atoms))
+        for k, b in enumerate(self.beads):
+            w = self.atom_masses[b] if self.weighting == "com" else np.ones(len(b))
+            C[k, b] = w / w.sum()
+        return C
+
+    def force_matrix(self) -> np.ndarray:
+        """Force map W (n_beads, N) with ``W @ C.T = I``: 1 for every atom of a bead (sum of its forces)."""
+        W = np.zeros((self.n_beads, self.n_atoms))
+        for k, b in enumerate(self.beads):
+            W[k, b] = 1.0
+        return W
+
+    def map_positions(self, R: np.ndarray) -> np.ndarray:
+        """Bead positions (..., n_beads, 3) of atom positions (..., N, 3)."""
+        return np.einsum("bn,...nd->...bd", self.matrix(), np.asarray(R, dtype=float))
+
+    def map_forces(self, F: np.ndarray) -> np.ndarray:
+        """Bead forces (..., n_beads, 3) of atom forces (..., N, 3) (kcal/mol/Å)."""
+        return np.einsum("bn,...nd->...bd", self.force_matrix(), np.asarray(F, dtype=float))
+
+    @property
+    def bonds(self) -> np.ndarray:
+        """(n_bonds, 2) bead pairs (i < j) joined by at least one atomic bond."""
+        if self.atom_bonds is None or len(self.atom_bonds) == 0:
+            return np.zeros((0, 2), dtype=int)
+        a = self.assignment()
+        bi, bj = a[self.atom_bonds[:, 0]], a[self.atom_bonds[:, 1]]
+        keep = (bi >= 0) & (bj >= 0) & (bi != bj)
+        pairs = np.sort(np.stack([bi[keep], bj[keep]], 1), axis=1)
+        return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), dtype=int)
+
+    # ---------------------------------------------------------------- files
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "cgworkbench-mapping", "version": 1, "n_atoms": self.n_atoms, "weighting": self.weighting,
+            "source": self.source, "names": list(self.names), "beads": [b.tolist() for b in self.beads],
+            "atom_masses": self.atom_masses.tolist(),
+            "atom_bonds": None if self.atom_bonds is None else self.atom_bonds.tolist(),
+            "atom_names": None if self.atom_names is None else list(self.atom_names),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "Mapping":
+        if d.get("format") != "cgworkbench-mapping":
+            raise InputError(f"{where(source)}not a cgworkbench mapping (format {d.get('format')!r})")
+        try:
+            m = cls(beads=d["beads"], atom_masses=d["atom_masses"], weighting=d["weighting"], names=d["names"],
+                    atom_bonds=d.get("atom_bonds"), atom_names=d.get("atom_names"), source=d.get("source", "file"))
+        except KeyError as e:
+            raise InputError(f"{where(source)}mapping file lacks the field {e.args[0]!r}") from None
+        if m.n_atoms != d.get("n_atoms", m.n_atoms):
+            raise InputError(f"{where(source)}n_atoms {d['n_atoms']} does not match {m.n_atoms} atom masses")
+        return m
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the mapping as plain JSON (atomically)."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Mapping":
+        """Read a mapping written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(d, str(path))
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_indices(cls, beads: Sequence[Sequence[int]], atom_masses: np.ndarray, weighting: str = "com",
+                     names: list[str] | None = None, atom_bonds: np.ndarray | None = None, **kw: Any) -> "Mapping":
+        """Mapping from explicit atom index lists (0-based)."""
+        return cls(beads=[np.asarray(b) for b in beads], atom_masses=atom_masses, weighting=weighting,
+                   names=names or [], atom_bonds=atom_bonds, **kw)
