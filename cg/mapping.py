@@ -184,3 +184,88 @@ class Mapping:
         """Mapping from explicit atom index lists (0-based)."""
         return cls(beads=[np.asarray(b) for b in beads], atom_masses=atom_masses, weighting=weighting,
                    names=names or [], atom_bonds=atom_bonds, **kw)
+
+    @classmethod
+    def from_preset(cls, atoms: Any, preset: str, weighting: str = "com") -> "Mapping":
+        """Preset mapping of an MDAnalysis AtomGroup (or Universe).
+
+        Presets: ``"heavy"`` (one bead per heavy atom, hydrogens join their heavy atom), ``"backbone"``
+        (N, CA, C beads), ``"backbone_cb"`` (N, CA, CB, C), ``"backbone_full"`` (N, CA, CB, C, O),
+        ``"residue"`` (one bead per residue), ``"ca"`` (Cα atoms only). In the heavy and backbone presets
+        every other atom joins the bead nearest to it along bonds, so all atoms are mapped and bead
+        forces aggregate whole groups. Bead indices refer to positions within ``atoms``. See
+        :mod:`cg.presets`.
+        """
+        from .presets import from_preset
+
+        return from_preset(cls, atoms, preset, weighting)
+
+    @classmethod
+    def from_selections(cls, atoms: Any, selections: Any, weighting: str = "com", complete: bool = False,
+                        attach_rest: bool = False) -> "Mapping":
+        """One bead per ``{bead name: MDAnalysis selection string}``, selected within ``atoms``.
+
+        Parameters
+        ----------
+        atoms : AtomGroup or Universe; bead indices refer to positions within it.
+        selections : dict (or list of pairs) bead name -> selection string, in bead order.
+        weighting : ``"com"`` or ``"cog"``.
+        complete : require every atom of ``atoms`` to be in a bead.
+        attach_rest : attach atoms no selection matched to the bead nearest along bonds.
+
+        Raises
+        ------
+        InputError naming the bead whose selection is invalid, matches nothing or overlaps another
+        bead, or listing atoms left out (with ``complete``).
+        """
+        from .selections import from_selections
+
+        return from_selections(cls, atoms, selections, weighting, complete, attach_rest)
+
+    # ---------------------------------------------------------------- graph checks
+    def bead_components(self, k: int) -> list[np.ndarray]:
+        """Bond-connected components (atom index arrays) of bead ``k`` (needs ``atom_bonds``)."""
+        b = self.beads[k]
+        if self.atom_bonds is None:
+            raise InputError("the mapping has no atom_bonds; connectivity is unknown")
+        inside = np.zeros(self.n_atoms, bool)
+        inside[b] = True
+        e = self.atom_bonds[inside[self.atom_bonds[:, 0]] & inside[self.atom_bonds[:, 1]]]
+        parent = {int(i): int(i) for i in b}
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i, j in e:
+            ri, rj = find(int(i)), find(int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+        roots: dict[int, list[int]] = {}
+        for i in b:
+            roots.setdefault(find(int(i)), []).append(int(i))
+        return [np.array(v) for v in roots.values()]
+
+    def is_connected(self) -> bool:
+        """Whether every bead's atoms are bond-connected."""
+        return all(len(self.bead_components(k)) == 1 for k in range(self.n_beads))
+
+    def check(self, complete: bool = True, connected: bool = True) -> None:
+        """Raise :class:`InputError` unless every atom is in one bead (``complete``) and beads are connected."""
+        self.validate(require_all=complete)
+        if connected:
+            for k in range(self.n_beads):
+                parts = self.bead_components(k)
+                if len(parts) > 1:
+                    raise InputError(f"bead {k} ({self.names[k]}) is not bond-connected: {len(parts)} pieces, "
+                                     f"e.g. atoms {parts[0].tolist()} and {parts[1].tolist()}")
+
+    def summary(self) -> str:
+        """One line per bead: name, mass and atoms (by name when known)."""
+        out = [f"{self.n_beads} beads over {self.n_atoms} atoms ({self.weighting}, {self.source})"]
+        for k, b in enumerate(self.beads):
+            who = [self.atom_names[i] for i in b] if self.atom_names else b.tolist()
+            out.append(f"  {k:3d} {self.names[k]:>6s} {self.atom_masses[b].sum():8.3f} amu  {' '.join(map(str, who))}")
+        return "\n".join(out)
