@@ -1,0 +1,251 @@
+"""Learned CG mappings: a coarse-graining autoencoder (after Wang & Gómez-Bombarelli, npj Comput. Mater. 2019).
+
+Model
+-----
+* assignment logits ``L`` (n_beads, N); each step draws one assignment with the Gumbel-softmax trick
+  per atom (over beads) at temperature ``T`` (annealed geometrically from ``t0`` to ``tmin``); with
+  ``hard=True`` the forward pass uses the one-hot sample (straight-through gradients);
+* encoder: bead = weighted centroid of its atoms (mass or geometric weights);
+* decoder: linear bead -> atom map on Kabsch-aligned frames. ``decoder="ridge"`` (default) solves the
+  best linear decoder in closed form for every batch (differentiable least squares, so the encoder is
+  trained against the optimal decoder); ``"linear"`` learns ``D, b`` by gradient descent (Autograin);
+  ``"equivariant"`` learns D with rows summing to one and no offset (rotation/translation equivariant);
+* loss = reconstruction MSE (Å²) + ``rho`` · mean squared instantaneous mapped force (bead force = sum of
+  its atoms' forces, (kcal/mol/Å)²; Autograin's force regulariser) + ``compact`` · mean squared
+  atom-to-bead distance (Å²) + ``occupancy`` · Σ_k max(0, min_atoms − expected atoms in bead k)².
+
+Output: argmax of the logits, repaired so that every atom is in one bead, no bead is empty and every
+bead is bond-connected (:func:`cg.repair.repair_assignment`), then (``refine=True``) polished by greedy
+single-atom moves on the same hard loss over the training frames (:func:`cg.repair.refine_assignment`).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forcefield.errors import InputError
+
+from .forces import as_force_provider
+from .linear_decoder import align_frames, objective_terms, reconstruction_rmsd
+from .mapping import Mapping
+from .repair import refine_assignment, repair_assignment
+
+DECODERS = ("ridge", "linear", "equivariant")
+
+
+def _load_data(data: Any, selection: str, atom_bonds: Any) -> dict[str, Any]:
+    """R, F, masses, bonds, names from a Dataset, .npz path, Universe/AtomGroup."""
+    from forcefield import Dataset, load_dataset
+    from forcefield.elements import masses as element_masses
+    from forcefield.geometry import covalent_bonds
+
+    bonds = None
+    if isinstance(data, (str, Path)):
+        data = load_dataset(data)
+    if hasattr(data, "atoms") and hasattr(data, "universe"):  # Universe or AtomGroup
+        from .selections import atom_bonds as group_bonds, atom_masses
+
+        atoms = data.atoms if selection == "all" else data.select_atoms(selection)
+        ds = Dataset.from_universe(atoms)
+        masses, names = atom_masses(atoms), [str(n) for n in atoms.names]
+        bonds = group_bonds(atoms)
+    elif isinstance(data, Dataset):
+        ds = data
+        masses = element_masses(ds.z)
+        names = [str(n) for n in ds.extra["atom_names"]] if "atom_names" in ds.extra else None
+    else:
+        raise InputError(f"learn_mapping: expected a Dataset, .npz path, Universe or AtomGroup, got {type(data).__name__}")
+    if atom_bonds is not None:
+        bonds = np.asarray(atom_bonds, dtype=int).reshape(-1, 2)
+    elif bonds is None or len(bonds) == 0:
+        bonds = covalent_bonds(ds.R[0], ds.z)
+    return {"R": ds.R, "F": ds.F, "masses": np.asarray(masses, float), "bonds": bonds, "names": names}
+
+
+def _kmeans_logits(ref: np.ndarray, w: np.ndarray, n_beads: int, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Initial logits from weighted k-means++ on the reference structure: -|r_i - c_k|² / scale²."""
+    centres = [ref[rng.choice(len(ref), p=w / w.sum())]]
+    for _ in range(1, n_beads):
+        d2 = ((ref[:, None] - np.array(centres)[None]) ** 2).sum(-1).min(1)
+        p = w * d2
+        centres.append(ref[rng.choice(len(ref), p=p / p.sum())] if p.sum() > 0 else ref[rng.integers(len(ref))])
+    c = np.array(centres)
+    for _ in range(25):
+        lab = ((ref[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+        for k in range(n_beads):
+            if (lab == k).any():
+                c[k] = (w[lab == k, None] * ref[lab == k]).sum(0) / w[lab == k].sum()
+    return -((ref[None] - c[:, None]) ** 2).sum(-1) / scale**2
+
+
+def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int = 256, lr: float = 0.05,
+                  rho: float = 1e-5, compact: float = 0.0, occupancy: float = 1.0, min_atoms: float = 1.0,
+                  t0: float = 4.0, tmin: float = 0.1, hard: bool = True, decoder: str = "ridge",
+                  weighting: str = "com", init: str = "kmeans", refine: bool = True, val_fraction: float = 0.1,
+                  selection: str = "all", atom_bonds: Any = None, forces: Any = None, max_frames: int | None = None,
+                  device: Any = None, seed: int = 0, progress: bool = True, return_history: bool = False) -> Any:
+    """Learn a hard CG mapping with ``n_beads`` beads by a coarse-graining autoencoder.
+
+    Parameters
+    ----------
+    data : Dataset, sGDML ``.npz`` path, MDAnalysis Universe or AtomGroup (positions Å; forces
+        kcal/mol/Å used for the force term when present).
+    n_beads : number of beads.
+    epochs, batch_size, lr : training length, frames per step, Adam learning rate.
+    rho : weight of the mean squared mapped force ((kcal/mol/Å)²); 0 switches the term off.
+    compact, occupancy, min_atoms : weights of the compactness and non-empty terms (see module docstring).
+    t0, tmin, hard : Gumbel-softmax temperature schedule and straight-through hard samples.
+    decoder : ``"ridge"`` (closed form per batch), ``"linear"`` or ``"equivariant"`` (learned).
+    weighting : ``"com"`` or ``"cog"`` bead centroids.
+    init : ``"kmeans"`` (logits from k-means on the mean structure) or ``"random"``.
+    refine : polish the hard map by greedy single-atom moves on the hard loss (training frames).
+    val_fraction : share of frames held out (the last ones) for the reported validation RMSD.
+    selection : atoms to map when ``data`` is a Universe.
+    atom_bonds : (n_bonds, 2) bond graph; default topology bonds or covalent radii on the first frame.
+    forces : force provider (callable or ``.predict``; ``R Å -> F kcal/mol/Å``) when data lacks forces.
+    max_frames : use at most this many frames (evenly strided).
+    device : torch device (default: cuda when available, else cpu); seed : makes the result reproducible.
+    return_history : return ``(mapping, history)`` instead of the mapping.
+
+    Returns
+    -------
+    Mapping (``source`` says how it was learned) with ``mapping.history``: per-epoch lists ``epoch,
+    temperature, loss, recon_rmsd, force_msq, compact_msd, occupancy, seconds`` and final figures
+    ``final`` (train/val reconstruction RMSD in Å with the fitted linear decoder, mean mapped-force norm,
+    refinement moves, seconds per epoch).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if decoder not in DECODERS:
+        raise InputError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
+    d = _load_data(data, selection, atom_bonds)
+    R, F, masses, bonds = d["R"], d["F"], d["masses"], d["bonds"]
+    N = R.shape[1]
+    if not 1 <= n_beads <= N:
+        raise InputError(f"n_beads must be between 1 and the number of atoms ({N}), got {n_beads}")
+    if max_frames and len(R) > max_frames:
+        idx = np.linspace(0, len(R) - 1, max_frames).round().astype(int)
+        R, F = R[idx], None if F is None else F[idx]
+    if F is None and forces is not None:
+        F = as_force_provider(forces)(R)
+    if F is None and rho > 0:
+        warnings.warn("learn_mapping: no forces (data has none and no force provider given); rho term off")
+    n_val = int(round(val_fraction * len(R))) if len(R) > 10 else 0
+    n_tr = len(R) - n_val
+    A, ref, Fa = align_frames(R[:n_tr], F=None if F is None else F[:n_tr])
+    Av = align_frames(R[n_tr:], ref)[0] if n_val else None
+    rng = np.random.default_rng(seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    torch.manual_seed(int(seed))
+    dt = torch.float32
+    x_all = torch.as_tensor(A, dtype=dt, device=device)
+    f_all = None if (Fa is None or rho <= 0) else torch.as_tensor(Fa, dtype=dt, device=device)
+    w_atom = torch.as_tensor(masses if weighting == "com" else np.ones(N), dtype=dt, device=device)
+    w_np = masses if weighting == "com" else np.ones(N)
+    if init == "kmeans":
+        L0 = _kmeans_logits(ref, w_np, n_beads, rng, scale=1.0) + 0.01 * rng.standard_normal((n_beads, N))
+    elif init == "random":
+        L0 = rng.standard_normal((n_beads, N))
+    else:
+        raise InputError(f"unknown init {init!r}; expected 'kmeans' or 'random'")
+    logits = torch.nn.Parameter(torch.as_tensor(L0, dtype=dt, device=device))
+    params = [logits]
+    if decoder != "ridge":
+        C0 = torch.softmax(logits.detach(), 0) * w_atom
+        D_par = torch.nn.Parameter((C0 / C0.sum(1, keepdim=True)).T.clone())
+        b_par = torch.nn.Parameter(torch.zeros(N, 3, dtype=dt, device=device))
+        params += [D_par] + ([b_par] if decoder == "linear" else [])
+    opt = torch.optim.Adam(params, lr=lr)
+    hist: dict[str, Any] = {k: [] for k in ("epoch", "temperature", "loss", "recon_rmsd", "force_msq",
+                                             "compact_msd", "occupancy", "seconds")}
+    n_batches = max(1, n_tr // batch_size)
+    bar = tqdm(range(epochs), desc=f"learn {n_beads}-bead map", disable=not progress)
+    for ep in bar:
+        t_ep = time.perf_counter()
+        T = t0 * (tmin / t0) ** (ep / max(1, epochs - 1))
+        perm = torch.randperm(n_tr, generator=gen, device=device)
+        sums = np.zeros(5)
+        for bi in range(n_batches):
+            sel = perm[bi * batch_size:(bi + 1) * batch_size] if n_batches > 1 else perm
+            x = x_all[sel]
+            u = torch.rand(logits.shape, generator=gen, device=device, dtype=dt)
+            g = -torch.log(-torch.log(u + 1e-10) + 1e-10)
+            soft = torch.softmax((logits + g) / T, dim=0)
+            if hard:
+                one = torch.zeros_like(soft).scatter_(0, soft.argmax(0, keepdim=True), 1.0)
+                assign = (one - soft).detach() + soft
+            else:
+                assign = soft
+            wts = assign * w_atom
+            C = wts / (wts.sum(1, keepdim=True) + 1e-8)
+            X = torch.einsum("kn,bnd->bkd", C, x)
+            if decoder == "ridge":
+                xhat = _ridge_decode(X, x)
+            elif decoder == "linear":
+                xhat = torch.einsum("bkd,nk->bnd", X, D_par) + b_par
+            else:
+                Dq = D_par + (1.0 - D_par.sum(1, keepdim=True)) / n_beads
+                xhat = torch.einsum("bkd,nk->bnd", X, Dq)
+            recon = ((xhat - x) ** 2).sum(-1).mean()
+            comp = (assign * ((x[:, None] - X[:, :, None]) ** 2).sum(-1)).sum(1).mean()
+            occ = torch.softmax(logits, 0).sum(1)
+            occ_pen = torch.relu(min_atoms - occ).pow(2).sum()
+            loss = recon + compact * comp + occupancy * occ_pen
+            fterm = torch.zeros((), device=device)
+            if f_all is not None:
+                fterm = (torch.einsum("kn,bnd->bkd", assign, f_all[sel]) ** 2).sum(-1).mean()
+                loss = loss + rho * fterm
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sums += [loss.item(), recon.item(), fterm.item(), comp.item(), occ.min().item()]
+        sums /= n_batches
+        for k, v in zip(hist, [ep, T, sums[0], float(np.sqrt(sums[1])), sums[2], sums[3], sums[4],
+                               time.perf_counter() - t_ep]):
+            hist[k].append(float(v))
+        bar.set_postfix(T=f"{T:.2f}", recon=f"{np.sqrt(sums[1]):.3f}Å", f2=f"{sums[2]:.0f}")
+    L = logits.detach().cpu().numpy().astype(float)
+    assign = repair_assignment(L.argmax(0), L, bonds)
+    moves = 0
+    if refine:
+        sub = np.linspace(0, n_tr - 1, min(n_tr, 4000)).round().astype(int)
+        As, Fs = A[sub], None if (Fa is None or rho <= 0) else Fa[sub]
+
+        def hard_loss(a: np.ndarray) -> float:
+            t = objective_terms(a, n_beads, As, masses, weighting, Fs)
+            return t["recon"] + compact * t["compact"] + rho * t.get("force", 0.0)
+
+        assign, _, moves = refine_assignment(assign, bonds, hard_loss)
+    beads = [np.flatnonzero(assign == k) for k in range(n_beads)]
+    order = np.argsort([b.min() for b in beads], kind="stable")
+    m = Mapping(beads=[beads[k] for k in order], atom_masses=masses, weighting=weighting,
+                names=[f"B{k}" for k in range(n_beads)], atom_bonds=bonds, atom_names=d["names"],
+                source=f"learned autoencoder: {n_beads} beads, decoder {decoder}, rho {rho:g}, seed {seed}")
+    m.check(complete=True, connected=True)
+    rec = reconstruction_rmsd(m, A, Av, aligned=True)
+    hist["final"] = {"recon_rmsd_train": rec["train"], "recon_rmsd_val": rec.get("test"),
+                     "mapped_force_norm": None if F is None else float(np.linalg.norm(m.map_forces(F), axis=-1).mean()),
+                     "refine_moves": int(moves), "seconds_per_epoch": float(np.mean(hist["seconds"])) if epochs else 0.0}
+    m.history = hist
+    return (m, hist) if return_history else m
+
+
+def _ridge_decode(X: Any, x: Any, ridge: float = 1e-5) -> Any:
+    """Best linear decoder for this batch, in closed form: x̂ = b + D X (differentiable)."""
+    import torch
+
+    B, n, _ = X.shape
+    Xm, xm = X.mean(0), x.mean(0)
+    Phi = (X - Xm).permute(0, 2, 1).reshape(B * 3, n)
+    Y = (x - xm).permute(0, 2, 1).reshape(B * 3, -1)
+    G = Phi.T @ Phi
+    G = G + ridge * (torch.diagonal(G).mean().detach() + 1e-6) * torch.eye(n, dtype=G.dtype, device=G.device)
+    Dt = torch.linalg.solve(G, Phi.T @ Y)
+    return torch.einsum("bkd,kn->bnd", X - Xm, Dt) + xm
