@@ -1,0 +1,22 @@
+"""Differentiable simulation (DiffSim) and Iterative Boltzmann Inversion for pair potentials from RDFs.
+
+**Units: this subpackage works in reduced Lennard-Jones units** (epsilon = sigma = m = k_B = 1:
+energies in epsilon, lengths in sigma, temperatures k_B T / epsilon, densities rho sigma^3, times
+sigma sqrt(m / epsilon)), unlike the rest of the workbench (Å, kcal/mol, fs, K, amu). Convert at the
+edges with :class:`cg.diffsim.units.ReducedUnits`.
+
+Modules: :mod:`.md` (differentiable periodic MD, neighbour lists, BAOAB Langevin / NVE),
+:mod:`.observables` (smoothed RDF, VACF), :mod:`.potentials` (LJ, neural pair potential with an
+LJ-family prior, tables), :mod:`.fit` (RDF-loss fitting with truncated backpropagation),
+:mod:`.ibi` (Iterative Boltzmann Inversion with the same engine), :mod:`.plots`.
+"""
+from __future__ import annotations
+
+from .md import NeighbourList, PairTable, Simulation
+from .observables import RDF, vacf
+from .potentials import (LennardJones, NeuralPairPotential, TabulatedPotential, load_model, read_table, save_model,
+                         write_table)
+from .units import ReducedUnits
+
+__all__ = ["NeighbourList", "PairTable", "Simulation", "RDF", "vacf", "LennardJones", "NeuralPairPotential",
+           "TabulatedPotential", "load_model", "save_model", "read_table", "write_table", "ReducedUnits"]

@@ -1,0 +1,304 @@
+"""Differentiable molecular dynamics of one-component pair-potential fluids in periodic cubic boxes.
+
+Reduced LJ units throughout (epsilon = sigma = m = k_B = 1; see :mod:`cg.diffsim.units`).
+
+Design
+------
+* Many systems at once: positions ``x`` have shape (B, N, 3); each system b has its own cubic box
+  length ``box[b]`` (so its own density) and its own bath temperature ``temperature[b]``.
+* The pair potential enters the integrator as a :class:`PairTable`: node values u_k and derivatives
+  u'_k on a uniform grid, interpolated by cubic Hermite polynomials. Energy and force come from the
+  same piecewise cubic, so forces are exactly -grad(energy) (good NVE energy conservation), and
+  gradients flow from positions back to the node values, hence to the parameters of whatever
+  produced the table (a neural potential, an LJ prior, an IBI table). A learnable potential is
+  tabulated once per optimisation step, so the MD step costs the same for every potential.
+* Neighbours: a Verlet list with a skin, built under ``no_grad`` (O(N^2) per system, in chunks) and
+  rebuilt when any particle moved more than half the skin. Distances use the minimum image and are
+  differentiable in the positions.
+* Integrator: BAOAB Langevin (velocity Verlet when ``friction == 0``, i.e. NVE). All operations are
+  plain torch ops, so a window of steps can be back-propagated (truncated backpropagation: the
+  state is detached between windows, see :meth:`Simulation.detach`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from forcefield.errors import InputError
+
+
+class PairTable:
+    """Pair potential tabulated on a uniform grid ``r0 .. rc`` with cubic Hermite interpolation.
+
+    Parameters
+    ----------
+    r0, rc : first and last grid point (reduced lengths). Beyond ``rc`` the potential is zero (the
+        table should end with u = u' = 0 there, e.g. through a smooth switch); below ``r0`` it is
+        continued linearly with the slope at ``r0``.
+    u, du : (n,) tensors: energies and radial derivatives du/dr at the grid points. They may carry
+        autograd history (gradients then flow to whatever produced them).
+    """
+
+    def __init__(self, r0: float, rc: float, u: torch.Tensor, du: torch.Tensor):
+        if u.shape != du.shape or u.dim() != 1 or len(u) < 2:
+            raise InputError(f"PairTable: u and du must be 1-D of equal length >= 2, got {tuple(u.shape)}, "
+                             f"{tuple(du.shape)}")
+        if not rc > r0 > 0:
+            raise InputError(f"PairTable: need 0 < r0 < rc, got r0={r0}, rc={rc}")
+        self.r0, self.rc, self.u, self.du = float(r0), float(rc), u, du
+        self.h = (self.rc - self.r0) / (len(u) - 1)
+
+    @property
+    def r(self) -> torch.Tensor:
+        return torch.linspace(self.r0, self.rc, len(self.u), dtype=self.u.dtype, device=self.u.device)
+
+    def to(self, device=None, dtype=None) -> "PairTable":
+        return PairTable(self.r0, self.rc, self.u.to(device=device, dtype=dtype),
+                         self.du.to(device=device, dtype=dtype))
+
+    def _coefficients(self) -> torch.Tensor:
+        """Per-interval cubic coefficients (n-1, 4): e(t) = c0 + c1 t + c2 t^2 + c3 t^3."""
+        if getattr(self, "_coef", None) is None:
+            u0, u1 = self.u[:-1], self.u[1:]
+            d0, d1 = self.du[:-1] * self.h, self.du[1:] * self.h
+            self._coef = torch.stack([u0, d0, -3 * u0 - 2 * d0 + 3 * u1 - d1, 2 * u0 + d0 - 2 * u1 + d1], -1)
+        return self._coef
+
+    def __call__(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies u(r) and derivatives du/dr for distances ``r`` (any shape)."""
+        coef = self._coefficients()
+        n = len(self.u)
+        s = (r - self.r0) / self.h
+        k = torch.clamp(torch.floor(s.detach()), 0, n - 2).long()
+        t = torch.clamp(s - k, 0.0, 1.0)
+        c = coef[k]  # (..., 4)
+        c0, c1, c2, c3 = c.unbind(-1)
+        e = c0 + t * (c1 + t * (c2 + t * c3))
+        de = (c1 + t * (2 * c2 + 3 * t * c3)) / self.h
+        below = r < self.r0  # continue with the tangent line at r0
+        if bool(below.any()):
+            e = torch.where(below, self.u[0] + self.du[0] * (r - self.r0), e)
+            de = torch.where(below, self.du[0].expand_as(de), de)
+        inside = r < self.rc
+        zero = torch.zeros((), dtype=e.dtype, device=e.device)
+        return torch.where(inside, e, zero), torch.where(inside, de, zero)
+
+
+def table_from_function(fn: Callable[[torch.Tensor], torch.Tensor], r0: float, rc: float, n: int = 2048,
+                        dtype: torch.dtype = torch.float64, device=None, create_graph: bool = True) -> PairTable:
+    """Tabulate a differentiable radial function ``fn(r)`` (u and du/dr by autograd) on ``n`` points."""
+    r = torch.linspace(r0, rc, n, dtype=dtype, device=device).requires_grad_(True)
+    with torch.enable_grad():
+        u = fn(r)
+        (du,) = torch.autograd.grad(u.sum(), r, create_graph=create_graph)
+    if not create_graph:
+        u, du = u.detach(), du.detach()
+    return PairTable(r0, rc, u.to(dtype), du.to(dtype))
+
+
+class NeighbourList:
+    """Verlet neighbour list for B systems of N particles in cubic boxes (pairs i < j within a system).
+
+    Parameters
+    ----------
+    cutoff : the largest distance any consumer needs (potential cutoff, RDF range).
+    skin : extra margin; the list stays valid until a particle moved more than skin/2.
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.3, chunk: int = 2_000_000):
+        self.cutoff, self.skin, self.chunk = float(cutoff), float(skin), int(chunk)
+        self.i = self.j = self.b = None
+        self.x_ref: torch.Tensor | None = None
+        self.n_builds = 0
+
+    @torch.no_grad()
+    def build(self, x: torch.Tensor, box: torch.Tensor) -> None:
+        B, N, _ = x.shape
+        if bool((box < 2 * (self.cutoff + self.skin)).any()):
+            raise InputError(f"NeighbourList: box length(s) {box.tolist()} must be at least twice cutoff+skin "
+                             f"= {2 * (self.cutoff + self.skin):.3f} (minimum image); use more particles")
+        rl2 = (self.cutoff + self.skin) ** 2
+        frac = (x.detach() / box[:, None, None]).float()  # fractional coordinates, float32 is plenty here
+        L2 = (box.float() ** 2)[:, None, None]
+        rows_per = max(1, self.chunk // max(1, B * N))
+        ii, jj, bb = [], [], []
+        jidx = torch.arange(N, device=x.device)
+        for s in range(0, N, rows_per):
+            e = min(N, s + rows_per)
+            d = frac[:, None, :, :] - frac[:, s:e, None, :]  # (B, rows, N, 3)
+            d = d - torch.round(d)
+            d2 = (d * d).sum(-1) * L2
+            mask = (d2 < rl2) & (jidx[None, None, :] > torch.arange(s, e, device=x.device)[None, :, None])
+            b, r, c = torch.nonzero(mask, as_tuple=True)
+            ii.append(b * N + r + s)
+            jj.append(b * N + c)
+            bb.append(b)
+        self.i, self.j, self.b = torch.cat(ii), torch.cat(jj), torch.cat(bb)
+        self.x_ref = x.detach().clone()
+        self.n_builds += 1
+
+    def update(self, x: torch.Tensor, box: torch.Tensor) -> bool:
+        """Rebuild when needed; returns True when the list was rebuilt."""
+        if self.x_ref is None or self.x_ref.shape != x.shape:
+            self.build(x, box)
+            return True
+        with torch.no_grad():
+            disp = (x.detach() - self.x_ref).norm(dim=-1).max()
+        if float(disp) > 0.5 * self.skin:
+            self.build(x, box)
+            return True
+        return False
+
+
+@dataclass
+class PairData:
+    """Pair geometry of one MD step: separation vectors ``d`` = x_j - x_i (min. image), distances ``r``,
+    system index ``b`` of each pair, and the batch shape (B, N)."""
+
+    d: torch.Tensor
+    r: torch.Tensor
+    b: torch.Tensor
+    B: int
+    N: int
+
+
+def pair_data(x: torch.Tensor, box: torch.Tensor, nl: NeighbourList) -> PairData:
+    """Differentiable minimum-image pair vectors and distances over the neighbour list."""
+    B, N, _ = x.shape
+    xf = x.reshape(B * N, 3)
+    L = box[nl.b][:, None]
+    d = xf[nl.j] - xf[nl.i]
+    d = d - L * torch.round(d.detach() / L)
+    r = torch.sqrt((d * d).sum(-1))
+    return PairData(d=d, r=r, b=nl.b, B=B, N=N)
+
+
+def energy_forces(x: torch.Tensor, box: torch.Tensor, nl: NeighbourList, table: PairTable
+                  ) -> tuple[torch.Tensor, torch.Tensor, PairData]:
+    """Potential energies (B,), forces (B, N, 3) and the pair data at positions ``x``."""
+    pd = pair_data(x, box, nl)
+    u, du = table(pd.r)
+    fj = (-du / pd.r)[:, None] * pd.d  # force on j; i gets the opposite
+    B, N = pd.B, pd.N
+    F = torch.zeros(B * N, 3, dtype=x.dtype, device=x.device)
+    F = F.index_add(0, torch.cat([nl.j, nl.i]), torch.cat([fj, -fj]))
+    E = torch.zeros(B, dtype=x.dtype, device=x.device).index_add(0, pd.b, u)
+    return E, F.reshape(B, N, 3), pd
+
+
+def lattice_positions(n: int, box: float, rng: np.random.Generator, jitter: float = 0.02) -> np.ndarray:
+    """``n`` points on an fcc lattice filling a cubic box of side ``box`` (random sites if not 4k^3)."""
+    k = math.ceil((n / 4) ** (1 / 3))
+    a = box / k
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    g = np.stack(np.meshgrid(np.arange(k), np.arange(k), np.arange(k), indexing="ij"), -1).reshape(-1, 1, 3)
+    sites = ((g + base[None]) * a).reshape(-1, 3)
+    if len(sites) > n:
+        sites = sites[np.sort(rng.choice(len(sites), n, replace=False))]
+    return sites + rng.normal(scale=jitter * a, size=sites.shape)
+
+
+class Simulation:
+    """B periodic systems of N unit-mass particles, integrated with BAOAB Langevin dynamics.
+
+    Parameters
+    ----------
+    n_particles : particles per system.
+    densities, temperatures : per system (length B), reduced units.
+    cutoff : distance the neighbour list must cover (max of potential cutoff and RDF range + tails).
+    dt : time step (reduced; 0.005 is standard for LJ).
+    friction : Langevin friction gamma (1/time); 0 gives NVE velocity Verlet.
+    skin : neighbour-list skin.
+    seed : seeds the lattice, the initial velocities and the thermostat noise.
+    device, dtype : torch device and dtype (float64 by default for clean gradients and energy checks).
+    """
+
+    def __init__(self, n_particles: int, densities, temperatures, cutoff: float, dt: float = 0.005,
+                 friction: float = 1.0, skin: float = 0.3, seed: int = 0, device=None,
+                 dtype: torch.dtype = torch.float64):
+        dens = np.atleast_1d(np.asarray(densities, float))
+        temps = np.atleast_1d(np.asarray(temperatures, float))
+        if len(temps) == 1 and len(dens) > 1:
+            temps = np.repeat(temps, len(dens))
+        if len(dens) != len(temps):
+            raise InputError(f"Simulation: {len(dens)} densities but {len(temps)} temperatures")
+        if (dens <= 0).any() or (temps < 0).any():
+            raise InputError(f"Simulation: densities must be > 0 and temperatures >= 0, got {dens}, {temps}")
+        self.device = torch.device(device or "cpu")
+        self.dtype = dtype
+        self.N, self.B = int(n_particles), len(dens)
+        self.dt, self.friction = float(dt), float(friction)
+        self.box = torch.tensor((self.N / dens) ** (1 / 3), dtype=dtype, device=self.device)
+        self.temperature = torch.tensor(temps, dtype=dtype, device=self.device)
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        rng = np.random.default_rng(seed)
+        x = np.stack([lattice_positions(self.N, float(L), rng) for L in self.box.cpu().numpy()])
+        self.x = torch.tensor(x, dtype=dtype, device=self.device)
+        self.v = self._maxwell()
+        self.nl = NeighbourList(cutoff, skin)
+        self.steps_done = 0
+
+    @property
+    def volume(self) -> torch.Tensor:
+        return self.box ** 3
+
+    def _noise(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen, dtype=self.dtype).to(self.device)
+
+    def _maxwell(self) -> torch.Tensor:
+        v = self._noise((self.B, self.N, 3)) * torch.sqrt(self.temperature)[:, None, None]
+        return v - v.mean(1, keepdim=True)
+
+    def kinetic(self, v: torch.Tensor | None = None) -> torch.Tensor:
+        v = self.v if v is None else v
+        return 0.5 * (v * v).sum((1, 2))
+
+    def instantaneous_temperature(self) -> torch.Tensor:
+        return 2 * self.kinetic() / (3 * self.N - 3)
+
+    def detach(self) -> None:
+        """Cut the autograd history (start of a new truncated-backpropagation window)."""
+        self.x, self.v = self.x.detach(), self.v.detach()
+
+    def run(self, table: PairTable, n_steps: int, observe: Callable[[int, torch.Tensor, torch.Tensor, PairData],
+                                                                     None] | None = None,
+            observe_every: int = 1, grad: bool = True) -> None:
+        """Advance ``n_steps`` BAOAB steps with the potential ``table``.
+
+        ``observe(step, x, v, pair_data)`` is called every ``observe_every`` steps after the step
+        (with differentiable tensors when ``grad``). With ``grad`` the trajectory keeps its autograd
+        graph from the current (usually detached) state, so losses on observations can be
+        back-propagated to the table.
+        """
+        table = table.to(self.device, self.dtype)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            h = 0.5 * self.dt
+            c1 = math.exp(-self.friction * self.dt)
+            c2 = math.sqrt(max(0.0, 1 - c1 * c1))
+            vstd = torch.sqrt(self.temperature)[:, None, None]
+            x, v = self.x, self.v
+            self.nl.update(x, self.box)
+            _, F, _ = energy_forces(x, self.box, self.nl, table)
+            for s in range(1, n_steps + 1):
+                v = v + h * F
+                x = x + h * v
+                if self.friction > 0:
+                    v = c1 * v + c2 * vstd * self._noise(v.shape)
+                x = x + h * v
+                self.nl.update(x, self.box)
+                _, F, pd = energy_forces(x, self.box, self.nl, table)
+                v = v + h * F
+                if observe is not None and s % observe_every == 0:
+                    observe(s, x, v, pd)
+            self.x, self.v = x, v
+            self.steps_done += n_steps
+
+    def energy(self, table: PairTable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(potential, kinetic) energies per system at the current state."""
+        self.nl.update(self.x, self.box)
+        E, _, _ = energy_forces(self.x, self.box, self.nl, table.to(self.device, self.dtype))
+        return E, self.kinetic()
