@@ -1,0 +1,68 @@
+"""``report.json`` and a self-contained ``report.html`` / ``report.md`` for a pipeline run."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from forcefield.fileio import atomic_path
+
+#: (key, label, unit) shown in the summary table, in order
+SUMMARY_KEYS = [
+    ("kernel_force_mae", "Kernel force field: force MAE on held-out xTB frames", "kcal/mol/Å"),
+    ("kernel_energy_mae", "Kernel force field: energy MAE on held-out xTB frames", "kcal/mol"),
+    ("mapping_n_beads", "CG beads", ""),
+    ("mapping_recon_rmsd", "Mapping: linear reconstruction RMSD", "Å"),
+    ("cg_force_rmse_val", "CG potential: validation force RMSE", "kcal/mol/Å"),
+    ("cg_bonded_js", "CG MD: bonded distributions JS (mean)", ""),
+    ("cg_stable_fraction", "CG MD: stable replicas", ""),
+    ("cg_fes_js", "End to end: phi/psi free-energy JS, backmapped CG MD vs AA kernel-FF MD", ""),
+    ("backmap_rmsd_all", "Backmapping: all-atom RMSD (held-out)", "Å"),
+    ("backmap_rmsd_heavy", "Backmapping: heavy-atom RMSD (held-out)", "Å"),
+    ("backmap_valid_ratio", "Backmapping: valid bond graphs", ""),
+    ("backmap_clash_rate", "Backmapping: clash rate", ""),
+]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(folder: Path, results: dict[str, Any], seconds: dict[str, float], plots: list[str],
+                 title: str = "cgworkbench run") -> dict[str, Any]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` (plots embedded) into ``folder``."""
+    report = dict(results)
+    report["stage_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    report["total_seconds"] = round(sum(seconds.values()), 2)
+    with atomic_path(folder / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float))
+    rows = [(label, _fmt(report[k]), unit) for k, label, unit in SUMMARY_KEYS if k in report]
+    md = [f"# {title}", "", "| quantity | value | unit |", "|---|---|---|"]
+    md += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    md += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.1f} |" for k, v in seconds.items()]
+    md += [f"| total | {sum(seconds.values()):.1f} |", ""]
+    md += [f"![{p}]({p})" for p in plots if (folder / p).exists()]
+    with atomic_path(folder / "report.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:4px 10px;"
+         "border-bottom:1px solid #ddd}img{max-width:100%}</style></head><body>",
+         f"<h1>{html.escape(title)}</h1><table><tr><th>quantity</th><th>value</th><th>unit</th></tr>"]
+    h += [f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>" for a, b, c in rows]
+    h += ["</table><h2>Time per stage</h2><table>"]
+    h += [f"<tr><td>{html.escape(k)}</td><td>{v:.1f} s</td></tr>" for k, v in seconds.items()]
+    h += ["</table>"]
+    for p in plots:
+        f = folder / p
+        if f.exists():
+            b64 = base64.b64encode(f.read_bytes()).decode()
+            h.append(f"<h3>{html.escape(f.stem.replace('_', ' '))}</h3><img src='data:image/png;base64,{b64}'>")
+    h.append("</body></html>")
+    with atomic_path(folder / "report.html") as tmp:
+        tmp.write_text("\n".join(h))
+    return report
