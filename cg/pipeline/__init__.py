@@ -1,0 +1,1 @@
+"""The end-to-end pipeline behind ``cgwb run``."""
