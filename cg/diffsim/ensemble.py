@@ -1,0 +1,129 @@
+"""Thermodynamic states and batches of simulations over them (reduced LJ units).
+
+A :class:`State` is a (density, temperature) point with an optional target g(r), a loss weight,
+a particle number and a number of independent replicas. An :class:`Ensemble` simulates all
+replicas of all states at once (one batched :class:`~cg.diffsim.md.Simulation` per particle number)
+and averages the RDF per state; it is shared by DiffSim, IBI, target generation and evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from forcefield.errors import InputError
+
+from .md import PairTable, Simulation
+from .observables import RDF
+
+
+@dataclass
+class State:
+    """A thermodynamic state: reduced ``density`` and ``temperature``.
+
+    ``target`` is g(r) on the fitting RDF grid (None for plain simulation); ``weight`` its loss weight.
+    """
+
+    density: float
+    temperature: float
+    target: np.ndarray | None = None
+    weight: float = 1.0
+    n_particles: int = 256
+    replicas: int = 1
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = state_name(self.density, self.temperature)
+        if self.density <= 0 or self.temperature <= 0 or self.n_particles < 2 or self.replicas < 1:
+            raise InputError(f"state {self.name}: need density > 0, temperature > 0, n_particles >= 2, "
+                             f"replicas >= 1")
+
+
+def state_name(density: float, temperature: float) -> str:
+    """Canonical key such as ``rho0.3_T1.2``."""
+    return f"rho{density:g}_T{temperature:g}"
+
+
+class Ensemble:
+    """All replicas of several states, simulated together.
+
+    Parameters
+    ----------
+    states : the states; replicas and particle numbers are taken from each.
+    rdf : the RDF estimator (its reach sets the neighbour-list cutoff together with ``r_cut``).
+    r_cut : potential cutoff.
+    dt, friction, skin, seed, device, dtype : passed to :class:`~cg.diffsim.md.Simulation`.
+    """
+
+    def __init__(self, states: list[State], rdf: RDF, r_cut: float = 2.5, dt: float = 0.005, friction: float = 1.0,
+                 skin: float = 0.4, seed: int = 0, device=None, dtype: torch.dtype = torch.float64):
+        if not states:
+            raise InputError("Ensemble: no states given")
+        self.states, self.rdf = list(states), rdf
+        self.groups: list[tuple[Simulation, list[int]]] = []  # (simulation, state index of each system)
+        cutoff = max(r_cut, rdf.reach)
+        for k, n in enumerate(sorted({s.n_particles for s in states})):
+            idx = [i for i, s in enumerate(states) for _ in range(s.replicas) if s.n_particles == n]
+            sim = Simulation(n, [states[i].density for i in idx], [states[i].temperature for i in idx], cutoff,
+                             dt=dt, friction=friction, skin=skin, seed=seed + 1000 * k, device=device, dtype=dtype)
+            self.groups.append((sim, idx))
+
+    def detach(self) -> None:
+        for sim, _ in self.groups:
+            sim.detach()
+
+    def equilibrate(self, table: PairTable, n_steps: int) -> None:
+        """Advance without gradients or observations."""
+        for sim, _ in self.groups:
+            sim.run(table, n_steps, grad=False)
+
+    def run_rdf(self, table: PairTable, n_steps: int, observe_every: int = 10, grad: bool = False
+                ) -> torch.Tensor:
+        """Run ``n_steps`` and return g(r) per state (S, n_bins), averaged over frames and replicas.
+
+        With ``grad`` the result is differentiable with respect to the table (truncated
+        backpropagation through this window; call :meth:`detach` before the next window).
+        """
+        if n_steps < observe_every:
+            raise InputError(f"run_rdf: n_steps={n_steps} < observe_every={observe_every}: nothing observed")
+        S = len(self.states)
+        total = None
+        counts = torch.zeros(S, dtype=torch.float64)
+        for sim, idx in self.groups:
+            acc = []
+            sim.run(table, n_steps, observe=lambda s, x, v, pd, sim=sim: acc.append(self.rdf.from_pairs(pd, sim.volume)),
+                    observe_every=observe_every, grad=grad)
+            g = torch.stack(acc).mean(0)  # (B, n_bins)
+            owner = torch.tensor(idx, device=g.device)
+            part = torch.zeros(S, g.shape[1], dtype=g.dtype, device=g.device).index_add(0, owner, g)
+            total = part if total is None else total + part.to(total.device)
+            counts += torch.bincount(torch.tensor(idx), minlength=S).double()
+        return total / counts.to(total.device, total.dtype)[:, None]
+
+
+def sample_rdf(table: PairTable, states: list[State], rdf: RDF, n_equil: int = 1000, n_prod: int = 4000,
+               observe_every: int = 10, r_cut: float = 2.5, dt: float = 0.005, friction: float = 1.0, seed: int = 0,
+               device=None, progress: bool = False, chunk: int = 500) -> np.ndarray:
+    """g(r) per state (S, n_bins) from fresh simulations with the potential ``table`` (no gradients)."""
+    from tqdm.auto import tqdm
+
+    ens = Ensemble(states, rdf, r_cut=r_cut, dt=dt, friction=friction, seed=seed, device=device)
+    with torch.no_grad():
+        ens.equilibrate(table, n_equil)
+        parts, weights = [], []
+        left = n_prod
+        with tqdm(total=n_prod, desc="sampling g(r)", disable=not progress, mininterval=1.0) as bar:
+            while left > 0:
+                n = min(chunk, left)
+                n -= n % observe_every
+                if n <= 0:
+                    break
+                parts.append(ens.run_rdf(table, n, observe_every))
+                weights.append(n)
+                left -= n
+                bar.update(n)
+    w = torch.tensor(weights, dtype=torch.float64)
+    return (torch.stack(parts) * (w / w.sum())[:, None, None].to(parts[0].device)).sum(0).cpu().numpy()
