@@ -135,7 +135,7 @@ class DiffSimFitter:
         self.ensemble.detach()
         self.step_count += 1
         rec = {"step": self.step_count, "loss": float(loss.detach()),
-               "mae": {s.name: float(diff[i].abs().mean()) for i, s in enumerate(self.states)},
+               "mae": {s.name: float(diff[i].detach().abs().mean()) for i, s in enumerate(self.states)},
                "lr": float(self.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - t0}
         self.history.append(rec)
         return rec

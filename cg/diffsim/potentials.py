@@ -309,3 +309,20 @@ def read_table(path: str | Path) -> TabulatedPotential:
     kw.setdefault("r_cut", float(r[-1]))
     kw.setdefault("r_on", float(r[-1]) - 0.3)
     return TabulatedPotential(r, u, apply_switch=False, **kw)
+
+
+def well(pot: PairPotential, r_lo: float = 0.8, n: int = 4001) -> dict[str, float]:
+    """Position ``r_min`` and depth ``u_min`` of the potential's minimum on [r_lo, r_cut]."""
+    r = np.linspace(r_lo, pot.r_cut, n)
+    u, _ = pot.evaluate(r)
+    k = int(np.argmin(u))
+    return {"r_min": float(r[k]), "u_min": float(u[k])}
+
+
+def potential_error(pot: PairPotential, ref: PairPotential, r_lo: float = 0.95, n: int = 1000) -> dict[str, float]:
+    """Well position / depth errors and the mean |u - u_ref| on [r_lo, r_cut] against a reference."""
+    a, b = well(pot), well(ref)
+    r = np.linspace(r_lo, min(pot.r_cut, ref.r_cut), n)
+    return {"r_min": a["r_min"], "u_min": a["u_min"], "r_min_error": a["r_min"] - b["r_min"],
+            "depth_error": a["u_min"] - b["u_min"],
+            "u_mae": float(np.abs(pot.evaluate(r)[0] - ref.evaluate(r)[0]).mean())}
