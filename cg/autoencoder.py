@@ -86,8 +86,10 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
                   rho: float = 1e-5, compact: float = 0.0, occupancy: float = 1.0, min_atoms: float = 1.0,
                   t0: float = 4.0, tmin: float = 0.1, hard: bool = True, decoder: str = "ridge",
                   weighting: str = "com", init: str = "kmeans", refine: bool = True, val_fraction: float = 0.1,
-                  selection: str = "all", atom_bonds: Any = None, forces: Any = None, max_frames: int | None = None,
-                  device: Any = None, seed: int = 0, progress: bool = True, return_history: bool = False) -> Any:
+                  united_atoms: bool = True, selection: str = "all", atom_bonds: Any = None, forces: Any = None,
+                  max_frames: int | None = None,
+                  device: Any = None, threads: int | None = 1, seed: int = 0, progress: bool = True,
+                  return_history: bool = False) -> Any:
     """Learn a hard CG mapping with ``n_beads`` beads by a coarse-graining autoencoder.
 
     Parameters
@@ -104,11 +106,15 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     init : ``"kmeans"`` (logits from k-means on the mean structure) or ``"random"``.
     refine : polish the hard map by greedy single-atom moves on the hard loss (training frames).
     val_fraction : share of frames held out (the last ones) for the reported validation RMSD.
+    united_atoms : keep every hydrogen in the bead of the heavy atom it is bonded to (learn over heavy-atom
+        groups). Without it, reconstruction alone favours beads of a single methyl hydrogen.
     selection : atoms to map when ``data`` is a Universe.
     atom_bonds : (n_bonds, 2) bond graph; default topology bonds or covalent radii on the first frame.
     forces : force provider (callable or ``.predict``; ``R Å -> F kcal/mol/Å``) when data lacks forces.
     max_frames : use at most this many frames (evenly strided).
     device : torch device (default: cuda when available, else cpu); seed : makes the result reproducible.
+    threads : CPU threads for torch during training (default 1: the tensors are small, and extra threads
+        only add synchronisation, badly so on a busy machine); None keeps torch's setting.
     return_history : return ``(mapping, history)`` instead of the mapping.
 
     Returns
@@ -119,6 +125,26 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     refinement moves, seconds per epoch).
     """
     import torch
+
+    if threads is None:
+        return _learn(data, n_beads, **_kw(locals()))
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        return _learn(data, n_beads, **_kw(locals()))
+    finally:
+        torch.set_num_threads(old)
+
+
+def _kw(loc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in loc.items() if k not in ("data", "n_beads", "threads", "torch", "old")}
+
+
+def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, rho: float, compact: float,
+           occupancy: float, min_atoms: float, t0: float, tmin: float, hard: bool, decoder: str, weighting: str,
+           init: str, refine: bool, val_fraction: float, united_atoms: bool, selection: str, atom_bonds: Any,
+           forces: Any, max_frames: int | None, device: Any, seed: int, progress: bool, return_history: bool) -> Any:
+    import torch
     from tqdm.auto import tqdm
 
     if decoder not in DECODERS:
@@ -126,8 +152,13 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     d = _load_data(data, selection, atom_bonds)
     R, F, masses, bonds = d["R"], d["F"], d["masses"], d["bonds"]
     N = R.shape[1]
-    if not 1 <= n_beads <= N:
-        raise InputError(f"n_beads must be between 1 and the number of atoms ({N}), got {n_beads}")
+    group = _united_groups(masses, bonds) if united_atoms else np.arange(N)
+    G = int(group.max()) + 1
+    gbonds = np.unique(np.sort(group[bonds], axis=1), axis=0) if len(bonds) else bonds
+    gbonds = gbonds[gbonds[:, 0] != gbonds[:, 1]] if len(gbonds) else gbonds
+    if not 1 <= n_beads <= G:
+        raise InputError(f"n_beads must be between 1 and the number of {'heavy-atom groups' if united_atoms else 'atoms'}"
+                         f" ({G}), got {n_beads}")
     if max_frames and len(R) > max_frames:
         idx = np.linspace(0, len(R) - 1, max_frames).round().astype(int)
         R, F = R[idx], None if F is None else F[idx]
@@ -149,16 +180,19 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     f_all = None if (Fa is None or rho <= 0) else torch.as_tensor(Fa, dtype=dt, device=device)
     w_atom = torch.as_tensor(masses if weighting == "com" else np.ones(N), dtype=dt, device=device)
     w_np = masses if weighting == "com" else np.ones(N)
+    gw = np.bincount(group, weights=w_np, minlength=G)
+    gref = np.stack([np.bincount(group, weights=w_np * ref[:, d], minlength=G) for d in range(3)], 1) / gw[:, None]
     if init == "kmeans":
-        L0 = _kmeans_logits(ref, w_np, n_beads, rng, scale=1.0) + 0.01 * rng.standard_normal((n_beads, N))
+        L0 = _kmeans_logits(gref, gw, n_beads, rng, scale=1.0) + 0.01 * rng.standard_normal((n_beads, G))
     elif init == "random":
-        L0 = rng.standard_normal((n_beads, N))
+        L0 = rng.standard_normal((n_beads, G))
     else:
         raise InputError(f"unknown init {init!r}; expected 'kmeans' or 'random'")
     logits = torch.nn.Parameter(torch.as_tensor(L0, dtype=dt, device=device))
+    gidx = torch.as_tensor(group, device=device)
     params = [logits]
     if decoder != "ridge":
-        C0 = torch.softmax(logits.detach(), 0) * w_atom
+        C0 = torch.softmax(logits.detach(), 0)[:, gidx] * w_atom
         D_par = torch.nn.Parameter((C0 / C0.sum(1, keepdim=True)).T.clone())
         b_par = torch.nn.Parameter(torch.zeros(N, 3, dtype=dt, device=device))
         params += [D_par] + ([b_par] if decoder == "linear" else [])
@@ -183,6 +217,7 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
                 assign = (one - soft).detach() + soft
             else:
                 assign = soft
+            assign = assign[:, gidx]
             wts = assign * w_atom
             C = wts / (wts.sum(1, keepdim=True) + 1e-8)
             X = torch.einsum("kn,bnd->bkd", C, x)
@@ -195,7 +230,7 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
                 xhat = torch.einsum("bkd,nk->bnd", X, Dq)
             recon = ((xhat - x) ** 2).sum(-1).mean()
             comp = (assign * ((x[:, None] - X[:, :, None]) ** 2).sum(-1)).sum(1).mean()
-            occ = torch.softmax(logits, 0).sum(1)
+            occ = torch.softmax(logits, 0).sum(1)  # expected groups per bead
             occ_pen = torch.relu(min_atoms - occ).pow(2).sum()
             loss = recon + compact * comp + occupancy * occ_pen
             fterm = torch.zeros((), device=device)
@@ -212,17 +247,18 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
             hist[k].append(float(v))
         bar.set_postfix(T=f"{T:.2f}", recon=f"{np.sqrt(sums[1]):.3f}Å", f2=f"{sums[2]:.0f}")
     L = logits.detach().cpu().numpy().astype(float)
-    assign = repair_assignment(L.argmax(0), L, bonds)
+    gassign = repair_assignment(L.argmax(0), L, gbonds)
     moves = 0
     if refine:
-        sub = np.linspace(0, n_tr - 1, min(n_tr, 4000)).round().astype(int)
+        sub = np.linspace(0, n_tr - 1, min(n_tr, 2000)).round().astype(int)
         As, Fs = A[sub], None if (Fa is None or rho <= 0) else Fa[sub]
 
         def hard_loss(a: np.ndarray) -> float:
-            t = objective_terms(a, n_beads, As, masses, weighting, Fs)
+            t = objective_terms(a[group], n_beads, As, masses, weighting, Fs)
             return t["recon"] + compact * t["compact"] + rho * t.get("force", 0.0)
 
-        assign, _, moves = refine_assignment(assign, bonds, hard_loss)
+        gassign, _, moves = refine_assignment(gassign, gbonds, hard_loss)
+    assign = gassign[group]
     beads = [np.flatnonzero(assign == k) for k in range(n_beads)]
     order = np.argsort([b.min() for b in beads], kind="stable")
     m = Mapping(beads=[beads[k] for k in order], atom_masses=masses, weighting=weighting,
@@ -235,6 +271,20 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
                      "refine_moves": int(moves), "seconds_per_epoch": float(np.mean(hist["seconds"])) if epochs else 0.0}
     m.history = hist
     return (m, hist) if return_history else m
+
+
+def _united_groups(masses: np.ndarray, bonds: np.ndarray) -> np.ndarray:
+    """(N,) group index: each heavy atom with the hydrogens bonded to it (a lone hydrogen is its own group)."""
+    N = len(masses)
+    is_h = masses < 2.5
+    heavy_of = np.arange(N)
+    for a, b in np.asarray(bonds, dtype=int).reshape(-1, 2):
+        if is_h[a] and not is_h[b]:
+            heavy_of[a] = b
+        elif is_h[b] and not is_h[a]:
+            heavy_of[b] = a
+    _, group = np.unique(heavy_of, return_inverse=True)
+    return group
 
 
 def _ridge_decode(X: Any, x: Any, ridge: float = 1e-5) -> Any:

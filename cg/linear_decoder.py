@@ -86,11 +86,13 @@ def rms(a: np.ndarray) -> float:
 
 
 def reconstruction_rmsd(mapping: Any, R_train: np.ndarray, R_test: np.ndarray | None = None,
-                        aligned: bool = False) -> dict[str, float]:
+                        aligned: bool = False, subset: np.ndarray | None = None) -> dict[str, float]:
     """Reconstruction RMSD (Å) of a hard mapping with the fitted linear decoder (see module docstring).
 
-    ``aligned=True`` skips alignment (frames already superposed onto a common reference).
-    Returns ``{"train": ..., "test": ...}`` (test only when ``R_test`` is given).
+    ``aligned=True`` skips alignment (frames already superposed onto a common reference). With ``subset``
+    (atom indices, e.g. heavy atoms) the keys ``train_subset``/``test_subset`` give the RMSD over those
+    atoms of the same all-atom reconstruction. Returns ``{"train": ..., "test": ...}`` (test only when
+    ``R_test`` is given).
     """
     if aligned:
         A, B = np.asarray(R_train, float), None if R_test is None else np.asarray(R_test, float)
@@ -99,9 +101,14 @@ def reconstruction_rmsd(mapping: Any, R_train: np.ndarray, R_test: np.ndarray | 
         B = None if R_test is None else align_frames(R_test, ref)[0]
     C = mapping.matrix()
     dec = LinearDecoder.fit(np.einsum("kn,mnd->mkd", C, A), A)
-    out = {"train": rms(dec(np.einsum("kn,mnd->mkd", C, A)) - A)}
-    if B is not None:
-        out["test"] = rms(dec(np.einsum("kn,mnd->mkd", C, B)) - B)
+    out = {}
+    for key, S in (("train", A), ("test", B)):
+        if S is None:
+            continue
+        err = dec(np.einsum("kn,mnd->mkd", C, S)) - S
+        out[key] = rms(err)
+        if subset is not None:
+            out[f"{key}_subset"] = rms(err[:, np.asarray(subset, dtype=int)])
     return out
 
 

@@ -1,0 +1,106 @@
+"""Presets, selections, JSON files and clear errors of cg.Mapping (alanine dipeptide)."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import cg
+from forcefield.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def ala_u(ala_pdb):
+    import MDAnalysis as mda
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mda.Universe(str(ala_pdb))
+
+
+def _beads_by_name(m, u):
+    return [sorted(str(u.atoms[i].name) for i in b) for b in m.beads]
+
+
+def test_heavy_preset_united_atoms(ala_u):
+    m = cg.Mapping.from_preset(ala_u.atoms, "heavy")
+    assert m.n_beads == 10 and list(m.names) == ["CH3", "C", "O", "N", "CA", "CB", "C", "O", "N", "C"]
+    got = _beads_by_name(m, ala_u)
+    assert got[0] == sorted(["CH3", "H1", "H2", "H3"]) and got[4] == ["CA", "HA"] and got[2] == ["O"]
+    m.check(complete=True, connected=True)
+    # the heavy-atom graph of ACE-ALA-NME: a tree with 9 bonds
+    assert m.bonds.tolist() == [[0, 1], [1, 2], [1, 3], [3, 4], [4, 5], [4, 6], [6, 7], [6, 8], [8, 9]]
+    assert np.isclose(m.masses.sum(), ala_u.atoms.masses.sum())
+
+
+def test_backbone_presets(ala_u):
+    m = cg.Mapping.from_preset(ala_u.atoms, "backbone")
+    assert list(m.names) == ["C", "N", "CA", "C", "N", "C"]
+    got = _beads_by_name(m, ala_u)
+    assert got[0] == sorted(["CH3", "H1", "H2", "H3", "C", "O"])  # ACE cap joins its carbonyl C
+    assert got[2] == sorted(["CA", "HA", "CB", "HB1", "HB2", "HB3"])  # side chain joins CA
+    assert got[3] == ["C", "O"] and got[1] == ["H", "N"]
+    m.check()
+    assert m.bonds.tolist() == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]]
+    assert cg.Mapping.from_preset(ala_u.atoms, "backbone_cb").n_beads == 7
+    full = cg.Mapping.from_preset(ala_u.atoms, "backbone_full")
+    assert list(full.names) == ["C", "O", "N", "CA", "CB", "C", "O", "N", "C"]
+    full.check()
+
+
+def test_residue_and_ca_presets(ala_u, ala_md):
+    m = cg.Mapping.from_preset(ala_u, "residue")
+    assert list(m.names) == ["ACE", "ALA", "NME"] and [len(b) for b in m.beads] == [6, 10, 6]
+    R = ala_md.R[:5]
+    res = ala_u.atoms.residues
+    want = np.stack([[(r.atoms.masses[:, None] * R[f][r.atoms.indices]).sum(0) / r.atoms.masses.sum() for r in res]
+                     for f in range(5)])
+    assert np.allclose(m.map_positions(R), want)
+    assert np.allclose(m.map_forces(ala_md.F[:5]).sum(1), ala_md.F[:5].sum(1))  # total force conserved
+    ca = cg.Mapping.from_preset(ala_u.atoms, "ca")
+    assert ca.n_beads == 1 and ca.beads[0].tolist() == [8]
+    assert np.allclose(ca.map_positions(R)[:, 0], R[:, 8]) and np.allclose(ca.map_forces(ala_md.F[:5])[:, 0], ala_md.F[:5, 8])
+    with pytest.raises(InputError, match="unknown preset"):
+        cg.Mapping.from_preset(ala_u.atoms, "martini")
+
+
+def test_selections_and_json_round_trip(ala_u, tmp_path):
+    sel = {"ACE": "resname ACE", "ALA": "resname ALA", "NME": "resname NME"}
+    m = cg.Mapping.from_selections(ala_u.atoms, sel, complete=True)
+    ref = cg.Mapping.from_preset(ala_u.atoms, "residue")
+    assert [b.tolist() for b in m.beads] == [b.tolist() for b in ref.beads]
+    part = cg.Mapping.from_selections(ala_u.atoms, {"CA": "name CA", "CB": "name CB"}, attach_rest=True)
+    assert sorted(np.concatenate(part.beads).tolist()) == list(range(22)) and part.is_connected()
+    path = m.save(tmp_path / "map.json")
+    d = json.loads(path.read_text())
+    assert d["format"] == "cgworkbench-mapping" and d["names"] == ["ACE", "ALA", "NME"]
+    back = cg.Mapping.load(path)
+    assert back.names == m.names and np.allclose(back.matrix(), m.matrix())
+    assert np.array_equal(back.bonds, m.bonds) and back.atom_names == m.atom_names
+
+
+@pytest.mark.parametrize("sel, match", [
+    ({"A": "resname ACE", "X": "resname GLY"}, "bead 'X': selection 'resname GLY' matches no atoms"),
+    ({"A": "resname ACE", "B": "name C"}, "bead 'B': .*overlaps bead 'A'"),
+    ({"A": "resname ACE", "B": "name and or"}, "bead 'B': invalid selection"),
+    ({"A": "resname ACE", "B": "resname ALA"}, "atoms are in no bead: atom 16 \\(NME 3 N\\)"),
+])
+def test_bad_selections_name_the_bead(ala_u, sel, match):
+    with pytest.raises(InputError, match=match):
+        cg.Mapping.from_selections(ala_u.atoms, sel, complete=True)
+
+
+def test_bad_indices_and_files(tmp_path):
+    with pytest.raises(InputError, match=r"bead 1 \(tail\) names atom 7, but there are 4 atoms"):
+        cg.Mapping.from_indices([[0, 1], [2, 7]], np.ones(4), names=["head", "tail"])
+    with pytest.raises(InputError, match=r"bead 1 \(B1\) overlaps bead 0 \(B0\) at atom 1"):
+        cg.Mapping.from_indices([[0, 1], [1, 2]], np.ones(4))
+    m = cg.Mapping.from_indices([[0, 2], [1], [3]], np.ones(4), atom_bonds=[[0, 1], [1, 2], [2, 3]])
+    with pytest.raises(InputError, match=r"bead 0 \(B0\) is not bond-connected"):
+        m.check()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(InputError, match="not valid JSON"):
+        cg.Mapping.load(bad)
