@@ -83,14 +83,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import MDAnalysis as mda
-    import torch
+
 
     import cg
     from cg.autoencoder import learn_mapping
     from forcefield.data import alanine_dipeptide_pdb
     from forcefield.reference import run_openmm_md
 
-    torch.set_num_threads(2)
     n_frames, epochs = (2000, 30) if a.quick else (10000, 100)
     epochs = a.epochs or epochs
     seeds = 1 if a.quick else a.seeds

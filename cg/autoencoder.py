@@ -50,7 +50,7 @@ def _load_data(data: Any, selection: str, atom_bonds: Any) -> dict[str, Any]:
         from .selections import atom_bonds as group_bonds, atom_masses
 
         atoms = data.atoms if selection == "all" else data.select_atoms(selection)
-        ds = Dataset.from_universe(atoms)
+        ds = _dataset_of_group(atoms)
         masses, names = atom_masses(atoms), [str(n) for n in atoms.names]
         bonds = group_bonds(atoms)
     elif isinstance(data, Dataset):
@@ -64,6 +64,25 @@ def _load_data(data: Any, selection: str, atom_bonds: Any) -> dict[str, Any]:
     elif bonds is None or len(bonds) == 0:
         bonds = covalent_bonds(ds.R[0], ds.z)
     return {"R": ds.R, "F": ds.F, "masses": np.asarray(masses, float), "bonds": bonds, "names": names}
+
+
+def _dataset_of_group(atoms: Any) -> Any:
+    """Every frame of an AtomGroup as a Dataset (forces converted from kJ/(mol Å) to kcal/mol/Å)."""
+    from forcefield import Dataset
+    from forcefield.units import KCAL_PER_KJ
+    from forcefield.universe import elements_of
+
+    if atoms.n_atoms == 0:
+        raise InputError("learn_mapping: the atom selection is empty")
+    R, F = [], []
+    for ts in atoms.universe.trajectory:
+        R.append(atoms.positions.astype(np.float64))
+        if getattr(ts, "has_forces", False):
+            F.append(atoms.forces.astype(np.float64) * KCAL_PER_KJ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        z = elements_of(atoms)
+    return Dataset(R=np.stack(R), z=z, F=np.stack(F) if len(F) == len(R) else None, name="universe")
 
 
 def _kmeans_logits(ref: np.ndarray, w: np.ndarray, n_beads: int, rng: np.random.Generator, scale: float) -> np.ndarray:
