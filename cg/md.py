@@ -1,0 +1,203 @@
+"""CG molecular dynamics with a :class:`cg.potential.CGPotential`: BAOAB Langevin, many replicas at once.
+
+Uses the shared integrator :func:`forcefield.langevin.simulate` (any torch device). A replica is stopped,
+keeping its earlier frames, when its positions or forces stop being finite or when any CG bond deviates
+by more than ``max_bond_deviation`` (Å) from its reference length (the stability criterion of Fu et al.,
+TMLR 2023, applied on the fly). Trajectories are written through MDAnalysis (PDB topology with the bead
+bonds + DCD/XTC/TRR/...).
+
+Units: Å, fs, K, amu, kcal/mol.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from forcefield.errors import InputError
+from forcefield.langevin import Trajectory, simulate
+
+from .potential import CGPotential
+
+
+@dataclass
+class CGRun:
+    """Result of :func:`run_cg_md`.
+
+    Attributes
+    ----------
+    traj : the shared :class:`forcefield.langevin.Trajectory` (R (n_saved, B, n, 3), n_valid, stopped, ...).
+    report : one dict per replica: ``replica``, ``stable``, ``frames``, ``stopped_step``, ``stopped_ps``, ``reason``.
+    wall_seconds : wall time of the integration.
+    n_steps, dt_fs : requested steps per replica and time step.
+    """
+
+    traj: Trajectory
+    report: list[dict[str, Any]]
+    wall_seconds: float
+    n_steps: int
+    dt_fs: float
+    names: list[str] = field(default_factory=list)
+    bonds: np.ndarray | None = None
+    masses: np.ndarray | None = None
+
+    @property
+    def n_replicas(self) -> int:
+        return self.traj.R.shape[1]
+
+    @property
+    def all_stable(self) -> bool:
+        return all(r["stable"] for r in self.report)
+
+    @property
+    def steps_done(self) -> int:
+        """Replica-steps actually integrated (stopped replicas count up to their stop)."""
+        return int(sum(r["stopped_step"] if not r["stable"] else self.n_steps for r in self.report))
+
+    def speed(self) -> dict[str, float]:
+        """Bead-steps per second, replica-steps per second, and simulated ns per day (all replicas together)."""
+        n = self.traj.R.shape[2]
+        steps = self.steps_done
+        return {"bead_steps_per_s": steps * n / self.wall_seconds, "steps_per_s": steps / self.wall_seconds,
+                "ns_per_day": steps * self.dt_fs * 1e-6 / self.wall_seconds * 86400.0}
+
+    def frames(self, replicas: list[int] | None = None) -> np.ndarray:
+        """Valid frames of the chosen replicas (default all), concatenated: (frames, n, 3)."""
+        reps = range(self.n_replicas) if replicas is None else replicas
+        return np.concatenate([self.traj.replica(b)[0] for b in reps], 0)
+
+    def summary(self) -> str:
+        sp = self.speed()
+        bad = [r for r in self.report if not r["stable"]]
+        s = (f"{self.n_replicas} replicas x {self.n_steps} steps of {self.dt_fs:g} fs "
+             f"({self.n_steps * self.dt_fs / 1000:.1f} ps each) in {self.wall_seconds:.1f} s: "
+             f"{sp['bead_steps_per_s']:.3g} bead-steps/s, {sp['ns_per_day']:.1f} ns/day; "
+             f"{self.n_replicas - len(bad)}/{self.n_replicas} stable")
+        for r in bad:
+            s += f"\n  replica {r['replica']} stopped at step {r['stopped_step']} ({r['stopped_ps']:.2f} ps): {r['reason']}"
+        return s
+
+
+def bond_check(bonds: np.ndarray, r_ref: np.ndarray, max_dev: float):
+    """Instability test for :func:`forcefield.langevin.simulate`: True where any bond deviates > max_dev Å."""
+    b = torch.as_tensor(np.asarray(bonds, dtype=int).reshape(-1, 2))
+    r0 = torch.as_tensor(np.asarray(r_ref, dtype=float))
+
+    def check(x: torch.Tensor) -> torch.Tensor:
+        if len(b) == 0:
+            return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        bb, rr = b.to(x.device), r0.to(x.device, x.dtype)
+        d = (x[:, bb[:, 1]] - x[:, bb[:, 0]]).norm(dim=-1)
+        return ((d - rr).abs() > max_dev).any(-1)
+
+    return check
+
+
+def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: int, *, dt_fs: float = 2.0,
+              save_every: int = 50, temperature: float | None = None, friction_per_ps: float = 1.0,
+              max_bond_deviation: float = 0.5, reference_bond_lengths: np.ndarray | None = None,
+              dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
+              progress: bool = True) -> CGRun:
+    """Langevin (BAOAB) MD of B replicas of the CG system from x0 (B, n, 3) or (n, 3) Å.
+
+    Parameters
+    ----------
+    potential : the CG potential (its masses, bonds and, by default, temperature are used).
+    n_steps, dt_fs, save_every : steps per replica, time step (fs), steps between saved frames.
+    friction_per_ps : Langevin friction (1/ps).
+    max_bond_deviation : Å; a replica stops when a CG bond deviates more than this from its reference length
+        (``reference_bond_lengths``, default the prior's r0, else the mean over x0). ``None`` disables the check
+        (non-finite values still stop a replica).
+    dtype : positions/force precision during MD (float32 by default; the network is float32 anyway).
+    """
+    x = torch.as_tensor(np.asarray(x0) if not torch.is_tensor(x0) else x0)
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3 or x.shape[1:] != (potential.n_beads, 3):
+        raise InputError(f"starting positions must be (replicas, {potential.n_beads}, 3), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InputError("starting positions contain non-finite values")
+    x = x.to(device=device, dtype=dtype)
+    potential = potential.to(device).eval()
+    for p in potential.parameters():
+        p.requires_grad_(False)
+    bonds = potential.bonds.cpu().numpy()
+    check = None
+    if max_bond_deviation is not None and len(bonds):
+        if reference_bond_lengths is None:
+            if potential.priors is not None and len(potential.priors.bond_idx) == len(bonds):
+                reference_bond_lengths = potential.priors.bond_r0.cpu().numpy()
+            else:
+                xb = x.double().cpu().numpy()
+                reference_bond_lengths = np.linalg.norm(xb[:, bonds[:, 1]] - xb[:, bonds[:, 0]], axis=-1).mean(0)
+        check = bond_check(bonds, reference_bond_lengths, float(max_bond_deviation))
+    T = potential.temperature if temperature is None else float(temperature)
+    t0 = time.perf_counter()
+    traj = simulate(potential.force_fn(torch.float32), x, potential.masses.to(device), n_steps, save_every=save_every,
+                    dt_fs=dt_fs, temperature=T, friction_per_ps=friction_per_ps, seed=seed, check_fn=check,
+                    progress=progress, desc="CG MD")
+    wall = time.perf_counter() - t0
+    stops = {b: (step, why) for b, step, why in traj.stopped}
+    report = []
+    for b in range(x.shape[0]):
+        st = stops.get(b)
+        report.append({"replica": b, "stable": st is None, "frames": int(traj.n_valid[b]),
+                       "stopped_step": None if st is None else int(st[0]),
+                       "stopped_ps": None if st is None else st[0] * dt_fs / 1000.0,
+                       "reason": None if st is None else st[1]})
+    return CGRun(traj=traj, report=report, wall_seconds=wall, n_steps=n_steps, dt_fs=dt_fs, names=potential.names,
+                 bonds=bonds, masses=potential.masses.cpu().numpy())
+
+
+# ----------------------------------------------------------------------------- MDAnalysis output
+def cg_universe(R: np.ndarray, names: list[str], bonds: np.ndarray | None = None, masses: np.ndarray | None = None,
+                dt_ps: float = 1.0) -> Any:
+    """An MDAnalysis Universe of bead trajectories R (frames, n, 3) Å (one residue ``CG``; names/types = bead names)."""
+    import MDAnalysis as mda
+    from MDAnalysis.coordinates.memory import MemoryReader
+
+    R = np.asarray(R, dtype=np.float32)
+    if R.ndim == 2:
+        R = R[None]
+    n = R.shape[1]
+    if len(names) != n:
+        raise InputError(f"{len(names)} bead names for {n} beads")
+    u = mda.Universe.empty(n, n_residues=1, atom_resindex=np.zeros(n, dtype=int), trajectory=False)
+    u.add_TopologyAttr("names", [str(s)[:4] for s in names])
+    u.add_TopologyAttr("types", [str(s) for s in names])
+    u.add_TopologyAttr("resnames", ["CG"])
+    u.add_TopologyAttr("resids", [1])
+    u.add_TopologyAttr("masses", np.ones(n) if masses is None else np.asarray(masses, dtype=float))
+    if bonds is not None and len(bonds):
+        u.add_TopologyAttr("bonds", [tuple(map(int, b)) for b in np.asarray(bonds).reshape(-1, 2)])
+    u.load_new(R, format=MemoryReader, order="fac", dt=dt_ps)
+    return u
+
+
+def write_cg_trajectory(path: str | os.PathLike, R: np.ndarray, names: list[str], bonds: np.ndarray | None = None,
+                        masses: np.ndarray | None = None, dt_ps: float = 1.0) -> Path:
+    """Write bead frames R (frames, n, 3) with MDAnalysis: ``path`` (.dcd/.xtc/.trr/.pdb) plus a PDB topology
+    beside trajectory formats. Atomic writes."""
+    from forcefield.universe import write_universe
+
+    return write_universe(cg_universe(R, names, bonds, masses, dt_ps), path)
+
+
+def write_run(run: CGRun, path: str | os.PathLike, replica: int | None = None) -> list[Path]:
+    """Write each replica's valid frames (or only ``replica``) to ``stem_r{k}.ext`` (with a PDB beside it)."""
+    path = Path(path)
+    reps = range(run.n_replicas) if replica is None else [replica]
+    out = []
+    dt_ps = run.traj.save_every * run.dt_fs / 1000.0
+    for b in reps:
+        R = run.traj.replica(b)[0]
+        if len(R) == 0:
+            continue
+        p = path if replica is not None or run.n_replicas == 1 else path.with_name(f"{path.stem}_r{b}{path.suffix}")
+        out.append(write_cg_trajectory(p, R, run.names, run.bonds, run.masses, dt_ps))
+    return out

@@ -1,0 +1,226 @@
+"""Neural CG potential: a SchNet-style invariant message-passing network over beads, plus priors.
+
+Total energy ``U(x) = U_prior(x) + U_net(x)`` in kcal/mol for bead positions x (B, n, 3) in Å; forces
+are ``-∂U/∂x`` by autograd (kcal/mol/Å). The network sees only interbead distances, so its energy is
+invariant to rotations, translations and permutations of equal-type beads. Chirality enters through the
+Fourier dihedral priors (dihedrals change sign under reflection).
+
+Network (continuous-filter convolutions, Schütt et al. 2018, written here from the paper): bead-type
+embeddings; Gaussian radial basis with a cosine cutoff; ``n_interactions`` residual interaction blocks;
+per-bead MLP summed to the energy. Messages are aggregated with ``torch_geometric.utils.scatter`` over
+a flattened (batch × bead) index, so the same code runs on CPU and GPU (``device=``). The network runs in
+float32; positions of any dtype are accepted and results returned in that dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .priors import Priors
+
+
+class RadialBasis(nn.Module):
+    """Gaussians on [0, cutoff] times a cosine cutoff envelope (smooth to second order at the cutoff)."""
+
+    def __init__(self, n_rbf: int, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.register_buffer("mu", torch.linspace(0.0, cutoff, n_rbf))
+        self.gamma = 0.5 / (cutoff / (n_rbf - 1)) ** 2
+
+    def forward(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        env = 0.5 * (torch.cos(math.pi * d.clamp(max=self.cutoff) / self.cutoff) + 1.0)
+        return torch.exp(-self.gamma * (d[..., None] - self.mu) ** 2), env
+
+
+class Interaction(nn.Module):
+    """Continuous-filter convolution: filters are computed once per unordered pair and used both ways."""
+
+    def __init__(self, hidden: int, n_rbf: int) -> None:
+        super().__init__()
+        self.filt = nn.Sequential(nn.Linear(n_rbf, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.pre = nn.Linear(hidden, hidden, bias=False)
+        self.post = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, h: torch.Tensor, rbf: torch.Tensor, env: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        from torch_geometric.utils import scatter
+
+        B, n, H = h.shape
+        W = self.filt(rbf) * env[..., None]                     # (B, P, H), one filter per unordered pair
+        W = torch.cat([W, W], 1)                                # both directions: edges (src->dst), (dst->src)
+        s2, d2 = torch.cat([src, dst]), torch.cat([dst, src])
+        msg = self.pre(h)[:, s2] * W                            # (B, 2P, H)
+        off = (torch.arange(B, device=h.device) * n)[:, None]
+        agg = scatter(msg.reshape(-1, H), (d2[None] + off).reshape(-1), dim=0, dim_size=B * n, reduce="sum")
+        return h + self.post(agg.view(B, n, H))
+
+
+class SchNetCG(nn.Module):
+    """Invariant message-passing energy over n beads with bead types.
+
+    Parameters
+    ----------
+    types : (n,) integer bead types (0 .. n_types-1); beads of one type share an embedding.
+    hidden, n_rbf, n_interactions : widths and depth.
+    cutoff : Å; pairs farther apart exchange no messages (smooth cosine envelope).
+    exclude : optional (P, 2) bead pairs that exchange no messages (e.g. bonds already handled by priors);
+        default: all pairs interact.
+    """
+
+    def __init__(self, types: np.ndarray | torch.Tensor, hidden: int = 32, n_rbf: int = 16, n_interactions: int = 2,
+                 cutoff: float = 10.0, exclude: np.ndarray | None = None) -> None:
+        super().__init__()
+        types = torch.as_tensor(np.asarray(types), dtype=torch.long)
+        n = len(types)
+        self.config = {"hidden": hidden, "n_rbf": n_rbf, "n_interactions": n_interactions, "cutoff": float(cutoff),
+                       "n_types": int(types.max()) + 1,
+                       "exclude": None if exclude is None else np.asarray(exclude, dtype=int).tolist()}
+        self.register_buffer("types", types)
+        excl = {tuple(sorted(p)) for p in (np.asarray(exclude, dtype=int).reshape(-1, 2).tolist() if exclude is not None else [])}
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if (i, j) not in excl]
+        e = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+        self.register_buffer("src", e[:, 0].contiguous())
+        self.register_buffer("dst", e[:, 1].contiguous())
+        self.embed = nn.Embedding(self.config["n_types"], hidden)
+        self.rbf = RadialBasis(n_rbf, cutoff)
+        self.blocks = nn.ModuleList([Interaction(hidden, n_rbf) for _ in range(n_interactions)])
+        self.out = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.SiLU(), nn.Linear(hidden // 2, 1))
+        with torch.no_grad():  # start close to zero: the priors carry the initial physics
+            self.out[-1].weight.mul_(0.1)
+            self.out[-1].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energies (B,) in kcal/mol of positions x (B, n, 3) in Å (computed in the module's dtype)."""
+        dt = self.embed.weight.dtype
+        x = x.to(dt)
+        d = (x[:, self.dst] - x[:, self.src]).norm(dim=-1)      # (B, E)
+        rbf, env = self.rbf(d)
+        h = self.embed(self.types)[None].expand(x.shape[0], -1, -1)
+        for blk in self.blocks:
+            h = blk(h, rbf, env, self.src, self.dst)
+        return self.out(h).squeeze(-1).sum(-1)
+
+
+class CGPotential(nn.Module):
+    """Priors (fixed, float64 buffers) + optional network (float32). ``forward(x)`` -> energies (B,).
+
+    Parameters
+    ----------
+    priors : a fitted :class:`cg.priors.Priors` (or None for a network-only potential).
+    net : a :class:`SchNetCG` (or None for priors only).
+    names, masses, bonds : bead names, masses (amu) and bond graph, kept for MD and evaluation.
+    """
+
+    def __init__(self, priors: Priors | None, net: SchNetCG | None, names: list[str], masses: np.ndarray,
+                 bonds: np.ndarray, temperature: float = 300.0) -> None:
+        super().__init__()
+        if priors is None and net is None:
+            raise ValueError("a CG potential needs priors, a network, or both")
+        self.priors, self.net = priors, net
+        self.names = list(names)
+        self.register_buffer("masses", torch.as_tensor(np.asarray(masses, dtype=float)))
+        self.register_buffer("bonds", torch.as_tensor(np.asarray(bonds, dtype=int).reshape(-1, 2)))
+        self.temperature = float(temperature)
+
+    @property
+    def n_beads(self) -> int:
+        return len(self.names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        E = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        if self.priors is not None:
+            E = E + self.priors(x)
+        if self.net is not None:
+            E = E + self.net(x).to(x.dtype)
+        return E
+
+    def energy_forces(self, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(energies (B,), forces (B, n, 3)) with forces = -∂E/∂x by autograd."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True) if not x.requires_grad else x
+            E = self(xg)
+            (g,) = torch.autograd.grad(E.sum(), xg, create_graph=create_graph)
+        return (E if create_graph else E.detach()), (-g if create_graph else -g.detach())
+
+    def force_fn(self, dtype: torch.dtype = torch.float32):
+        """Callable for :func:`forcefield.langevin.simulate`: positions -> (E, F), evaluated in ``dtype``."""
+        def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            E, F = self.energy_forces(x.to(dtype))
+            return E.to(x.dtype), F.to(x.dtype)
+        return fn
+
+    # ------------------------------------------------------------- files
+    def state(self) -> dict[str, Any]:
+        """Plain dict of tensors/numbers/strings (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "format": "cgworkbench-cgpotential", "version": 1, "names": self.names,
+            "masses": self.masses.detach().cpu(), "bonds": self.bonds.detach().cpu(), "temperature": self.temperature,
+            "priors": None if self.priors is None else self.priors.state(),
+            "net_config": None if self.net is None else dict(self.net.config),
+            "net_types": None if self.net is None else self.net.types.detach().cpu(),
+            "net_state": None if self.net is None else {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+        }
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any], device: str | torch.device = "cpu") -> "CGPotential":
+        from forcefield.errors import InputError
+
+        if s.get("format") != "cgworkbench-cgpotential":
+            raise InputError(f"not a cgworkbench CG potential (format {s.get('format')!r})")
+        priors = Priors.from_state(s["priors"]) if s["priors"] is not None else None
+        net = None
+        if s["net_config"] is not None:
+            c = dict(s["net_config"])
+            c.pop("n_types")
+            net = SchNetCG(s["net_types"].numpy(), **c)
+            net.load_state_dict(s["net_state"])
+        return cls(priors, net, s["names"], s["masses"].numpy(), s["bonds"].numpy(), s["temperature"]).to(device)
+
+    def save(self, path: str) -> None:
+        """Write the potential atomically (torch.save of :meth:`state`)."""
+        from forcefield.fileio import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu") -> "CGPotential":
+        """Read a potential written by :meth:`save` or a training checkpoint (``weights_only=True``)."""
+        from pathlib import Path
+
+        from forcefield.errors import InputError
+
+        if not Path(path).exists():
+            raise InputError(f"{path}: no such file")
+        try:
+            s = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{path}: not a readable CG potential ({e})") from e
+        if isinstance(s, dict) and "potential" in s:  # a training checkpoint: its best network
+            best = s.get("best_net")
+            s = dict(s["potential"])
+            if best is not None and s.get("net_state") is not None:
+                s["net_state"] = best
+        try:
+            return cls.from_state(s, device)
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
+
+
+def bead_types(names: list[str]) -> np.ndarray:
+    """Integer types from bead names (equal names share a type), in order of first appearance."""
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(n, len(seen)) for n in names], dtype=int)
+
+
+def build_potential(priors: Priors | None, names: list[str], masses: np.ndarray, bonds: np.ndarray,
+                    types: np.ndarray | None = None, temperature: float = 300.0, network: bool = True,
+                    device: str | torch.device = "cpu", **net_kw: Any) -> CGPotential:
+    """Priors + a fresh SchNetCG over the beads (types default to one per distinct bead name)."""
+    t = bead_types(names) if types is None else np.asarray(types, dtype=int)
+    net = SchNetCG(t, **net_kw) if network else None
+    return CGPotential(priors, net, names, masses, bonds, temperature).to(device)
