@@ -104,10 +104,9 @@ def _kmeans_logits(ref: np.ndarray, w: np.ndarray, n_beads: int, rng: np.random.
 def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int = 256, lr: float = 0.05,
                   rho: float = 1e-5, compact: float = 0.0, occupancy: float = 1.0, min_atoms: float = 1.0,
                   t0: float = 4.0, tmin: float = 0.1, hard: bool = True, decoder: str = "ridge",
-                  weighting: str = "com", init: str = "kmeans", refine: bool = True, val_fraction: float = 0.1,
-                  united_atoms: bool = True, selection: str = "all", atom_bonds: Any = None, forces: Any = None,
-                  max_frames: int | None = None,
-                  device: Any = None, threads: int | None = 1, seed: int = 0, progress: bool = True,
+                  weighting: str = "com", init: str = "kmeans", refine: bool = True, restarts: int = 1,
+                  val_fraction: float = 0.1, united_atoms: bool = True, selection: str = "all", atom_bonds: Any = None,
+                  forces: Any = None, max_frames: int | None = None, device: Any = None, threads: int | None = 1, seed: int = 0, progress: bool = True,
                   return_history: bool = False) -> Any:
     """Learn a hard CG mapping with ``n_beads`` beads by a coarse-graining autoencoder.
 
@@ -124,6 +123,8 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     weighting : ``"com"`` or ``"cog"`` bead centroids.
     init : ``"kmeans"`` (logits from k-means on the mean structure) or ``"random"``.
     refine : polish the hard map by greedy single-atom moves on the hard loss (training frames).
+    restarts : independent training runs (seeds derived from ``seed``); the hard map with the lowest hard
+        loss on the training frames is kept.
     val_fraction : share of frames held out (the last ones) for the reported validation RMSD.
     united_atoms : keep every hydrogen in the bead of the heavy atom it is bonded to (learn over heavy-atom
         groups). Without it, reconstruction alone favours beads of a single methyl hydrogen.
@@ -161,10 +162,10 @@ def _kw(loc: dict[str, Any]) -> dict[str, Any]:
 
 def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, rho: float, compact: float,
            occupancy: float, min_atoms: float, t0: float, tmin: float, hard: bool, decoder: str, weighting: str,
-           init: str, refine: bool, val_fraction: float, united_atoms: bool, selection: str, atom_bonds: Any,
-           forces: Any, max_frames: int | None, device: Any, seed: int, progress: bool, return_history: bool) -> Any:
+           init: str, refine: bool, restarts: int, val_fraction: float, united_atoms: bool, selection: str,
+           atom_bonds: Any, forces: Any, max_frames: int | None, device: Any, seed: int, progress: bool,
+           return_history: bool) -> Any:
     import torch
-    from tqdm.auto import tqdm
 
     if decoder not in DECODERS:
         raise InputError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
@@ -189,24 +190,71 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
     n_tr = len(R) - n_val
     A, ref, Fa = align_frames(R[:n_tr], F=None if F is None else F[:n_tr])
     Av = align_frames(R[n_tr:], ref)[0] if n_val else None
-    rng = np.random.default_rng(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    w_np = masses if weighting == "com" else np.ones(N)
+    ctx = dict(A=A, ref=ref, Fa=Fa if rho > 0 else None, group=group, G=G, w_np=w_np, n_beads=n_beads,
+               epochs=epochs, batch_size=batch_size, lr=lr, rho=rho, compact=compact, occupancy=occupancy,
+               min_atoms=min_atoms, t0=t0, tmin=tmin, hard=hard, decoder=decoder, init=init, device=device,
+               progress=progress)
+    sub = np.linspace(0, n_tr - 1, min(n_tr, 2000)).round().astype(int)
+    As, Fs = A[sub], None if (Fa is None or rho <= 0) else Fa[sub]
+
+    def hard_loss(a: np.ndarray) -> float:
+        t = objective_terms(a[group], n_beads, As, masses, weighting, Fs)
+        return t["recon"] + compact * t["compact"] + rho * t.get("force", 0.0)
+
+    best = None
+    for r in range(max(1, restarts)):
+        L, hist = _train_logits(ctx, seed=int(seed) + 7919 * r)
+        gassign = repair_assignment(L.argmax(0), L, gbonds)
+        moves = 0
+        if refine:
+            gassign, val, moves = refine_assignment(gassign, gbonds, hard_loss)
+        else:
+            val = hard_loss(gassign)
+        if best is None or val < best[0] - 1e-12:
+            best = (val, gassign, moves, hist, r)
+    val, gassign, moves, hist, r_best = best
+    assign = gassign[group]
+    beads = [np.flatnonzero(assign == k) for k in range(n_beads)]
+    order = np.argsort([b.min() for b in beads], kind="stable")
+    m = Mapping(beads=[beads[k] for k in order], atom_masses=masses, weighting=weighting,
+                names=[f"B{k}" for k in range(n_beads)], atom_bonds=bonds, atom_names=d["names"],
+                source=f"learned autoencoder: {n_beads} beads, decoder {decoder}, rho {rho:g}, seed {seed}")
+    m.check(complete=True, connected=True)
+    rec = reconstruction_rmsd(m, A, Av, aligned=True)
+    hist["final"] = {"recon_rmsd_train": rec["train"], "recon_rmsd_val": rec.get("test"),
+                     "mapped_force_norm": None if F is None else float(np.linalg.norm(m.map_forces(F), axis=-1).mean()),
+                     "hard_loss": float(val), "refine_moves": int(moves), "restart": int(r_best),
+                     "seconds_per_epoch": float(np.mean(hist["seconds"])) if epochs else 0.0}
+    m.history = hist
+    return (m, hist) if return_history else m
+
+
+def _train_logits(c: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One autoencoder training run; returns the final logits (n_beads, groups) and the history."""
+    import torch
+    from tqdm.auto import tqdm
+
+    A, ref, Fa, group, G, w_np = c["A"], c["ref"], c["Fa"], c["group"], c["G"], c["w_np"]
+    n_beads, epochs, batch_size, device = c["n_beads"], c["epochs"], c["batch_size"], c["device"]
+    t0, tmin, hard, decoder, rho = c["t0"], c["tmin"], c["hard"], c["decoder"], c["rho"]
+    n_tr, N = A.shape[:2]
+    rng = np.random.default_rng(seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
-    torch.manual_seed(int(seed))
     dt = torch.float32
     x_all = torch.as_tensor(A, dtype=dt, device=device)
-    f_all = None if (Fa is None or rho <= 0) else torch.as_tensor(Fa, dtype=dt, device=device)
-    w_atom = torch.as_tensor(masses if weighting == "com" else np.ones(N), dtype=dt, device=device)
-    w_np = masses if weighting == "com" else np.ones(N)
+    f_all = None if Fa is None else torch.as_tensor(Fa, dtype=dt, device=device)
+    w_atom = torch.as_tensor(w_np, dtype=dt, device=device)
     gw = np.bincount(group, weights=w_np, minlength=G)
     gref = np.stack([np.bincount(group, weights=w_np * ref[:, d], minlength=G) for d in range(3)], 1) / gw[:, None]
-    if init == "kmeans":
+    if c["init"] == "kmeans":
         L0 = _kmeans_logits(gref, gw, n_beads, rng, scale=1.0) + 0.01 * rng.standard_normal((n_beads, G))
-    elif init == "random":
+    elif c["init"] == "random":
         L0 = rng.standard_normal((n_beads, G))
     else:
-        raise InputError(f"unknown init {init!r}; expected 'kmeans' or 'random'")
+        raise InputError(f"unknown init {c['init']!r}; expected 'kmeans' or 'random'")
     logits = torch.nn.Parameter(torch.as_tensor(L0, dtype=dt, device=device))
     gidx = torch.as_tensor(group, device=device)
     params = [logits]
@@ -215,11 +263,11 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
         D_par = torch.nn.Parameter((C0 / C0.sum(1, keepdim=True)).T.clone())
         b_par = torch.nn.Parameter(torch.zeros(N, 3, dtype=dt, device=device))
         params += [D_par] + ([b_par] if decoder == "linear" else [])
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=c["lr"])
     hist: dict[str, Any] = {k: [] for k in ("epoch", "temperature", "loss", "recon_rmsd", "force_msq",
                                              "compact_msd", "occupancy", "seconds")}
     n_batches = max(1, n_tr // batch_size)
-    bar = tqdm(range(epochs), desc=f"learn {n_beads}-bead map", disable=not progress)
+    bar = tqdm(range(epochs), desc=f"learn {n_beads}-bead map", disable=not c["progress"])
     for ep in bar:
         t_ep = time.perf_counter()
         T = t0 * (tmin / t0) ** (ep / max(1, epochs - 1))
@@ -250,8 +298,8 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
             recon = ((xhat - x) ** 2).sum(-1).mean()
             comp = (assign * ((x[:, None] - X[:, :, None]) ** 2).sum(-1)).sum(1).mean()
             occ = torch.softmax(logits, 0).sum(1)  # expected groups per bead
-            occ_pen = torch.relu(min_atoms - occ).pow(2).sum()
-            loss = recon + compact * comp + occupancy * occ_pen
+            occ_pen = torch.relu(c["min_atoms"] - occ).pow(2).sum()
+            loss = recon + c["compact"] * comp + c["occupancy"] * occ_pen
             fterm = torch.zeros((), device=device)
             if f_all is not None:
                 fterm = (torch.einsum("kn,bnd->bkd", assign, f_all[sel]) ** 2).sum(-1).mean()
@@ -265,31 +313,7 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
                                time.perf_counter() - t_ep]):
             hist[k].append(float(v))
         bar.set_postfix(T=f"{T:.2f}", recon=f"{np.sqrt(sums[1]):.3f}Å", f2=f"{sums[2]:.0f}")
-    L = logits.detach().cpu().numpy().astype(float)
-    gassign = repair_assignment(L.argmax(0), L, gbonds)
-    moves = 0
-    if refine:
-        sub = np.linspace(0, n_tr - 1, min(n_tr, 2000)).round().astype(int)
-        As, Fs = A[sub], None if (Fa is None or rho <= 0) else Fa[sub]
-
-        def hard_loss(a: np.ndarray) -> float:
-            t = objective_terms(a[group], n_beads, As, masses, weighting, Fs)
-            return t["recon"] + compact * t["compact"] + rho * t.get("force", 0.0)
-
-        gassign, _, moves = refine_assignment(gassign, gbonds, hard_loss)
-    assign = gassign[group]
-    beads = [np.flatnonzero(assign == k) for k in range(n_beads)]
-    order = np.argsort([b.min() for b in beads], kind="stable")
-    m = Mapping(beads=[beads[k] for k in order], atom_masses=masses, weighting=weighting,
-                names=[f"B{k}" for k in range(n_beads)], atom_bonds=bonds, atom_names=d["names"],
-                source=f"learned autoencoder: {n_beads} beads, decoder {decoder}, rho {rho:g}, seed {seed}")
-    m.check(complete=True, connected=True)
-    rec = reconstruction_rmsd(m, A, Av, aligned=True)
-    hist["final"] = {"recon_rmsd_train": rec["train"], "recon_rmsd_val": rec.get("test"),
-                     "mapped_force_norm": None if F is None else float(np.linalg.norm(m.map_forces(F), axis=-1).mean()),
-                     "refine_moves": int(moves), "seconds_per_epoch": float(np.mean(hist["seconds"])) if epochs else 0.0}
-    m.history = hist
-    return (m, hist) if return_history else m
+    return logits.detach().cpu().numpy().astype(float), hist
 
 
 def _united_groups(masses: np.ndarray, bonds: np.ndarray) -> np.ndarray:

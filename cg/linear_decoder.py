@@ -19,20 +19,15 @@ from typing import Any
 import numpy as np
 
 
-def kabsch_batch(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """Rotations (M, 3, 3) superposing the centred frames P (M, N, 3) onto the centred reference Q (N, 3).
+def frame_rotations(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """Rotations (M, 3, 3) superposing each centred frame of P (M, N, 3) onto the reference Q (N, 3).
 
-    ``(P[m] - mean) @ rot[m].T`` is the aligned frame (same convention as :func:`forcefield.geometry.kabsch`).
+    Uses :func:`forcefield.geometry.kabsch` frame by frame: ``(P[m] - mean) @ rot[m].T`` is the aligned frame.
     """
-    Pc = P - P.mean(1, keepdims=True)
+    from forcefield.geometry import kabsch
+
     Qc = Q - Q.mean(0)
-    H = np.einsum("mni,nj->mij", Pc, Qc)
-    U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(np.einsum("mji,mkj->mik", Vt, U)))
-    D = np.zeros((len(P), 3, 3))
-    D[:, 0, 0] = D[:, 1, 1] = 1.0
-    D[:, 2, 2] = d
-    return np.einsum("mji,mjk,mlk->mil", Vt, D, U)
+    return np.stack([kabsch(p - p.mean(0), Qc)[0] for p in P])
 
 
 def align_frames(R: np.ndarray, reference: np.ndarray | None = None, iterations: int = 4,
@@ -51,7 +46,7 @@ def align_frames(R: np.ndarray, reference: np.ndarray | None = None, iterations:
     else:
         ref = np.asarray(reference, dtype=float)
         ref = ref - ref.mean(0)
-    rot = kabsch_batch(R, ref)
+    rot = frame_rotations(R, ref)
     A = np.einsum("mnj,mij->mni", R - R.mean(1, keepdims=True), rot)
     Fr = None if F is None else np.einsum("mnj,mij->mni", np.asarray(F, dtype=float), rot)
     return A, ref, Fr

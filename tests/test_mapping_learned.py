@@ -93,3 +93,24 @@ def test_alignment_and_decoder_are_rotation_invariant(ala_md):
     assert abs(r1["train"] - r2["train"]) < 1e-6 and abs(r1["test"] - r2["test"]) < 1e-6
     # a map with one bead per atom reconstructs exactly
     assert reconstruction_rmsd(cg.Mapping.from_indices([[i] for i in range(22)], np.ones(22)), R[:40], R[40:])["test"] < 1e-6
+
+
+def test_learn_with_force_provider_and_universe(ala_md, ala_pdb):
+    """Forces may come from a provider (kernel force field stand-in) when the data has none; Universe input."""
+    ds = ala_md.subset(slice(0, 80))
+    ds.F = None
+    R0 = ala_md.R[0]
+
+    class FakeKernel:
+        def predict(self, R):
+            return np.zeros(len(R)), -4.0 * (R - R0)
+
+    m = cg.learn_mapping(ds, 3, epochs=3, batch_size=40, forces=FakeKernel(), rho=1e-3, progress=False, seed=1,
+                         val_fraction=0.0)
+    m.check()
+    want = np.linalg.norm(m.map_forces(-4.0 * (ds.R - R0)), axis=-1).mean()
+    assert np.isclose(m.history["final"]["mapped_force_norm"], want)
+    u = ala_md.subset(slice(0, 80)).to_universe(str(ala_pdb))
+    mu = cg.learn_mapping(u.atoms, 3, epochs=3, batch_size=40, progress=False, seed=1, restarts=2)
+    mu.check()
+    assert mu.atom_names[:3] == ["CH3", "H1", "H2"] and mu.history["final"]["restart"] in (0, 1)
