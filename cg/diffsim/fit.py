@@ -193,6 +193,7 @@ class DiffSimFitter:
             "equilibrated": self._equilibrated,
             "avg": {k: v.cpu() for k, v in self._avg.items()},
             "n_avg": self._n_avg,
+            "g_avg": self._g_avg.cpu() if self._g_avg is not None else torch.zeros(0),
         }
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(payload, tmp)
@@ -219,6 +220,7 @@ class DiffSimFitter:
         self._equilibrated = bool(p["equilibrated"])
         self._avg = {k: v.to(self.device) for k, v in p["avg"].items()}
         self._n_avg = int(p["n_avg"])
+        self._g_avg = p["g_avg"].to(self.device) if p["g_avg"].numel() else None
 
     @staticmethod
     def step_time(history: list[dict], skip: int = 1) -> float:
