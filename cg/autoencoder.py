@@ -123,8 +123,8 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     weighting : ``"com"`` or ``"cog"`` bead centroids.
     init : ``"kmeans"`` (logits from k-means on the mean structure) or ``"random"``.
     refine : polish the hard map by greedy single-atom moves on the hard loss (training frames).
-    restarts : independent training runs (seeds derived from ``seed``); the hard map with the lowest hard
-        loss on the training frames is kept.
+    restarts : independent training runs (seeds ``seed``, ``seed + 1``, ...); the hard map with the lowest
+        hard loss on the training frames is kept.
     val_fraction : share of frames held out (the last ones) for the reported validation RMSD.
     united_atoms : keep every hydrogen in the bead of the heavy atom it is bonded to (learn over heavy-atom
         groups). Without it, reconstruction alone favours beads of a single methyl hydrogen.
@@ -142,7 +142,7 @@ def learn_mapping(data: Any, n_beads: int, *, epochs: int = 100, batch_size: int
     Mapping (``source`` says how it was learned) with ``mapping.history``: per-epoch lists ``epoch,
     temperature, loss, recon_rmsd, force_msq, compact_msd, occupancy, seconds`` and final figures
     ``final`` (train/val reconstruction RMSD in Å with the fitted linear decoder, mean mapped-force norm,
-    refinement moves, seconds per epoch).
+    hard loss, refinement moves, chosen restart, the atom assignment before refinement, seconds per epoch).
     """
     import torch
 
@@ -205,16 +205,16 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
 
     best = None
     for r in range(max(1, restarts)):
-        L, hist = _train_logits(ctx, seed=int(seed) + 7919 * r)
-        gassign = repair_assignment(L.argmax(0), L, gbonds)
-        moves = 0
+        L, hist = _train_logits(ctx, seed=int(seed) + r)
+        raw = repair_assignment(L.argmax(0), L, gbonds)
+        gassign, moves = raw, 0
         if refine:
-            gassign, val, moves = refine_assignment(gassign, gbonds, hard_loss)
+            gassign, val, moves = refine_assignment(raw, gbonds, hard_loss)
         else:
             val = hard_loss(gassign)
         if best is None or val < best[0] - 1e-12:
-            best = (val, gassign, moves, hist, r)
-    val, gassign, moves, hist, r_best = best
+            best = (val, gassign, moves, hist, r, raw)
+    val, gassign, moves, hist, r_best, raw = best
     assign = gassign[group]
     beads = [np.flatnonzero(assign == k) for k in range(n_beads)]
     order = np.argsort([b.min() for b in beads], kind="stable")
@@ -226,6 +226,7 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
     hist["final"] = {"recon_rmsd_train": rec["train"], "recon_rmsd_val": rec.get("test"),
                      "mapped_force_norm": None if F is None else float(np.linalg.norm(m.map_forces(F), axis=-1).mean()),
                      "hard_loss": float(val), "refine_moves": int(moves), "restart": int(r_best),
+                     "unrefined_assignment": raw[group].tolist(),
                      "seconds_per_epoch": float(np.mean(hist["seconds"])) if epochs else 0.0}
     m.history = hist
     return (m, hist) if return_history else m
