@@ -127,3 +127,35 @@ def sample_rdf(table: PairTable, states: list[State], rdf: RDF, n_equil: int = 1
                 bar.update(n)
     w = torch.tensor(weights, dtype=torch.float64)
     return (torch.stack(parts) * (w / w.sum())[:, None, None].to(parts[0].device)).sum(0).cpu().numpy()
+
+
+def save_targets(path, rdf: RDF, states: list[State], g: np.ndarray) -> None:
+    """Write target RDFs ``g`` (S, n_bins) of ``states`` with the RDF grid to an ``.npz`` file (atomic)."""
+    from forcefield.fileio import save_npz
+
+    g = np.asarray(g, float)
+    if g.shape != (len(states), rdf.n_bins):
+        raise InputError(f"{path}: g must have shape ({len(states)}, {rdf.n_bins}), got {g.shape}")
+    save_npz(path, r=rdf.r, g=g, density=np.array([s.density for s in states]),
+             temperature=np.array([s.temperature for s in states]),
+             n_particles=np.array([s.n_particles for s in states]), r_max=np.array(rdf.r_max),
+             n_bins=np.array(rdf.n_bins), rdf_sigma=np.array(rdf.sigma), units=np.array("reduced LJ"))
+
+
+def load_targets(path) -> tuple[RDF, list[State]]:
+    """Read a file written by :func:`save_targets`: the RDF estimator and the states with their targets."""
+    from forcefield.fileio import load_npz
+
+    d = load_npz(path)
+    need = ("g", "density", "temperature", "n_particles", "r_max", "n_bins", "rdf_sigma")
+    missing = [k for k in need if k not in d]
+    if missing:
+        raise InputError(f"{path}: not a diffsim target file (missing {', '.join(missing)}); "
+                         f"make one with `cgwb diffsim target`")
+    rdf = RDF(float(d["r_max"]), int(d["n_bins"]), float(d["rdf_sigma"]))
+    g = np.atleast_2d(d["g"])
+    if g.shape != (len(d["density"]), rdf.n_bins):
+        raise InputError(f"{path}: g has shape {g.shape}, expected ({len(d['density'])}, {rdf.n_bins})")
+    states = [State(float(rho), float(T), target=g[i], n_particles=int(n))
+              for i, (rho, T, n) in enumerate(zip(d["density"], d["temperature"], d["n_particles"]))]
+    return rdf, states

@@ -101,11 +101,11 @@ class LennardJones(PairPotential):
 
     @property
     def epsilon(self) -> float:
-        return float(self.log_eps.exp())
+        return float(self.log_eps.detach().exp())
 
     @property
     def sigma(self) -> float:
-        return float(self.log_sigma.exp())
+        return float(self.log_sigma.detach().exp())
 
     def raw(self, r):
         return lj_energy(r, self.log_eps.exp().to(r.dtype), self.log_sigma.exp().to(r.dtype))

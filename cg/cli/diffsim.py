@@ -1,0 +1,186 @@
+"""``cgwb diffsim``: pair potentials from RDFs by differentiable simulation or IBI (reduced LJ units)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from forcefield.errors import InputError
+
+from .common import add_device, add_group, add_quiet, pick_device
+
+UNITS = ("All quantities are in reduced Lennard-Jones units (epsilon = sigma = m = k_B = 1): densities rho sigma^3, "
+         "temperatures k_B T / epsilon, lengths in sigma, energies in epsilon.")
+
+
+def _state(text: str) -> tuple[float, float]:
+    try:
+        rho, T = (float(v) for v in text.split(":"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"state {text!r}: expected DENSITY:TEMPERATURE, e.g. 0.3:1.2") from e
+    return rho, T
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
+    g = add_group(sub, name, help_)
+
+    p = g.add_parser("target", help="simulate target RDFs with a true Lennard-Jones potential",
+                     description="Simulate g(r) of a (smoothly cut) Lennard-Jones fluid at one or more states and "
+                                 "write a target file for `cgwb diffsim fit`. " + UNITS)
+    p.add_argument("-o", "--out", default="target_rdf.npz", help="output .npz (default: %(default)s)")
+    p.add_argument("--state", type=_state, action="append", default=None, metavar="RHO:T",
+                   help="state DENSITY:TEMPERATURE, repeatable (default: 0.3:1.2)")
+    p.add_argument("--epsilon", type=float, default=1.0, help="LJ well depth (default: %(default)s)")
+    p.add_argument("--sigma", type=float, default=1.0, help="LJ diameter (default: %(default)s)")
+    p.add_argument("--particles", type=int, default=256, help="particles per system (default: %(default)s)")
+    p.add_argument("--replicas", type=int, default=2, help="independent systems per state (default: %(default)s)")
+    p.add_argument("--equil", type=int, default=1000, help="equilibration steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=5000, help="production steps (default: %(default)s)")
+    p.add_argument("--r-max", type=float, default=2.5, help="RDF range (default: %(default)s)")
+    p.add_argument("--bins", type=int, default=100, help="RDF bins (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_target)
+
+    p = g.add_parser("fit", help="fit a pair potential to target RDFs (DiffSim or IBI)",
+                     description="Fit a pair potential to the target g(r) of every state in TARGET (made by "
+                                 "`cgwb diffsim target`). Writes OUT/potential.pt (model), OUT/potential.npz and "
+                                 "OUT/potential.csv (tables r, u, f), OUT/rdf.png, OUT/u.png and OUT/fit.json. "
+                                 + UNITS)
+    p.add_argument("target", help="target .npz")
+    p.add_argument("-o", "--out", default="diffsim_fit", help="output folder (default: %(default)s)")
+    p.add_argument("--method", choices=["diffsim", "ibi"], default="diffsim")
+    p.add_argument("--steps", type=int, default=200, help="DiffSim optimisation steps / IBI iterations "
+                                                          "(default: %(default)s)")
+    p.add_argument("--tau", type=int, default=100, help="DiffSim: MD steps per window (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.02, help="DiffSim: learning rate of the prior; the network "
+                                                          "uses lr/10 (default: %(default)s)")
+    p.add_argument("--prior", choices=["lj", "repulsive", "none"], default="lj", help="DiffSim prior")
+    p.add_argument("--hidden", type=int, default=64, help="DiffSim: MLP width (default: %(default)s)")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="per-state loss weights")
+    p.add_argument("--replicas", type=int, default=2, help="systems per state (default: %(default)s)")
+    p.add_argument("--ibi-steps", type=int, default=1500, help="IBI: production steps per iteration")
+    p.add_argument("--eval-steps", type=int, default=3000, help="steps to re-simulate the result for the g(r) "
+                                                                "plot and MAE (0: skip)")
+    p.add_argument("--checkpoint", default=None, help="DiffSim checkpoint file (resumed when it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_fit)
+
+    p = g.add_parser("eval", help="simulate a potential at the states of a target file and report g(r) MAE",
+                     description="Simulate a potential (model .pt or table .npz/.csv) at every state of TARGET and "
+                                 "print the g(r) mean absolute error; optional PNG. " + UNITS)
+    p.add_argument("potential", help="model .pt or table .npz/.csv")
+    p.add_argument("target", help="target .npz")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--plot", default=None, help="PNG of g(r)")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_eval)
+
+
+def _load_potential(path: str):
+    from cg.diffsim.potentials import load_model, read_table
+
+    return load_model(path) if path.endswith(".pt") else read_table(path)
+
+
+def _target(a: argparse.Namespace) -> int:
+    from cg.diffsim.ensemble import State, sample_rdf, save_targets
+    from cg.diffsim.observables import RDF
+    from cg.diffsim.potentials import LennardJones
+
+    states = [State(rho, T, n_particles=a.particles, replicas=a.replicas) for rho, T in (a.state or [(0.3, 1.2)])]
+    rdf = RDF(a.r_max, a.bins)
+    t0 = time.perf_counter()
+    g = sample_rdf(LennardJones(a.epsilon, a.sigma, learnable=False).table(create_graph=False), states, rdf, a.equil,
+                   a.steps, seed=a.seed, device=pick_device(a.device), progress=not a.quiet)
+    save_targets(a.out, rdf, states, g)
+    print(f"wrote {a.out}: g(r) of {len(states)} state(s) ({', '.join(s.name for s in states)}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _fit(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cg.diffsim.ensemble import load_targets, sample_rdf
+    from cg.diffsim.fit import DiffSimFitter, lj_guess_from_rdf
+    from cg.diffsim.ibi import ibi
+    from cg.diffsim.plots import plot_potentials, plot_rdfs
+    from cg.diffsim.potentials import NeuralPairPotential, save_model, well, write_table
+
+    dev = pick_device(a.device)
+    rdf, states = load_targets(a.target)
+    if a.weights is not None:
+        if len(a.weights) != len(states):
+            raise InputError(f"--weights: {len(a.weights)} values for {len(states)} states in {a.target}")
+        for s, w in zip(states, a.weights):
+            s.weight = w
+    for s in states:
+        s.replicas = a.replicas
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if a.method == "diffsim":
+        eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
+        pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
+        fitter = DiffSimFitter(pot, states, rdf, tau=a.tau, lr=a.lr, lr_decay=0.1 ** (1 / max(1, a.steps)),
+                               residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev)
+        history = fitter.fit(a.steps, checkpoint=a.checkpoint, progress=not a.quiet)
+        info = {"method": "diffsim", "history": history, "step_s": DiffSimFitter.step_time(history)}
+    else:
+        res = ibi(states, rdf, n_iter=a.steps, prod_steps=a.ibi_steps, seed=a.seed, device=dev,
+                  progress=not a.quiet)
+        pot = res.potential
+        info = {"method": "ibi", "history": res.history}
+    info["fit_s"] = time.perf_counter() - t0
+    info["well"] = well(pot)
+    save_model(pot, out / "potential.pt")
+    write_table(pot, out / "potential.npz")
+    write_table(pot, out / "potential.csv")
+    r = np.linspace(0.85, pot.r_cut, 400)
+    plot_potentials(out / "u.png", r, {a.method: pot.evaluate(r)[0]}, title=f"{a.method} potential")
+    if a.eval_steps > 0:
+        g = sample_rdf(pot.table(create_graph=False, device=dev), states, rdf, 500, a.eval_steps, seed=a.seed + 1,
+                       device=dev, progress=not a.quiet)
+        info["rdf_mae"] = {s.name: float(np.abs(g[i] - s.target).mean()) for i, s in enumerate(states)}
+        plot_rdfs(out / "rdf.png", rdf.r, {s.name: {"target": s.target, a.method: g[i]} for i, s in enumerate(states)})
+    from forcefield.fileio import atomic_path
+
+    with atomic_path(out / "fit.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=1))
+    w = info["well"]
+    print(f"{a.method}: fitted in {info['fit_s']:.1f} s; minimum u = {w['u_min']:.4f} at r = {w['r_min']:.4f}")
+    for k, v in info.get("rdf_mae", {}).items():
+        print(f"  g(r) MAE {k}: {v:.4f}")
+    print(f"wrote {out}/potential.pt, potential.npz, potential.csv, u.png" + (", rdf.png" if a.eval_steps else "")
+          + ", fit.json")
+    return 0
+
+
+def _eval(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cg.diffsim.ensemble import load_targets, sample_rdf
+    from cg.diffsim.plots import plot_rdfs
+
+    pot = _load_potential(a.potential)
+    rdf, states = load_targets(a.target)
+    for s in states:
+        s.replicas = a.replicas
+    dev = pick_device(a.device)
+    g = sample_rdf(pot.table(create_graph=False, device=dev), states, rdf, 500, a.steps, seed=a.seed, device=dev,
+                   progress=not a.quiet)
+    for i, s in enumerate(states):
+        print(f"{s.name}: g(r) MAE {np.abs(g[i] - s.target).mean():.4f}")
+    if a.plot:
+        plot_rdfs(a.plot, rdf.r, {s.name: {"target": s.target, Path(a.potential).name: g[i]}
+                                  for i, s in enumerate(states)})
+        print(f"wrote {a.plot}")
+    return 0
