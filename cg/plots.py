@@ -21,10 +21,10 @@ def _plt():
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def _save(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     _plt().close(fig)
     return path
 
@@ -61,10 +61,11 @@ def plot_distributions(ref: np.ndarray, test: np.ndarray, bonds: np.ndarray, pat
         ax.hist(a, bins=bins, range=rng, density=True, histtype="step", label=labels[0])
         ax.hist(b, bins=bins, range=rng, density=True, histtype="step", label=labels[1])
         ax.set_title(f"{k[:-1]} {'-'.join(map(str, ci[k + '_idx'][j]))}", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_yticks([])
     axs.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.subplots_adjust(hspace=0.55, wspace=0.3)  # (tight_layout costs seconds with many panels)
+    return _save(fig, path, dpi=80)
 
 
 def plot_hr(ref: np.ndarray, test: np.ndarray, path: str | os.PathLike, labels: tuple[str, str] = ("reference", "test")) -> Path:

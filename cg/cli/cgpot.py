@@ -1,0 +1,230 @@
+"""``cgwb cg``: CG potential by force matching (train), CG Langevin MD (simulate), metrics (evaluate)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_device, add_group, add_quiet, pick_device
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
+    g = add_group(sub, name, help_)
+
+    p = g.add_parser("train", help="fit priors + a SchNet-style network to mapped forces (force matching)",
+                     description="Map an all-atom dataset (.npz with R, F) with a mapping JSON, fit Boltzmann-"
+                                 "inversion priors, train the network by force matching (train/val split, early "
+                                 "stopping, checkpoint/resume) and save the CG potential (.pt).")
+    p.add_argument("dataset", help="all-atom .npz (sGDML format, forces required)")
+    p.add_argument("-m", "--mapping", required=True, help="mapping JSON (cgwb map ...)")
+    p.add_argument("-o", "--out", default="cg_potential.pt", help="output potential (default: %(default)s)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT.ckpt)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("-T", "--temperature", type=float, default=300.0, help="K, for Boltzmann inversion")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val", type=float, default=0.1, help="validation fraction")
+    p.add_argument("--patience", type=int, default=8, help="epochs without validation gain before stopping")
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--rbf", type=int, default=16)
+    p.add_argument("--interactions", type=int, default=2)
+    p.add_argument("--cutoff", type=float, default=10.0, help="Å")
+    p.add_argument("--fourier", type=int, default=6, help="Fourier terms per dihedral prior")
+    p.add_argument("--priors-only", action="store_true", help="no network: Boltzmann-inversion priors only")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--plot", default=None, help="PNG of the learning curves")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_train)
+
+    p = g.add_parser("simulate", help="CG Langevin MD (BAOAB), many replicas, instability stop",
+                     description="Run CG Langevin MD with a trained potential from starting frames of a dataset "
+                                 "(mapped with --mapping) or of a CG .npz; writes all frames to OUT (.npz) and, "
+                                 "with --traj, one MDAnalysis trajectory per replica (+ PDB topology).")
+    p.add_argument("model", help="CG potential (.pt from cgwb cg train)")
+    p.add_argument("start", help=".npz with frames to start from (all-atom with --mapping, else CG beads)")
+    p.add_argument("-m", "--mapping", default=None, help="mapping JSON to map an all-atom START")
+    p.add_argument("-o", "--out", default="cg_md.npz", help="frames of every replica (.npz)")
+    p.add_argument("--traj", default=None, help="also write replicas with MDAnalysis, e.g. run.dcd -> run_r0.dcd ...")
+    p.add_argument("-r", "--replicas", type=int, default=8)
+    p.add_argument("-n", "--steps", type=int, default=10000, help="steps per replica")
+    p.add_argument("--dt", type=float, default=2.0, help="fs")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("-T", "--temperature", type=float, default=None, help="K (default: the model's)")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    p.add_argument("--max-bond-dev", type=float, default=0.5, help="Å; stop a replica past it (<=0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_simulate)
+
+    p = g.add_parser("evaluate", help="bonded JS, φ/ψ FES JS, stability, h(r) of two trajectories + plots",
+                     description="Compare TEST frames with REF frames: JS divergences of bond/angle/dihedral "
+                                 "distributions, φ/ψ free-energy surface JS (with --phi/--psi), Fu et al. "
+                                 "stability, h(r) error; PNG plots and a JSON report. Inputs: .npz datasets "
+                                 "(mapped with --mapping when they are all-atom) or runs of cgwb cg simulate.")
+    p.add_argument("ref", help="reference .npz")
+    p.add_argument("test", help="test .npz (e.g. from cgwb cg simulate)")
+    p.add_argument("-m", "--mapping", default=None, help="mapping JSON for all-atom inputs (and the bead bonds)")
+    p.add_argument("--model", default=None, help="CG potential: take the bead bonds from it")
+    p.add_argument("--phi", type=int, nargs=4, default=None, metavar="I", help="φ bead/atom indices (0-based)")
+    p.add_argument("--psi", type=int, nargs=4, default=None, metavar="I", help="ψ bead/atom indices (0-based)")
+    p.add_argument("--fes-bins", type=int, default=60)
+    p.add_argument("--bins", type=int, default=100, help="bins of the bonded histograms")
+    p.add_argument("--threshold", type=float, default=0.5, help="Å, stability threshold")
+    p.add_argument("--plots", default=None, help="folder for PNG plots")
+    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.set_defaults(func=_evaluate)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _frames(path: str, mapping):
+    """(frames (M, n, 3), forces or None, per-run list or None, dt_ps, bonds or None) from an .npz."""
+    import numpy as np
+
+    from forcefield.errors import InputError
+    from forcefield.fileio import load_npz
+
+    d = load_npz(path)
+    if "R" not in d:
+        raise InputError(f"{path}: no array 'R' of positions")
+    R = np.asarray(d["R"], dtype=float)
+    if "n_valid" in d:  # a run of cgwb cg simulate: R (saved, B, n, 3)
+        runs = [R[: int(k), b] for b, k in enumerate(d["n_valid"])]
+        return (np.concatenate(runs, 0), None, runs, float(d["dt_ps"]), d["bonds"], int(R.shape[0]))
+    F = np.asarray(d["F"], dtype=float) if "F" in d else None
+    if mapping is not None and R.shape[1] == mapping.n_atoms:
+        R = mapping.map_positions(R)
+        F = mapping.map_forces(F) if F is not None else None
+    elif mapping is not None and R.shape[1] != mapping.n_beads:
+        raise InputError(f"{path}: {R.shape[1]} particles, but the mapping has {mapping.n_atoms} atoms "
+                         f"and {mapping.n_beads} beads")
+    dt = float(np.diff(d["times_fs"][:2])[0]) / 1000 if "times_fs" in d and len(d["times_fs"]) > 1 else 1.0
+    return R, F, None, dt, None, None
+
+
+def _mapping(path: str | None, dataset: str | None = None):
+    if path is None:
+        return None
+    from cg import Mapping
+
+    mp = Mapping.load(path)
+    if mp.atom_bonds is None and dataset is not None:
+        from forcefield import load_dataset
+        from forcefield.geometry import covalent_bonds
+
+        ds = load_dataset(dataset)
+        mp.atom_bonds = covalent_bonds(ds.R[0], ds.z)
+    return mp
+
+
+# ----------------------------------------------------------------------------- commands
+def _train(a: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from cg.plots import plot_training
+    from cg.potential import build_potential
+    from cg.priors import Priors
+    from cg.train import train_force_matching
+    from forcefield.errors import InputError
+
+    torch.manual_seed(a.seed)
+    mp = _mapping(a.mapping, a.dataset)
+    R, F, *_ = _frames(a.dataset, mp)
+    if F is None:
+        raise InputError(f"{a.dataset}: no forces 'F'; force matching needs them")
+    pri = Priors.fit(R, mp.bonds, a.temperature, n_fourier=a.fourier)
+    pot = build_potential(pri, mp.names, mp.masses, mp.bonds, temperature=a.temperature, network=not a.priors_only,
+                          device=pick_device(a.device), hidden=a.hidden, n_rbf=a.rbf, n_interactions=a.interactions,
+                          cutoff=a.cutoff) if not a.priors_only else \
+        build_potential(pri, mp.names, mp.masses, mp.bonds, temperature=a.temperature, network=False)
+    if not a.quiet:
+        print(pri.describe())
+    if not a.priors_only:
+        res = train_force_matching(pot, R, F, epochs=a.epochs, batch_size=a.batch, lr=a.lr, val_fraction=a.val,
+                                   patience=a.patience, seed=a.seed, device=pick_device(a.device),
+                                   checkpoint=a.checkpoint or str(a.out) + ".ckpt", resume=not a.no_resume,
+                                   progress=not a.quiet, max_seconds=a.max_seconds)
+        print(f"best validation force RMSE {res.best_val_rmse:.3f} kcal/mol/Å (epoch {res.best_epoch + 1}; priors "
+              f"only {res.prior_val_rmse:.3f}); {np.mean(res.epoch_seconds) if res.epoch_seconds else 0:.1f} s/epoch")
+        if a.plot:
+            plot_training(res, a.plot)
+    pot.save(a.out)
+    print(f"wrote {a.out}: {pot.n_beads} beads, {len(mp.bonds)} bonds")
+    return 0
+
+
+def _simulate(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cg.md import run_cg_md, write_run
+    from cg.potential import CGPotential
+    from forcefield.errors import InputError
+    from forcefield.fileio import save_npz
+
+    dev = pick_device(a.device)
+    pot = CGPotential.load(a.model, dev)
+    R, *_ = _frames(a.start, _mapping(a.mapping, a.start))
+    if R.shape[1] != pot.n_beads:
+        raise InputError(f"{a.start}: frames have {R.shape[1]} particles, the model has {pot.n_beads} beads "
+                         "(give --mapping for all-atom frames)")
+    idx = np.random.default_rng(a.seed).choice(len(R), a.replicas, replace=len(R) < a.replicas)
+    run = run_cg_md(pot, R[idx], a.steps, dt_fs=a.dt, save_every=a.save_every, temperature=a.temperature,
+                    friction_per_ps=a.friction, max_bond_deviation=a.max_bond_dev if a.max_bond_dev > 0 else None,
+                    device=dev, seed=a.seed, progress=not a.quiet)
+    print(run.summary())
+    save_npz(a.out, R=np.nan_to_num(run.traj.R), n_valid=run.traj.n_valid, E=np.nan_to_num(run.traj.E),
+             bonds=run.bonds, masses=run.masses, names=np.array(run.names), dt_ps=np.array(a.save_every * a.dt / 1000),
+             start_frames=idx)
+    print(f"wrote {a.out}")
+    if a.traj:
+        for p in write_run(run, a.traj):
+            print(f"wrote {p}")
+    return 0 if run.all_stable else 1
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cg.evaluate import evaluate_pair, phi_psi
+    from forcefield.errors import InputError
+
+    mp = _mapping(a.mapping, a.ref if a.ref.endswith(".npz") else None)
+    ref, _, _, _, rb, _ = _frames(a.ref, mp)
+    test, _, runs, dt, tb, n_saved = _frames(a.test, mp)
+    if a.model:
+        from cg.potential import CGPotential
+
+        bonds = CGPotential.load(a.model).bonds.numpy()
+    elif mp is not None:
+        bonds = mp.bonds
+    elif tb is not None or rb is not None:
+        bonds = tb if tb is not None else rb
+    else:
+        raise InputError("no bead bonds: give --model, --mapping, or a run of cgwb cg simulate")
+    out = evaluate_pair(ref, test, bonds, phi_quad=a.phi, psi_quad=a.psi, fes_bins=a.fes_bins, bins=a.bins,
+                        threshold=a.threshold, test_dt_ps=dt, test_runs=runs, run_frames=n_saved)
+    b = out["bonded_js"]
+    print(f"bonded JS (nats) mean/max: bonds {b['bonds_mean']:.4f}/{b['bonds_max']:.4f}, angles "
+          f"{b['angles_mean']:.4f}/{b['angles_max']:.4f}, dihedrals {b['dihedrals_mean']:.4f}/{b['dihedrals_max']:.4f}")
+    if "fes" in out:
+        f = out["fes"]
+        print(f"φ/ψ FES JS {f['js']:.4f} ({f['grid']} grid, n_ref {f['n_ref']}, n_test {f['n_test']})")
+    s = out["stability"]
+    print(f"stability (> {s['threshold']} Å): {s['n_stable']}/{s['n_runs']} runs stable, min {s['min_stable_ps']:.1f} ps")
+    print(f"h(r) error {out['h_r_error']:.4f}")
+    if a.plots:
+        from cg.plots import plot_distributions, plot_fes, plot_hr
+
+        d = Path(a.plots)
+        plot_distributions(ref, test, bonds, d / "bonded.png")
+        plot_hr(ref, test, d / "h_r.png")
+        if a.phi and a.psi:
+            plot_fes(phi_psi(ref, a.phi, a.psi), phi_psi(test, a.phi, a.psi), d / "fes.png", a.fes_bins)
+        print(f"plots in {d}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else float(o)))
+    return 0
