@@ -4,8 +4,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+import torch
 
 from cg.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_cli_target_fit_eval(tmp_path, capsys):
