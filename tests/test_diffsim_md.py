@@ -148,3 +148,15 @@ def test_gradient_through_simulation_matches_finite_differences():
         with torch.no_grad():
             fd = (float(loss_of(*plus)[0]) - float(loss_of(*minus)[0])) / (2 * h)
         assert abs(fd - grads[k]) < 1e-4 + 1e-3 * abs(fd), (k, fd, grads[k])
+
+
+def test_cell_list_equals_all_pairs():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand((2, 1200, 3), generator=gen, dtype=torch.float64) * 12.0 - 3.0  # some outside the box
+    box = torch.tensor([12.0, 12.0], dtype=torch.float64)
+    a, b = NeighbourList(2.5, 0.3, cell_threshold=1000), NeighbourList(2.5, 0.3, cell_threshold=10 ** 9)
+    a.build(x, box)
+    b.build(x, box)
+    pa = set(zip(a.i.tolist(), a.j.tolist()))
+    pb = set(zip(b.i.tolist(), b.j.tolist()))
+    assert len(pa) == len(a.i) and pa == pb and len(pa) > 10000

@@ -107,10 +107,14 @@ class NeighbourList:
     ----------
     cutoff : the largest distance any consumer needs (potential cutoff, RDF range).
     skin : extra margin; the list stays valid until a particle moved more than skin/2.
+    cell_threshold : systems with at least this many particles (and 3 or more cells of side >= cutoff+skin
+        per box edge) are listed with cell lists, O(N); smaller ones by all pairs in chunks, O(N^2),
+        which is faster there.
     """
 
-    def __init__(self, cutoff: float, skin: float = 0.3, chunk: int = 2_000_000):
+    def __init__(self, cutoff: float, skin: float = 0.3, chunk: int = 2_000_000, cell_threshold: int = 1000):
         self.cutoff, self.skin, self.chunk = float(cutoff), float(skin), int(chunk)
+        self.cell_threshold = int(cell_threshold)
         self.i = self.j = self.b = None
         self.x_ref: torch.Tensor | None = None
         self.n_builds = 0
@@ -123,6 +127,18 @@ class NeighbourList:
                              f"= {2 * (self.cutoff + self.skin):.3f} (minimum image); use more particles")
         rl2 = (self.cutoff + self.skin) ** 2
         frac = (x.detach() / box[:, None, None]).float()  # fractional coordinates, float32 is plenty here
+        rl = self.cutoff + self.skin
+        if N >= self.cell_threshold and bool((box >= 3 * rl).all()):
+            ii, jj, bb = [], [], []
+            for b in range(B):
+                i, j = _cell_pairs(frac[b], float(box[b]), rl)
+                ii.append(b * N + i)
+                jj.append(b * N + j)
+                bb.append(torch.full_like(i, b))
+            self.i, self.j, self.b = torch.cat(ii), torch.cat(jj), torch.cat(bb)
+            self.x_ref = x.detach().clone()
+            self.n_builds += 1
+            return
         L2 = (box.float() ** 2)[:, None, None]
         rows_per = max(1, self.chunk // max(1, B * N))
         ii, jj, bb = [], [], []
@@ -152,6 +168,41 @@ class NeighbourList:
             self.build(x, box)
             return True
         return False
+
+
+def _cell_pairs(frac: torch.Tensor, L: float, rl: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (i < j) closer than ``rl`` among fractional positions (N, 3) in a cubic box of side ``L``,
+    by a cell list with at least 3 cells per edge (each pair of neighbouring cells is visited twice and
+    kept once by i < j)."""
+    dev = frac.device
+    N = frac.shape[0]
+    nc = int(L // rl)
+    f = frac - torch.floor(frac)
+    c3 = torch.clamp((f * nc).long(), 0, nc - 1)
+    cid = (c3[:, 0] * nc + c3[:, 1]) * nc + c3[:, 2]
+    order = torch.argsort(cid)
+    cs = cid[order]
+    counts = torch.bincount(cs, minlength=nc ** 3)
+    occ = int(counts.max())
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(N, device=dev) - start[cs]
+    table = torch.full((nc ** 3, occ), -1, dtype=torch.long, device=dev)
+    table[cs, rank] = order
+    ar = torch.arange(nc, device=dev)
+    cells = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), -1).reshape(-1, 3)
+    o = torch.arange(-1, 2, device=dev)
+    off = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
+    nb = (cells[:, None, :] + off[None]) % nc
+    nbid = (nb[..., 0] * nc + nb[..., 1]) * nc + nb[..., 2]  # (cells, 27)
+    a = table[:, None, :, None]  # (cells, 1, occ, 1)
+    b = table[nbid][:, :, None, :]  # (cells, 27, 1, occ)
+    mask = (a >= 0) & (b >= 0) & (a < b)
+    i = a.expand_as(mask)[mask]
+    j = b.expand_as(mask)[mask]
+    d = frac[j] - frac[i]
+    d = d - torch.round(d)
+    keep = (d * d).sum(-1) * (L * L) < rl * rl
+    return i[keep], j[keep]
 
 
 @dataclass
