@@ -8,4 +8,11 @@ from .universe import iter_mapped, map_universe, write_mapped
 
 __all__ = ["Mapping"]
 __all__ += ["learn_mapping", "reconstruction_rmsd", "map_universe", "iter_mapped", "write_mapped"]
+from .md import run_cg_md, write_cg_trajectory
+from .potential import CGPotential, SchNetCG, build_potential
+from .priors import Priors
+from .train import train_force_matching
+
+__all__ += ["Priors", "CGPotential", "SchNetCG", "build_potential", "train_force_matching", "run_cg_md",
+            "write_cg_trajectory"]
 __version__ = "0.1.0"

@@ -114,9 +114,25 @@ def fit_harmonic(values: np.ndarray, temperature: float, jacobian: str = "none",
     return float(2 * coef[2]), float(-coef[1] / (2 * coef[2]))
 
 
-def fit_fourier(phi: np.ndarray, temperature: float, n_terms: int = 6, bins: int = 72) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier coefficients (a_n, b_n), n = 1..n_terms, of ``-kT ln p(φ)`` (least squares on a floored histogram)."""
+def fit_fourier(phi: np.ndarray, temperature: float, n_terms: int = 6, bins: int = 72,
+                narrow: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier coefficients (a_n, b_n), n = 1..n_terms, of ``-kT ln p(φ)``.
+
+    Broad or multimodal distributions: least squares on a floored histogram. Narrow unimodal ones (mean
+    resultant length ``|<e^{iφ}>| > narrow``, e.g. planar amides) get a single cosine
+    ``U = kT κ (1 - cos(φ - μ))``, the Boltzmann inversion of a von Mises distribution with the maximum
+    likelihood κ: a truncated Fourier series cannot follow such a narrow well (it rings and creates false
+    minima), while the cosine keeps a high barrier everywhere away from the sampled angle.
+    """
     p = np.asarray(phi, dtype=float).reshape(-1)
+    z = np.exp(1j * p).mean()
+    rbar = float(abs(z))
+    if rbar > narrow:
+        kappa = 1.0 / (rbar**3 - 4 * rbar**2 + 3 * rbar)  # ML estimate for large κ (Best & Fisher 1981)
+        K = kT_of(temperature) * kappa
+        a, b = np.zeros(n_terms), np.zeros(n_terms)
+        a[0], b[0] = -K * np.cos(np.angle(z)), -K * np.sin(np.angle(z))
+        return a, b
     h, e = np.histogram(p, bins=bins, range=(-np.pi, np.pi))
     c = 0.5 * (e[1:] + e[:-1])
     y = -kT_of(temperature) * np.log(np.maximum(h, 0.5) / (len(p) * (e[1] - e[0])))

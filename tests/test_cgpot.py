@@ -228,3 +228,14 @@ def test_network_types_and_bad_input(rng):
     pot, X = _toy(rng)
     with pytest.raises(ValueError, match="frames"):
         train_force_matching(pot, X[:, :4], X[:, :4], epochs=1, progress=False)
+
+
+def test_narrow_dihedral_gets_von_mises_prior(rng):
+    """A narrow unimodal torsion (planar amide) gets U = kT κ (1 - cos(φ - μ)) with the right κ and μ."""
+    kappa, mu = 40.0, np.radians(175.0)
+    phi = rng.vonmises(mu, kappa, 200_000)
+    a, b = fit_fourier(phi, T, 6)
+    K = np.hypot(a[0], b[0])
+    assert K / KT == pytest.approx(kappa, rel=0.05)
+    assert np.arctan2(-b[0], -a[0]) == pytest.approx(mu, abs=0.01)
+    assert np.abs(np.r_[a[1:], b[1:]]).max() == 0.0
