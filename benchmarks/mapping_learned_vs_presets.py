@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="learned maps per bead count (seeds 0..k-1)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--rho", type=float, default=1e-5)
-    ap.add_argument("--rho-sweep", default="0,1e-4,1e-3", help="rho values for a 6-bead trade-off run ('' to skip)")
+    ap.add_argument("--rho-sweep", default="0,1e-4,1e-3,1e-2", help="rho values for a 6-bead trade-off run ('' to skip)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import MDAnalysis as mda

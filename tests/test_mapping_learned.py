@@ -114,3 +114,19 @@ def test_learn_with_force_provider_and_universe(ala_md, ala_pdb):
     mu = cg.learn_mapping(u.atoms, 3, epochs=3, batch_size=40, progress=False, seed=1, restarts=2)
     mu.check()
     assert mu.atom_names[:3] == ["CH3", "H1", "H2"] and mu.history["final"]["restart"] in (0, 1)
+
+
+def test_expected_squared_force_matches_sampling():
+    """The noise-free force regulariser equals the Monte Carlo average over sampled hard assignments."""
+    import torch
+
+    from cg.autoencoder import expected_squared_force
+
+    g = torch.Generator().manual_seed(0)
+    F = torch.randn(5, 7, 3, generator=g, dtype=torch.float64) * 10.0
+    P = torch.softmax(torch.randn(3, 7, generator=g, dtype=torch.float64), 0)
+    exact = float(expected_squared_force(P, F))
+    draws = torch.multinomial(P.T, 200000, replacement=True, generator=g)  # (7, S) bead of each group
+    A = torch.nn.functional.one_hot(draws.T, 3).permute(0, 2, 1).to(F.dtype)  # (S, beads, groups)
+    mc = float((torch.einsum("skg,bgd->sbkd", A, F) ** 2).sum(-1).mean())
+    assert abs(mc - exact) < 0.01 * exact
