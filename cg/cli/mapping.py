@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--rho", type=float, default=1e-5, help="weight of the mean squared mapped force "
                    "((kcal/mol/Å)^-2 relative to Å^2; default: %(default)s)")
+    p.add_argument("--force-term", choices=["expected", "sample"], default="expected",
+                   help="exact expectation of the squared mapped force, or one sampled assignment (Autograin)")
+    p.add_argument("--restarts", type=int, default=1, help="training runs; the lowest hard loss wins (default: 1)")
     p.add_argument("--decoder", choices=["ridge", "linear", "equivariant"], default="ridge")
     p.add_argument("--weighting", choices=["com", "cog"], default="com")
     p.add_argument("--all-atoms", action="store_true", help="let hydrogens leave their heavy atom's bead")
@@ -101,6 +104,7 @@ def _learn(a: argparse.Namespace) -> int:
         data = _atoms(_universe(a.input, a.traj), a.select)
     t0 = time.perf_counter()
     m, hist = learn_mapping(data, a.beads, epochs=a.epochs, batch_size=a.batch, lr=a.lr, rho=a.rho,
+                            force_term=a.force_term, restarts=a.restarts,
                             decoder=a.decoder, weighting=a.weighting, united_atoms=not a.all_atoms,
                             refine=not a.no_refine, max_frames=a.max_frames, device=pick_device(a.device),
                             seed=a.seed, progress=not a.quiet, return_history=True)
