@@ -1,0 +1,268 @@
+"""The symmetrised Matérn-5/2 Hessian kernel of the force field, applied block by block in torch (float64).
+
+Notation (descriptor space, D = N(N-1)/2 inverse distances): for descriptors d, d' let u = d - d',
+r = sqrt(5)|u|, e = exp(-r/σ), ``base = 5 e / (3 σ^3)``. The Matérn ν=5/2 kernel
+k = (1 + r/σ + r²/(3σ²)) e has
+
+* ∇_{d'} k = base (σ + r) u,
+* ∇_d ∇_{d'}^T k = base [(σ + r) I - (5/σ) u u^T]   (=: M(d, d'), positive semi-definite).
+
+The force-field kernel between geometries x_a, x_b is the Cartesian Hessian
+``K_ab = Σ_p J_a^T M(d_a, P_p d_b) J_b^{(p)}`` summed over the permutational symmetries P_p, with J the
+descriptor Jacobian. With coefficients β solving (K + λ I) β = F / std and descriptor-space weights
+w_b = J_b β_b, the model is
+
+    T(x) = Σ_{b,p} base (σ + r) (u · w_b^p),     F(x) = std ∇_x T(x),     E(x) = c - std T(x),
+
+so forces are exactly minus the gradient of the energy. Nothing here stores the 3NM x 3NM matrix unless
+asked for one block (:meth:`HessianKernel.block`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .descriptor import descriptor, descriptor_permutation, jacobian_apply, jacobian_t_apply
+
+SQRT5 = math.sqrt(5.0)
+
+
+@dataclass
+class TrainingSet:
+    """Descriptors of the training geometries, on one device, float64.
+
+    Attributes
+    ----------
+    d : (M, D) inverse distances. diff : (M, D, 3) pair vectors. d3 : (M, D) cubed inverse distances.
+    q : (P, D) descriptor index maps of the permutations (row 0 is the identity).
+    R : (M, N, 3) positions. perms : (P, N) atom permutations.
+    """
+
+    d: torch.Tensor
+    diff: torch.Tensor
+    d3: torch.Tensor
+    q: torch.Tensor
+    R: torch.Tensor
+    perms: torch.Tensor
+
+    @classmethod
+    def from_positions(cls, R: torch.Tensor, perms: np.ndarray) -> "TrainingSet":
+        d, diff, d3 = descriptor(R)
+        q = torch.as_tensor(np.stack([descriptor_permutation(p) for p in perms]), device=R.device)
+        return cls(d, diff, d3, q, R, torch.as_tensor(np.asarray(perms), device=R.device))
+
+    @property
+    def n(self) -> int:
+        return self.d.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return int(round((1 + math.sqrt(1 + 8 * self.d.shape[1])) / 2))
+
+    def permuted(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, D) descriptor-space rows -> (M * P, D) rows of every permuted copy (training-point major)."""
+        return x[:, self.q].reshape(-1, x.shape[1])
+
+
+class DescriptorKernel:
+    """The descriptor-space part of the model: evaluates T(x) and ∇_d T against training descriptors.
+
+    Parameters
+    ----------
+    d : (M, D) training descriptors. q : (P, D) descriptor permutations. sigma : length scale σ (1/Å).
+    block_size : query rows per block; one block needs about 6 * block_size * M * P * 8 bytes.
+    """
+
+    def __init__(self, d: torch.Tensor, q: torch.Tensor, sigma: float, block_size: int | None = None) -> None:
+        self.sigma = float(sigma)
+        self.q = q
+        self.dp = d[:, q].reshape(-1, d.shape[1])  # (MP, D)
+        self.dp_sq = (self.dp * self.dp).sum(1)  # (MP,)
+        mp = self.dp.shape[0]
+        self.block_size = block_size or max(8, min(1024, int(2e6 // max(mp, 1))))
+
+    def permuted(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, D) rows -> (M * P, D) rows of every permuted copy (training-point major)."""
+        return x[:, self.q].reshape(-1, x.shape[1])
+
+    def prepare(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Permuted weights (MP, D) and products t = d_b^p · w_b^p (MP,) for descriptor weights w (M, D)."""
+        wp = self.permuted(w)
+        return wp, (self.dp * wp).sum(1)
+
+    def _profile(self, x: torch.Tensor, x_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """base and r (b, MP) for query descriptors x (b, D)."""
+        r2 = (x_sq[:, None] + self.dp_sq[None, :] - 2.0 * (x @ self.dp.T)).clamp_min_(0.0)
+        r = SQRT5 * r2.sqrt_()
+        base = torch.exp(-r / self.sigma).mul_(5.0 / (3.0 * self.sigma ** 3))
+        return base, r
+
+    def contract(self, x: torch.Tensor, wp: torch.Tensor, t: torch.Tensor,
+                 need_energy: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """T(x) (b,) and y(x) = ∇_d T (b, D) for query descriptors x (b, D), in blocks.
+
+        wp : (MP, D) permuted weights; t : (MP,) the products d_b^p · w_b^p.
+        """
+        out_y = torch.empty_like(x)
+        out_T = torch.empty(x.shape[0], dtype=x.dtype, device=x.device) if need_energy else None
+        for s in range(0, x.shape[0], self.block_size):
+            xb = x[s:s + self.block_size]
+            base, r = self._profile(xb, (xb * xb).sum(1))
+            A = base * (r + self.sigma)
+            sdot = xb @ wp.T - t[None, :]
+            if need_energy:
+                out_T[s:s + len(xb)] = (A * sdot).sum(1)
+            c = base.mul_(sdot).mul_(5.0 / self.sigma)
+            out_y[s:s + len(xb)] = A @ wp - c.sum(1, keepdim=True) * xb + c @ self.dp
+        return out_T, out_y
+
+
+class HessianKernel(DescriptorKernel):
+    """Matérn-5/2 Hessian kernel on a training set, applied without storing the full matrix.
+
+    Parameters
+    ----------
+    train : the training descriptors.
+    sigma : length scale σ in descriptor units (1/Å), as in sGDML.
+    block_size : query rows per block (see :class:`DescriptorKernel`).
+    """
+
+    def __init__(self, train: TrainingSet, sigma: float, block_size: int | None = None) -> None:
+        super().__init__(train.d, train.q, sigma, block_size)
+        self.train = train
+        i, j = np.tril_indices(train.n_atoms, k=-1)
+        self._pi = torch.as_tensor(i, device=train.d.device)
+        self._pj = torch.as_tensor(j, device=train.d.device)
+        self._ar = torch.arange(train.n_atoms, device=train.d.device)
+
+    def weights(self, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Permuted descriptor weights (MP, D) and products t (MP,) for Cartesian coefficients β (M, N, 3)."""
+        tr = self.train
+        return self.prepare(jacobian_apply(beta, tr.diff, tr.d3))
+
+    # ------------------------------------------------------------------ operators
+    def matvec(self, beta: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
+        """(K + λ I) β for β (M, N, 3) (or flat (3NM,)); same shape out."""
+        tr = self.train
+        shape = beta.shape
+        b = beta.reshape(tr.n, -1, 3)
+        wp, t = self.weights(b)
+        _, y = self.contract(tr.d, wp, t, need_energy=False)
+        out = jacobian_t_apply(y, tr.diff, tr.d3)
+        if lam:
+            out = out + lam * b
+        return out.reshape(shape)
+
+    def block(self, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Explicit kernel block K[rows, cols] of shape (len(rows)*3N, len(cols)*3N) for training indices.
+
+        Uses the sparsity of the inverse-distance Jacobian (each pair touches two atoms): for the permuted
+        copy x~ = x_b[perm] the block is A J_aᵀJ~ - (5/σ) base (J_aᵀu)(J~ᵀu)ᵀ, where J_aᵀJ~ needs only
+        per-pair 3x3 outer products; its columns are then moved back to the atoms of x_b.
+        """
+        tr = self.train
+        dev, dt = tr.d.device, tr.d.dtype
+        rows = torch.as_tensor(np.asarray(rows), device=dev).reshape(-1)
+        cols = torch.as_tensor(np.asarray(cols), device=dev).reshape(-1)
+        N = tr.n_atoms
+        na, nb, P = len(rows), len(cols), tr.q.shape[0]
+        Rt = tr.R[cols][:, tr.perms]  # (b, P, N, 3) permuted copies
+        dt_, difft, d3t = descriptor(Rt.reshape(nb * P, N, 3))
+        ct = (-d3t[..., None] * difft).reshape(nb, P, -1, 3)  # (b, P, D, 3)
+        dt_ = dt_.reshape(nb, P, -1)
+        dsq = (dt_ * dt_).sum(-1)
+        pi, pj = self._pi, self._pj
+        out = torch.empty(na, N, 3, nb, N, 3, dtype=dt, device=dev)
+        step = max(1, int(3000 // max(1, nb * P)))
+        for s in range(0, na, step):
+            ra = rows[s:s + step]
+            ca = len(ra)
+            xa = tr.d[ra]
+            c_a = -tr.d3[ra][..., None] * tr.diff[ra]  # (a, D, 3)
+            u = xa[:, None, None, :] - dt_[None]  # (a, b, P, D)
+            r = SQRT5 * torch.linalg.vector_norm(u, dim=-1)
+            base = torch.exp(-r / self.sigma) * (5.0 / (3.0 * self.sigma ** 3))
+            A = base * (r + self.sigma)
+            # Jᵀu for both sides: (a, b, P, N, 3)
+            wa = u[..., None] * c_a[:, None, None]
+            ja = torch.zeros(ca, nb, P, N, 3, dtype=dt, device=dev)
+            ja.index_add_(3, pi, wa).index_add_(3, pj, -wa)
+            wb = u[..., None] * ct[None]
+            jb = torch.zeros(ca, nb, P, N, 3, dtype=dt, device=dev)
+            jb.index_add_(3, pi, wb).index_add_(3, pj, -wb)
+            del wa, wb, u
+            blk = torch.zeros(ca, N, 3, nb, N, 3, dtype=dt, device=dev)
+            for p in range(P):
+                w = A[:, :, p, None, None, None] * c_a[:, None, :, :, None] * ct[None, :, p, :, None, :]
+                G = torch.zeros(ca, nb, N, N, 3, 3, dtype=dt, device=dev)
+                G[:, :, pi, pj] = -w
+                G[:, :, pj, pi] = -w
+                dg = torch.zeros(ca, nb, N, 3, 3, dtype=dt, device=dev)
+                dg.index_add_(2, pi, w).index_add_(2, pj, w)
+                G[:, :, self._ar, self._ar] = dg
+                G = G.permute(0, 2, 4, 1, 3, 5)  # (a, N, 3, b, N, 3)
+                f = base[:, :, p] * (5.0 / self.sigma)
+                G = G - torch.einsum("ab,abnx,abmy->anxbmy", f, ja[:, :, p], jb[:, :, p])
+                blk[:, :, :, :, tr.perms[p]] += G
+            out[s:s + ca] = blk
+        n3 = 3 * N
+        return out.reshape(na * n3, nb * n3)
+
+    def diagonal_traces(self) -> torch.Tensor:
+        """Traces (M,) of the diagonal 3N x 3N blocks K_ii (all permutations included), without the blocks."""
+        tr = self.train
+        M, N, P = tr.n, tr.n_atoms, tr.q.shape[0]
+        dev = tr.d.device
+        inv = torch.argsort(tr.perms, dim=1)  # column atom n of permutation p comes from atom inv[p, n]
+        dt_, difft, d3t = descriptor(tr.R[:, tr.perms].reshape(M * P, N, 3))
+        ct = (-d3t[..., None] * difft).reshape(M, P, -1, 3)
+        dt_ = dt_.reshape(M, P, -1)
+        c = -tr.d3[..., None] * tr.diff
+        u = tr.d[:, None] - dt_
+        r = SQRT5 * torch.linalg.vector_norm(u, dim=-1)
+        base = torch.exp(-r / self.sigma) * (5.0 / (3.0 * self.sigma ** 3))
+        A = base * (r + self.sigma)
+        ja = torch.zeros(M, P, N, 3, dtype=u.dtype, device=dev)
+        wa = u[..., None] * c[:, None]
+        ja.index_add_(2, self._pi, wa).index_add_(2, self._pj, -wa)
+        jb = torch.zeros_like(ja)
+        wb = u[..., None] * ct
+        jb.index_add_(2, self._pi, wb).index_add_(2, self._pj, -wb)
+        e = (c[:, None] * ct).sum(-1)  # (M, P, D)
+        dn = torch.zeros(M, P, N, dtype=u.dtype, device=dev)
+        dn.index_add_(2, self._pi, e).index_add_(2, self._pj, e)
+        lookup = torch.zeros(N, N, dtype=torch.long, device=dev)
+        lookup[self._pi, self._pj] = torch.arange(len(self._pi), device=dev)
+        lookup[self._pj, self._pi] = lookup[self._pi, self._pj]
+        out = torch.zeros(M, dtype=u.dtype, device=dev)
+        for p in range(P):
+            m = inv[p]
+            same = m == self._ar
+            trG = torch.where(same[None], dn[:, p], -e[:, p][:, lookup[self._ar, m]]).sum(1)
+            rank1 = (ja[:, p] * jb[:, p][:, m]).sum((1, 2))
+            out += A[:, p] * trG - (5.0 / self.sigma) * base[:, p] * rank1
+        return out
+
+
+def dense_jacobian(diff: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
+    """Dense descriptor Jacobians (B, D, 3N) from pair vectors (B, D, 3) and cubes (B, D)."""
+    B, D, _ = diff.shape
+    n = int(round((1 + math.sqrt(1 + 8 * D)) / 2))
+    i, j = np.tril_indices(n, k=-1)
+    J = torch.zeros(B, D, n, 3, dtype=diff.dtype, device=diff.device)
+    g = -d3[..., None] * diff
+    ar = torch.arange(D, device=diff.device)
+    J[:, ar, torch.as_tensor(i, device=diff.device)] = g
+    J[:, ar, torch.as_tensor(j, device=diff.device)] = -g
+    return J.reshape(B, D, 3 * n)
+
+
+def predict_descriptors(kernel: DescriptorKernel, wp: torch.Tensor, t: torch.Tensor, R: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """T(x) (B,) and ∇_x T (B, N, 3) for positions R (B, N, 3)."""
+    d, diff, d3 = descriptor(R)
+    T, y = kernel.contract(d, wp, t)
+    return T, jacobian_t_apply(y, diff, d3)

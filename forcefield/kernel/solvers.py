@@ -1,0 +1,202 @@
+"""Linear solvers for the kernel system (K + λ I) β = y, float64.
+
+* :func:`cholesky_solve`: direct solve of a stored matrix (small problems).
+* :func:`pcg`: matrix-free preconditioned conjugate gradient with checkpoint/resume.
+* :class:`NystromPreconditioner`: low-rank approximation K ≈ C W⁺ Cᵀ from the 3N columns of
+  inducing training points picked by block-pivoted Cholesky (largest residual diagonal first), applied
+  through the Woodbury identity. The number of inducing points is chosen from the problem size
+  (:func:`n_inducing_points`), then capped by a memory budget.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..fileio import load_npz, save_npz
+
+
+def cholesky_solve(K: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """Solve (K + λ I) x = y with a Cholesky factorisation (K is overwritten).
+
+    If the factorisation fails the diagonal shift grows tenfold (up to 1e-4 of the mean diagonal), then
+    an LU solve is used.
+    """
+    diag = K.diagonal()
+    scale = float(diag.mean()) if K.numel() else 1.0
+    shift = lam
+    diag += shift
+    while True:
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) == 0:
+            return torch.cholesky_solve(y.reshape(len(y), -1), L).reshape(y.shape)
+        if shift > 1e-4 * scale:
+            break
+        diag += 9 * shift if shift > 0 else 1e-12 * scale
+        shift = 10 * shift if shift > 0 else 1e-12 * scale
+    diag -= shift - lam
+    return torch.linalg.solve(K, y.reshape(len(y), -1)).reshape(y.shape)
+
+
+def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1) -> int:
+    """Inducing training points for the Nyström preconditioner, from the problem size.
+
+    The effective rank of the kernel grows sub-linearly with the training set (Blücher et al., JCTC 2023),
+    so the rule is ``m = ceil(5 * sqrt(M))`` (M training points), at least 10 and at most M; larger
+    molecules need fewer points because each brings 3N columns.
+    """
+    m = int(math.ceil(5.0 * math.sqrt(n_train) * min(1.0, 20.0 / max(n_atoms, 1)) ** 0.5))
+    return int(min(n_train, max(10, m)))
+
+
+class NystromPreconditioner:
+    """Woodbury-applied low-rank preconditioner P = U Λ Uᵀ + λ I for (K + λ I).
+
+    The factor comes from a block-pivoted Cholesky of K over training points: each step takes the point
+    whose diagonal block has the largest residual trace, computes its 3N kernel columns (one
+    :meth:`HessianKernel.block` call, never the full matrix), removes what earlier pivots explain and keeps
+    the numerically non-zero directions (the rigid-body null space of each block is dropped). The result
+    K ≈ L Lᵀ is the Nyström approximation on the pivot columns; ``U Λ Uᵀ`` is its eigendecomposition and
+
+        P⁻¹ = U (Λ + λ)⁻¹ Uᵀ + (I - U Uᵀ) / λ      (Woodbury), applied as λ P⁻¹.
+
+    Parameters
+    ----------
+    kernel : the :class:`~forcefield.kernel.kernel.HessianKernel` of the problem.
+    lam : the regulariser λ of the system.
+    n_points : inducing training points (see :func:`n_inducing_points`).
+    max_bytes : memory allowed for the n x k factor; fewer points are used if it would not fit.
+    """
+
+    def __init__(self, kernel, lam: float, n_points: int, max_bytes: float = 2e9,
+                 progress: bool = False) -> None:
+        from tqdm.auto import tqdm
+
+        tr = kernel.train
+        M, n3 = tr.n, 3 * tr.n_atoms
+        n = M * n3
+        n_points = int(max(1, min(n_points, M, max_bytes // (8 * n * n3))))
+        dev, dt = tr.d.device, tr.d.dtype
+        L = torch.empty(n, n_points * n3, dtype=dt, device=dev)
+        resid = kernel.diagonal_traces().clone()
+        total = float(resid.sum())
+        k = 0
+        points: list[int] = []
+        for _ in tqdm(range(n_points), desc="Nyström pivots", disable=not progress, mininterval=1.0):
+            j = int(torch.argmax(resid))
+            if float(resid[j]) <= 1e-12 * total:
+                break
+            C = kernel.block(np.arange(M), [j])  # (n, 3N)
+            if k:
+                C -= L[:, :k] @ L[j * n3:(j + 1) * n3, :k].T
+            S = C[j * n3:(j + 1) * n3]
+            s, V = torch.linalg.eigh(0.5 * (S + S.T))
+            keep = s > 1e-10 * float(s.max())
+            Lnew = C @ (V[:, keep] / s[keep].sqrt())
+            L[:, k:k + Lnew.shape[1]] = Lnew
+            k += Lnew.shape[1]
+            resid -= (Lnew * Lnew).sum(1).reshape(M, n3).sum(1)
+            resid[j] = -math.inf
+            points.append(j)
+        L = L[:, :k]
+        evals, V = torch.linalg.eigh(L.T @ L)
+        keep = evals > 1e-14 * float(evals.max())
+        evals, V = evals[keep], V[:, keep]
+        R = V / evals.sqrt()
+        for s0 in range(0, n, 8192):  # U = L V Σ⁻¹, row block by row block
+            L[s0:s0 + 8192, :R.shape[1]] = L[s0:s0 + 8192] @ R
+        self.U = L[:, :R.shape[1]]
+        self.evals = evals
+        self.lam = float(lam)
+        self.points = np.array(points)
+        self.n_columns = k
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        """λ P⁻¹ r (the constant factor does not change CG)."""
+        shape = r.shape
+        v = r.reshape(-1)
+        c = self.U.T @ v
+        out = v + self.U @ (c * (self.lam / (self.evals + self.lam) - 1.0))
+        return out.reshape(shape)
+
+
+@dataclass
+class CGResult:
+    x: torch.Tensor
+    n_iter: int
+    rel_residual: float
+    converged: bool
+    seconds: float
+
+
+def _fingerprint(b: torch.Tensor, extra: str) -> str:
+    h = hashlib.md5(b.detach().cpu().numpy().tobytes())
+    h.update(extra.encode())
+    return h.hexdigest()
+
+
+def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
+        precond: Callable[[torch.Tensor], torch.Tensor] | None = None, rtol: float = 1e-6,
+        maxiter: int = 5000, x0: torch.Tensor | None = None, checkpoint: str | os.PathLike | None = None,
+        checkpoint_every_s: float = 60.0, tag: str = "", progress: bool = False) -> CGResult:
+    """Preconditioned conjugate gradient for a symmetric positive definite operator.
+
+    Stops when |b - A x| <= rtol |b|. With ``checkpoint`` the iterate is written there atomically every
+    ``checkpoint_every_s`` seconds, and an existing checkpoint for the same right-hand side and ``tag``
+    (e.g. hyper-parameters) is resumed from; the file is removed once the solve converges.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    precond = precond or (lambda r: r)
+    fp = _fingerprint(b, tag) if checkpoint else ""
+    start_iter = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        try:
+            ck = load_npz(checkpoint)
+        except InputError:
+            ck = {}
+        if str(ck.get("fingerprint", "")) == fp and ck["x"].shape == tuple(b.shape):
+            x0 = torch.as_tensor(ck["x"], dtype=b.dtype, device=b.device)
+            start_iter = int(ck["n_iter"])
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    bnorm = float(torch.linalg.vector_norm(b)) or 1.0
+    r = b - matvec(x) if x0 is not None else b.clone()
+    z = precond(r)
+    p = z.clone()
+    rz = float((r * z).sum())
+    res = float(torch.linalg.vector_norm(r)) / bnorm
+    last_ck = time.perf_counter()
+    it = start_iter
+    bar = tqdm(total=maxiter, desc="kernel PCG", disable=not progress, mininterval=1.0, initial=it)
+    while res > rtol and it < maxiter:
+        Ap = matvec(p)
+        alpha = rz / float((p * Ap).sum())
+        x.add_(p, alpha=alpha)
+        r.sub_(Ap, alpha=alpha)
+        res = float(torch.linalg.vector_norm(r)) / bnorm
+        it += 1
+        bar.update(1)
+        bar.set_postfix_str(f"rel. residual {res:.1e}", refresh=False)
+        if res <= rtol:
+            break
+        z = precond(r)
+        rz_new = float((r * z).sum())
+        p.mul_(rz_new / rz).add_(z)
+        rz = rz_new
+        if checkpoint is not None and time.perf_counter() - last_ck > checkpoint_every_s:
+            save_npz(checkpoint, x=x.cpu().numpy(), n_iter=np.array(it), fingerprint=np.array(fp))
+            last_ck = time.perf_counter()
+    bar.close()
+    if checkpoint is not None and res <= rtol and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    return CGResult(x=x, n_iter=it, rel_residual=res, converged=res <= rtol,
+                    seconds=time.perf_counter() - t0)
