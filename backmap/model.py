@@ -105,6 +105,8 @@ class EquivariantBlock(nn.Module):
         aa, asv, av, ax = self.upd(torch.cat([s, nv], -1)).split(F, dim=-1)
         s = self.norm(s + aa + asv * (Uv * Vv).sum(-1))
         v = v + av[..., None] * Uv + ax[..., None] * Xv
+        # equivariant vector norm: divide by the RMS length over channels (an invariant), keeping O(1) scale
+        v = v / torch.sqrt((v**2).sum(-1).mean(-1, keepdim=True)[..., None] + 1e-6)
         return s, v
 
 
@@ -158,21 +160,26 @@ class CGVAE(nn.Module):
         self.register_buffer("weights", w)
         self.register_buffer("onehot", onehot)
         self.atom_emb = nn.Embedding(cfg.n_atoms, F)
+        nn.init.normal_(self.atom_emb.weight, std=0.1)  # small: frame-to-frame features dominate at the start
         self.bead_emb = nn.ModuleDict({k: nn.Embedding(cfg.n_beads, F) for k in ("enc", "prior", "dec")})
         self.enc_net = CGNet(cfg, cfg.enc_layers)
         self.prior_net = CGNet(cfg, cfg.enc_layers)
         self.dec_net = CGNet(cfg, cfg.layers)
         self.enc_proj = nn.Linear(F, F, bias=False)
+        nn.init.orthogonal_(self.enc_proj.weight)
         self.enc_rbf = RadialBasis(cfg.n_rbf, 4.0, None)
-        self.enc_atom = _mlp(3 * F + cfg.n_rbf, F, F)
-        self.enc_out = _mlp(2 * F, F, 2 * L)
+        self.enc_atom = _mlp(3 * F + 3 + cfg.n_rbf, F, F)
+        self.enc_out = nn.Sequential(nn.LayerNorm(2 * F), _mlp(2 * F, F, 2 * L))
         self.prior_out = _mlp(F, F, 2 * L)
         self.z_in = nn.Linear(L, F)
-        self.dec_coef = _mlp(2 * F, F, F)
-        # start the posterior narrow (std ~0.1): the latent then carries information from the first step,
+        self.dec_coef = _mlp(2 * F + L, F, F)
+        # start the posterior narrow (std ~0.05): the latent then carries information from the first step,
         # which keeps the decoder from learning to ignore it (posterior collapse)
+        # and the posterior means spread widely from the start, which shortens the plateau before the decoder
+        # starts reading the latent
         with torch.no_grad():
-            self.enc_out[-1].bias[L:] = -4.0
+            self.enc_out[-1][-1].bias[L:] = -6.0
+            self.enc_out[-1][-1].weight[:L] *= 10.0
 
     # ------------------------------------------------------------------ pieces
     def _bead_init(self, key: str, B: int) -> torch.Tensor:
@@ -183,9 +190,17 @@ class CGVAE(nn.Module):
         B = X.shape[0]
         s, v = self.enc_net(X, self._bead_init("enc", B))
         off = R - X[:, self.host]
-        proj = torch.einsum("bafd,bad->baf", _lin(self.enc_proj, v)[:, self.host], off)
+        pv = _lin(self.enc_proj, v)
+        proj = torch.einsum("bafd,bad->baf", pv[:, self.host], off)
+        # a right-handed orthonormal frame per bead from two learned vector channels (Gram-Schmidt): the
+        # offsets in this frame are invariant, complete and sensitive to handedness
+        e1 = pv[:, :, 0] / torch.sqrt((pv[:, :, 0] ** 2).sum(-1, keepdim=True) + 1e-8)
+        b = pv[:, :, 1] - (pv[:, :, 1] * e1).sum(-1, keepdim=True) * e1
+        e2 = b / torch.sqrt((b**2).sum(-1, keepdim=True) + 1e-8)
+        frame = torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], -2)  # (B, n, 3, 3)
+        local = torch.einsum("baed,bad->bae", frame[:, self.host], off)
         dist = torch.sqrt((off**2).sum(-1) + 1e-12)
-        feat = torch.cat([proj, s[:, self.host], self.atom_emb.weight[None].expand(B, -1, -1),
+        feat = torch.cat([proj, local, s[:, self.host], self.atom_emb.weight[None].expand(B, -1, -1),
                           self.enc_rbf(dist)], -1)
         h = torch.einsum("an,baf->bnf", self.onehot, self.enc_atom(feat))
         mu, logvar = self.enc_out(torch.cat([h, s], -1)).chunk(2, -1)
@@ -201,7 +216,8 @@ class CGVAE(nn.Module):
         """Atom positions (B, N, 3) from beads X (B, n, 3) and latents z (B, n, L)."""
         B = X.shape[0]
         s, v = self.dec_net(X, self._bead_init("dec", B) + self.z_in(z))
-        coef = self.dec_coef(torch.cat([s[:, self.host], self.atom_emb.weight[None].expand(B, -1, -1)], -1))
+        coef = self.dec_coef(torch.cat([s[:, self.host], z[:, self.host],
+                                        self.atom_emb.weight[None].expand(B, -1, -1)], -1))
         off = torch.einsum("baf,bafd->bad", coef, v[:, self.host])
         # mapping-aware re-centring: the weighted mean offset of each bead's atoms is removed
         mean = torch.einsum("an,bad->bnd", self.onehot * self.weights[:, None], off)
@@ -209,11 +225,11 @@ class CGVAE(nn.Module):
         return X[:, self.host] + off
 
     # ------------------------------------------------------------------ whole model
-    def forward(self, R: torch.Tensor, X: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: encode, sample the posterior (reparametrised), decode; returns the pieces."""
+    def forward(self, R: torch.Tensor, X: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Training pass: encode, sample the posterior (reparametrised; its mean if ``deterministic``), decode."""
         mu_q, lv_q = self.encode(R, X)
         mu_p, lv_p = self.prior(X)
-        z = mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * lv_q)
+        z = mu_q if deterministic else mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * lv_q)
         return {"R": self.decode(X, z), "mu_q": mu_q, "lv_q": lv_q, "mu_p": mu_p, "lv_p": lv_p}
 
     @torch.no_grad()

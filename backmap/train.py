@@ -27,11 +27,14 @@ class TrainConfig:
 
     epochs: int = 60
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     lr_min: float = 5e-5
     val_fraction: float = 0.1
     beta: float = 0.05
-    beta_warmup: float = 0.2  # share of epochs over which beta ramps linearly from 0
+    ae_warmup: float = 0.3  # share of steps trained as a plain autoencoder (z = posterior mean, beta = 0) ...
+    ae_min_steps: int = 600  # ... but at least this many steps (at most half of all steps): the decoder needs
+    #                          a few hundred steps before it reads the latent
+    beta_warmup: float = 0.2  # share of steps, after the autoencoder phase, over which beta ramps from 0
     gamma_bond: float = 10.0
     gamma_angle: float = 5.0
     gamma_clash: float = 10.0
@@ -124,6 +127,7 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / cfg.lr)
+    n_ae = min(max(int(cfg.ae_warmup * total), cfg.ae_min_steps), total // 2)
     hist = History()
     start = 0
     if checkpoint is not None and resume and Path(checkpoint).exists():
@@ -140,13 +144,15 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
     bar = tqdm(range(start, cfg.epochs), desc="backmap train", disable=not progress, mininterval=1.0)
     for epoch in bar:
         model.train()
-        beta = cfg.beta * min(1.0, (epoch + 1) / max(1.0, cfg.beta_warmup * cfg.epochs))
         perm = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
         sums: dict[str, float] = {}
         for k in range(0, len(perm), cfg.batch_size):
             idx = perm[k:k + cfg.batch_size]
+            step = epoch * steps_per_epoch + k // cfg.batch_size
+            ae = step < n_ae
+            beta = 0.0 if ae else cfg.beta * min(1.0, (step + 1 - n_ae) / max(1.0, cfg.beta_warmup * total))
             r, x = Rt[idx].to(device), Xt[idx].to(device)
-            out = model(r, x)
+            out = model(r, x, deterministic=ae)
             loss, parts = loss_fn(out, r, beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()

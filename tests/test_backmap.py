@@ -88,7 +88,7 @@ def test_decoded_atoms_average_to_their_bead(ala_md, weighting):
         w = np.ones(len(b)) if weighting == "cog" else m.atom_masses[b]
         mean = np.einsum("a,fad->fd", w / w.sum(), out[:, b])
         np.testing.assert_allclose(mean, X[:, k], atol=1e-5)
-        assert np.abs(out[:, b] - X[:, k:k + 1]).max() > 0.05 or len(b) == 1
+        assert np.abs(out[:, b] - X[:, k:k + 1]).max() > 1e-2 or len(b) == 1  # atoms spread around the bead
     np.testing.assert_allclose(m.map_positions(out), X, atol=1e-5)
 
 
