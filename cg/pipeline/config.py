@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
                 "epochs": 300},
     "cg": {"epochs": 60, "replicas": 8, "timestep_fs": 2.0, "friction_per_ps": 1.0},
-    "backmap": {"epochs": 150, "samples": 4, "frames": 200},
+    "backmap": {"epochs": 150, "samples": 4, "frames": 200, "train_frames": 3000},
 }
 
 QUICK: dict[str, Any] = {
@@ -56,7 +56,7 @@ QUICK: dict[str, Any] = {
     "kernel_md": {"replicas": 2, "frames": 100, "save_every": 10},
     "mapping": {"epochs": 30},
     "cg": {"epochs": 3, "replicas": 2},
-    "backmap": {"epochs": 3, "samples": 2, "frames": 20},
+    "backmap": {"epochs": 3, "samples": 2, "frames": 20, "train_frames": 200},
 }
 
 
