@@ -156,8 +156,12 @@ class HessianKernel(DescriptorKernel):
             out = out + lam * b
         return out.reshape(shape)
 
-    def block(self, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def block(self, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray,
+              paired: bool = False) -> torch.Tensor:
         """Explicit kernel block K[rows, cols] of shape (len(rows)*3N, len(cols)*3N) for training indices.
+
+        With ``paired=True`` (rows and cols of equal length) only the blocks K[rows[k], cols[k]] are
+        computed, as an array (len(rows), 3N, 3N) (e.g. the diagonal blocks).
 
         Uses the sparsity of the inverse-distance Jacobian (each pair touches two atoms): for the permuted
         copy x~ = x_b[perm] the block is A J_aᵀJ~ - (5/σ) base (J_aᵀu)(J~ᵀu)ᵀ, where J_aᵀJ~ needs only
@@ -175,32 +179,37 @@ class HessianKernel(DescriptorKernel):
         dt_ = dt_.reshape(nb, P, -1)
         dsq = (dt_ * dt_).sum(-1)
         pi, pj = self._pi, self._pj
-        out = torch.empty(na, N, 3, nb, N, 3, dtype=dt, device=dev)
-        step = max(1, int(3000 // max(1, nb * P)))
+        if paired and na != nb:
+            raise ValueError("paired blocks need as many rows as columns")
+        out = torch.empty(na, N, 3, 1 if paired else nb, N, 3, dtype=dt, device=dev)
+        step = max(1, int(3000 // max(1, (1 if paired else nb) * P)))
         for s in range(0, na, step):
             ra = rows[s:s + step]
             ca = len(ra)
             xa = tr.d[ra]
             c_a = -tr.d3[ra][..., None] * tr.diff[ra]  # (a, D, 3)
-            u = xa[:, None, None, :] - dt_[None]  # (a, b, P, D)
+            dB = dt_[s:s + ca, None] if paired else dt_[None]
+            cB = ct[s:s + ca, None] if paired else ct[None]
+            nbb = 1 if paired else nb
+            u = xa[:, None, None, :] - dB  # (a, b, P, D)
             r = SQRT5 * torch.linalg.vector_norm(u, dim=-1)
             base = torch.exp(-r / self.sigma) * (5.0 / (3.0 * self.sigma ** 3))
             A = base * (r + self.sigma)
             # Jᵀu for both sides: (a, b, P, N, 3)
             wa = u[..., None] * c_a[:, None, None]
-            ja = torch.zeros(ca, nb, P, N, 3, dtype=dt, device=dev)
+            ja = torch.zeros(ca, nbb, P, N, 3, dtype=dt, device=dev)
             ja.index_add_(3, pi, wa).index_add_(3, pj, -wa)
-            wb = u[..., None] * ct[None]
-            jb = torch.zeros(ca, nb, P, N, 3, dtype=dt, device=dev)
+            wb = u[..., None] * cB
+            jb = torch.zeros(ca, nbb, P, N, 3, dtype=dt, device=dev)
             jb.index_add_(3, pi, wb).index_add_(3, pj, -wb)
             del wa, wb, u
-            blk = torch.zeros(ca, N, 3, nb, N, 3, dtype=dt, device=dev)
+            blk = torch.zeros(ca, N, 3, nbb, N, 3, dtype=dt, device=dev)
             for p in range(P):
-                w = A[:, :, p, None, None, None] * c_a[:, None, :, :, None] * ct[None, :, p, :, None, :]
-                G = torch.zeros(ca, nb, N, N, 3, 3, dtype=dt, device=dev)
+                w = A[:, :, p, None, None, None] * c_a[:, None, :, :, None] * cB[:, :, p, :, None, :]
+                G = torch.zeros(ca, nbb, N, N, 3, 3, dtype=dt, device=dev)
                 G[:, :, pi, pj] = -w
                 G[:, :, pj, pi] = -w
-                dg = torch.zeros(ca, nb, N, 3, 3, dtype=dt, device=dev)
+                dg = torch.zeros(ca, nbb, N, 3, 3, dtype=dt, device=dev)
                 dg.index_add_(2, pi, w).index_add_(2, pj, w)
                 G[:, :, self._ar, self._ar] = dg
                 G = G.permute(0, 2, 4, 1, 3, 5)  # (a, N, 3, b, N, 3)
@@ -209,6 +218,8 @@ class HessianKernel(DescriptorKernel):
                 blk[:, :, :, :, tr.perms[p]] += G
             out[s:s + ca] = blk
         n3 = 3 * N
+        if paired:
+            return out.reshape(na, n3, n3)
         return out.reshape(na * n3, nb * n3)
 
     def diagonal_traces(self) -> torch.Tensor:

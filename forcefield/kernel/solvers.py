@@ -77,7 +77,7 @@ class NystromPreconditioner:
     """
 
     def __init__(self, kernel, lam: float, n_points: int, max_bytes: float = 2e9,
-                 progress: bool = False) -> None:
+                 block_diagonal: bool = True, progress: bool = False) -> None:
         from tqdm.auto import tqdm
 
         tr = kernel.train
@@ -107,6 +107,13 @@ class NystromPreconditioner:
             resid[j] = -math.inf
             points.append(j)
         L = L[:, :k]
+        self.lam = float(lam)
+        self.points = np.array(points)
+        self.n_columns = k
+        self.block_diagonal = block_diagonal
+        if block_diagonal:
+            self._init_pitc(kernel, L)
+            return
         evals, V = torch.linalg.eigh(L.T @ L)
         keep = evals > 1e-14 * float(evals.max())
         evals, V = evals[keep], V[:, keep]
@@ -115,13 +122,42 @@ class NystromPreconditioner:
             L[s0:s0 + 8192, :R.shape[1]] = L[s0:s0 + 8192] @ R
         self.U = L[:, :R.shape[1]]
         self.evals = evals
-        self.lam = float(lam)
-        self.points = np.array(points)
-        self.n_columns = k
+
+    def _init_pitc(self, kernel, L: torch.Tensor) -> None:
+        """P = L Lᵀ + Λ with Λ = blockdiag(K - L Lᵀ) + λ I (one 3N x 3N block per training point)."""
+        tr = kernel.train
+        M, n3 = tr.n, 3 * tr.n_atoms
+        k = L.shape[1]
+        idx = np.arange(M)
+        Kd = torch.cat([kernel.block(idx[s:s + 256], idx[s:s + 256], paired=True) for s in range(0, M, 256)])
+        Ld = L.reshape(M, n3, k)
+        Lam = Kd - Ld @ Ld.transpose(1, 2)
+        Lam = 0.5 * (Lam + Lam.transpose(1, 2))
+        Lam.diagonal(dim1=1, dim2=2).add_(self.lam)
+        jitter = 0.0
+        while True:
+            C, info = torch.linalg.cholesky_ex(Lam)
+            if int(info.max()) == 0:
+                break
+            jitter = jitter * 10 if jitter else self.lam
+            Lam.diagonal(dim1=1, dim2=2).add_(jitter)
+        self._Lam_chol = C
+        Z = torch.cholesky_solve(Ld, C)  # Λ⁻¹ L, (M, 3N, k)
+        S = L.T @ Z.reshape(M * n3, k)
+        S = 0.5 * (S + S.T)
+        S.diagonal().add_(1.0)
+        self._S_chol = torch.linalg.cholesky(S)
+        self._L = L
+        self._Z = Z.reshape(M * n3, k)
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        """λ P⁻¹ r (the constant factor does not change CG)."""
+        """P⁻¹ r (for the low-rank-only variant λ P⁻¹ r; CG ignores constant factors)."""
         shape = r.shape
+        if self.block_diagonal:
+            M = self._Lam_chol.shape[0]
+            a = torch.cholesky_solve(r.reshape(M, -1, 1), self._Lam_chol).reshape(-1)
+            c = torch.cholesky_solve((self._L.T @ a)[:, None], self._S_chol)[:, 0]
+            return (a - self._Z @ c).reshape(shape)
         v = r.reshape(-1)
         c = self.U.T @ v
         out = v + self.U @ (c * (self.lam / (self.evals + self.lam) - 1.0))
