@@ -11,11 +11,14 @@ Model
   trained against the optimal decoder); ``"linear"`` learns ``D, b`` by gradient descent (Autograin);
   ``"equivariant"`` learns D with rows summing to one and no offset (rotation/translation equivariant);
 * loss = reconstruction MSE (Å²) + ``rho`` · mean squared instantaneous mapped force (bead force = sum of
-  its atoms' forces, (kcal/mol/Å)²; Autograin's force regulariser). By default its exact expectation over
-  the independent per-atom assignment distribution is used (E|Σ A F|² = |Σ P F|² + Σ P(1−P)|F|²): the
-  straight-through gradient of a single sample is a linearisation that misses the |F_i|² change of a move,
-  which dominates for atomic forces, and it barely lowers the mapped force + ``compact`` · mean squared
-  atom-to-bead distance (Å²) + ``occupancy`` · Σ_k max(0, min_atoms − expected atoms in bead k)².
+  its atoms' forces, (kcal/mol/Å)²; Autograin's force regulariser) + ``compact`` · mean squared
+  atom-to-bead distance (Å²) + ``occupancy`` · Σ_k max(0, min_atoms − expected groups in bead k)².
+  By default the force term is its exact expectation over independent per-group assignments
+  P = softmax(L / T): E|Σ A F|² = |Σ P F|² + Σ P(1−P)|F|². The straight-through gradient of one sample
+  (``force_term="sample"``, as Autograin) linearises the discrete change and misses the |F_i|² part of a
+  move, which dominates for atomic forces; in our runs it hardly lowered the mapped force.
+* ``united_atoms=True`` (default) keeps hydrogens with their heavy atom (the learned unit is a heavy atom
+  with its hydrogens).
 
 Output: argmax of the logits, repaired so that every atom is in one bead, no bead is empty and every
 bead is bond-connected (:func:`cg.repair.repair_assignment`), then (``refine=True``) polished by greedy
@@ -204,8 +207,7 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
     ctx = dict(A=A, ref=ref, Fa=Fa if rho > 0 else None, group=group, G=G, w_np=w_np, n_beads=n_beads,
                epochs=epochs, batch_size=batch_size, lr=lr, rho=rho, compact=compact, occupancy=occupancy,
                min_atoms=min_atoms, t0=t0, tmin=tmin, hard=hard, decoder=decoder, init=init, device=device,
-               force_term=force_term,
-               progress=progress)
+               force_term=force_term, progress=progress)
     sub = np.linspace(0, n_tr - 1, min(n_tr, 2000)).round().astype(int)
     As, Fs = A[sub], None if (Fa is None or rho <= 0) else Fa[sub]
 
