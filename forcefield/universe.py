@@ -74,9 +74,10 @@ def elements_of(atoms: Any, source: str | None = None) -> np.ndarray:
 
 def dataset_from_universe(cls: type, u: Any, selection: str, start: int | None, stop: int | None,
                           step: int | None, name: str | None, theory: str) -> Any:
-    atoms = u.select_atoms(selection) if hasattr(u, "select_atoms") and selection != "all" else u.atoms
+    atoms = u.select_atoms(selection) if selection != "all" else u.atoms  # u: Universe or AtomGroup
     if atoms.n_atoms == 0:
         raise InputError(f"selection {selection!r} matches no atoms")
+    u = atoms.universe
     source = str(getattr(u.trajectory, "filename", None) or "universe")
     z = elements_of(atoms, source)
     R, F = [], []

@@ -95,6 +95,8 @@ def test_mdanalysis_trr_with_forces_converts():
     np.testing.assert_allclose(ds.F[1], prot.forces / 4.184, rtol=1e-5, atol=1e-5)
     assert np.abs(ds.F).max() > 1.0
     assert set(ds.symbols) >= {"C", "H", "N", "O", "S"}
+    from_group = Dataset.from_universe(prot)  # an AtomGroup works too
+    np.testing.assert_array_equal(from_group.R, ds.R)
 
 
 def test_write_trajectory_round_trip(tmp_path, rng):
