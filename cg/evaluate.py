@@ -138,7 +138,7 @@ def fes_js(ref_phipsi: np.ndarray, test_phipsi: np.ndarray, bins: int = 60, base
 
 
 # ----------------------------------------------------------------------------- stability
-def stability(R: np.ndarray, bonds: np.ndarray, ref_lengths: np.ndarray, threshold: float = 0.5,
+def stability(R: np.ndarray, bonds: np.ndarray, ref_lengths: np.ndarray, threshold: float | np.ndarray = 0.5,
               dt_ps: float = 1.0, n_expected: int | None = None) -> dict[str, Any]:
     """Fu et al. stability of one trajectory (frames, n, 3): the first frame where any bond deviates by more
     than ``threshold`` Å from its reference mean length (or a non-finite frame).
@@ -151,13 +151,15 @@ def stability(R: np.ndarray, bonds: np.ndarray, ref_lengths: np.ndarray, thresho
     b = np.asarray(bonds, dtype=int).reshape(-1, 2)
     r = np.linalg.norm(R[:, b[:, 1]] - R[:, b[:, 0]], axis=-1)
     dev = np.abs(r - np.asarray(ref_lengths, dtype=float)[None])
-    bad = ~np.isfinite(dev).all(1) | (np.nan_to_num(dev, nan=np.inf) > threshold).any(1)
+    thr = np.broadcast_to(np.asarray(threshold, dtype=float), dev.shape[1:])
+    bad = ~np.isfinite(dev).all(1) | (np.nan_to_num(dev, nan=np.inf) > thr).any(1)
     k = int(np.argmax(bad)) if bad.any() else None
     if k is None and n_expected is not None and len(R) < n_expected:
         k = len(R)
     good = dev[: (k if k is not None else len(dev))]
     return {"stable": k is None, "collapse_frame": k, "stable_ps": (len(R) if k is None else k) * dt_ps,
-            "max_deviation": float(good.max()) if good.size else float("nan"), "threshold": threshold}
+            "max_deviation": float(good.max()) if good.size else float("nan"),
+            "threshold": thr.tolist() if thr.ndim else float(thr)}
 
 
 def reference_bond_lengths(R: np.ndarray, bonds: np.ndarray) -> np.ndarray:

@@ -83,24 +83,26 @@ class CGRun:
         return s
 
 
-def bond_check(bonds: np.ndarray, r_ref: np.ndarray, max_dev: float):
-    """Instability test for :func:`forcefield.langevin.simulate`: True where any bond deviates > max_dev Å."""
+def bond_check(bonds: np.ndarray, r_ref: np.ndarray, max_dev: float | np.ndarray):
+    """Instability test for :func:`forcefield.langevin.simulate`: True where any bond deviates > max_dev Å
+    (a number, or one threshold per bond)."""
     b = torch.as_tensor(np.asarray(bonds, dtype=int).reshape(-1, 2))
     r0 = torch.as_tensor(np.asarray(r_ref, dtype=float))
+    thr = torch.as_tensor(np.broadcast_to(np.asarray(max_dev, dtype=float), r0.shape).copy())
 
     def check(x: torch.Tensor) -> torch.Tensor:
         if len(b) == 0:
             return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        bb, rr = b.to(x.device), r0.to(x.device, x.dtype)
+        bb, rr, tt = b.to(x.device), r0.to(x.device, x.dtype), thr.to(x.device, x.dtype)
         d = (x[:, bb[:, 1]] - x[:, bb[:, 0]]).norm(dim=-1)
-        return ((d - rr).abs() > max_dev).any(-1)
+        return ((d - rr).abs() > tt).any(-1)
 
     return check
 
 
 def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: int, *, dt_fs: float = 2.0,
               save_every: int = 50, temperature: float | None = None, friction_per_ps: float = 1.0,
-              max_bond_deviation: float = 0.5, reference_bond_lengths: np.ndarray | None = None,
+              max_bond_deviation: float | np.ndarray | None = 0.5, reference_bond_lengths: np.ndarray | None = None,
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
               progress: bool = True) -> CGRun:
     """Langevin (BAOAB) MD of B replicas of the CG system from x0 (B, n, 3) or (n, 3) Å.
@@ -110,7 +112,8 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
     potential : the CG potential (its masses, bonds and, by default, temperature are used).
     n_steps, dt_fs, save_every : steps per replica, time step (fs), steps between saved frames.
     friction_per_ps : Langevin friction (1/ps).
-    max_bond_deviation : Å; a replica stops when a CG bond deviates more than this from its reference length
+    max_bond_deviation : Å (one number or one per bond); a replica stops when a CG bond deviates more than
+        this from its reference length
         (``reference_bond_lengths``, default the prior's r0, else the mean over x0). ``None`` disables the check
         (non-finite values still stop a replica).
     dtype : positions/force precision during MD (float32 by default; the network is float32 anyway).
@@ -135,7 +138,7 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
             else:
                 xb = x.double().cpu().numpy()
                 reference_bond_lengths = np.linalg.norm(xb[:, bonds[:, 1]] - xb[:, bonds[:, 0]], axis=-1).mean(0)
-        check = bond_check(bonds, reference_bond_lengths, float(max_bond_deviation))
+        check = bond_check(bonds, reference_bond_lengths, max_bond_deviation)
     T = potential.temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()
     traj = simulate(potential.force_fn(torch.float32), x, potential.masses.to(device), n_steps, save_every=save_every,

@@ -4,7 +4,8 @@ Terms (all energies in kcal/mol, lengths in Å, angles in radians):
 
 * harmonic bonds      ``U = k/2 (r - r0)^2``       fitted to ``-kT ln(p(r)/r^2)``
 * harmonic angles     ``U = k/2 (θ - θ0)^2``       fitted to ``-kT ln(p(θ)/sin θ)``
-* Fourier dihedrals   ``U = Σ_n a_n cos(nφ) + b_n sin(nφ)``  fitted to ``-kT ln p(φ)``
+* Fourier dihedrals   ``U = Σ_n a_n cos(nφ) + b_n sin(nφ)``  fitted to ``-kT ln p(φ)``, one torsion per
+  central bond (torsions about the same bond are near-copies; priors on each would count it twice)
 * repulsion           ``U = ε (σ/r)^p`` on pairs not joined by a bond or an angle, with ``ε = kT`` and
   ``σ`` the smallest distance the pair reaches in the reference (short range: ``U(σ) = kT``).
 
@@ -36,15 +37,22 @@ def angle_triples(bonds: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=int).reshape(-1, 3)
 
 
-def dihedral_quads(bonds: np.ndarray) -> np.ndarray:
-    """(n_dihedrals, 4) bead quadruples i-j-k-l along bonded paths (each path once, i != l)."""
+def dihedral_quads(bonds: np.ndarray, one_per_bond: bool = False) -> np.ndarray:
+    """(n_dihedrals, 4) bead quadruples i-j-k-l along bonded paths (each path once, i != l).
+
+    ``one_per_bond`` keeps only the first quadruple around each central bond j-k: the torsions around one
+    bond differ by nearly constant offsets, so Boltzmann-inverting each of them and summing the priors
+    would count the same torsional free energy several times.
+    """
     nb = _neighbours(bonds)
     out = []
     for j, k in np.asarray(bonds, dtype=int).reshape(-1, 2):
+        found = False
         for i in sorted(nb[j] - {k}):
             for l in sorted(nb[k] - {j}):
-                if i != l:
+                if i != l and not (one_per_bond and found):
                     out.append((i, j, k, l))
+                    found = True
     return np.array(out, dtype=int).reshape(-1, 4)
 
 
@@ -153,11 +161,13 @@ class PriorTerms:
     pairs: np.ndarray
 
     @classmethod
-    def from_bonds(cls, bonds: np.ndarray, n_beads: int, dihedrals: bool = True, repulsion: bool = True) -> "PriorTerms":
+    def from_bonds(cls, bonds: np.ndarray, n_beads: int, dihedrals: bool = True, repulsion: bool = True,
+                   one_per_bond: bool = True) -> "PriorTerms":
         bonds = np.asarray(bonds, dtype=int).reshape(-1, 2)
         if bonds.size and (bonds.min() < 0 or bonds.max() >= n_beads):
             raise InputError(f"bond list names bead {int(bonds.max())}, but there are {n_beads} beads")
-        return cls(bonds, angle_triples(bonds), dihedral_quads(bonds) if dihedrals else np.zeros((0, 4), int),
+        return cls(bonds, angle_triples(bonds),
+                   dihedral_quads(bonds, one_per_bond) if dihedrals else np.zeros((0, 4), int),
                    nonbonded_pairs(bonds, n_beads) if repulsion else np.zeros((0, 2), int))
 
 
@@ -180,8 +190,11 @@ class Priors(nn.Module):
     # ------------------------------------------------------------- construction
     @classmethod
     def fit(cls, R: np.ndarray, bonds: np.ndarray, temperature: float, n_fourier: int = 6, dihedrals: bool = True,
-            repulsion: bool = True, rep_power: int = 6) -> "Priors":
-        """Fit every term to reference bead positions R (M, n, 3) in Å at ``temperature`` (K)."""
+            repulsion: bool = True, rep_power: int = 6, all_dihedrals: bool = False) -> "Priors":
+        """Fit every term to reference bead positions R (M, n, 3) in Å at ``temperature`` (K).
+
+        Dihedral priors: one torsion per central bond (see :func:`dihedral_quads`) unless ``all_dihedrals``.
+        """
         from forcefield.geometry import angles as np_angles
         from forcefield.geometry import dihedrals as np_dihedrals
         from forcefield.geometry import distances
@@ -190,7 +203,7 @@ class Priors(nn.Module):
         if R.ndim != 3 or R.shape[-1] != 3:
             raise InputError(f"bead positions must be (frames, beads, 3), got shape {R.shape}")
         n = R.shape[1]
-        t = PriorTerms.from_bonds(bonds, n, dihedrals, repulsion)
+        t = PriorTerms.from_bonds(bonds, n, dihedrals, repulsion, one_per_bond=not all_dihedrals)
         bk = [fit_harmonic(distances(R, b[0], b[1]), temperature, "r2") for b in t.bonds]
         ak = [fit_harmonic(np_angles(R, a), temperature, "sin") for a in t.angles]
         dk = [fit_fourier(np_dihedrals(R, q)[..., 0], temperature, n_fourier) for q in t.dihedrals]

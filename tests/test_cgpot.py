@@ -239,3 +239,11 @@ def test_narrow_dihedral_gets_von_mises_prior(rng):
     assert K / KT == pytest.approx(kappa, rel=0.05)
     assert np.arctan2(-b[0], -a[0]) == pytest.approx(mu, abs=0.01)
     assert np.abs(np.r_[a[1:], b[1:]]).max() == 0.0
+
+
+def test_one_dihedral_prior_per_central_bond():
+    bonds = np.array([[0, 1], [1, 2], [1, 3], [3, 4], [4, 5], [4, 6]])
+    allq = dihedral_quads(bonds)
+    one = dihedral_quads(bonds, one_per_bond=True)
+    assert len(allq) == 4 and len(one) == 2
+    assert {tuple(q[1:3]) for q in one.tolist()} == {(1, 3), (3, 4)}
