@@ -38,8 +38,8 @@ CONFIGS = {
     "quick": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=300, target_prod=2000, target_reps=2,
                   eval_equil=300, eval_prod=1500, eval_reps=1, ds_steps=50, ds_tau=100, ds_reps=2,
                   ibi_iter=10, ibi_equil=200, ibi_prod=800, ibi_reps=2, mt_ds_steps=40, mt_ibi_iter=6),
-    "full": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=500, target_prod=8000, target_reps=3,
-                 eval_equil=500, eval_prod=5000, eval_reps=2, ds_steps=150, ds_tau=100, ds_reps=3,
+    "full": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=500, target_prod=8000, target_reps=4,
+                 eval_equil=500, eval_prod=4000, eval_reps=4, ds_steps=150, ds_tau=100, ds_reps=3,
                  ibi_iter=20, ibi_equil=300, ibi_prod=2000, ibi_reps=3, mt_ds_steps=100, mt_ibi_iter=15),
 }
 T_TRAIN, RHO_TRAIN, RHO_VAL, T_MULTI = 1.2, 0.3, (0.5, 0.7), (1.2, 2.0)
