@@ -160,3 +160,13 @@ def test_cell_list_equals_all_pairs():
     pa = set(zip(a.i.tolist(), a.j.tolist()))
     pb = set(zip(b.i.tolist(), b.j.tolist()))
     assert len(pa) == len(a.i) and pa == pb and len(pa) > 10000
+
+
+def test_reduced_units_argon():
+    from cg.diffsim.units import ReducedUnits
+
+    u = ReducedUnits()  # argon: eps/kB = 119.8 K, sigma = 3.405 Å, m = 39.948 amu
+    assert abs(u.temperature_K(1.0) - 119.8) < 0.2
+    assert abs(u.temperature_red(u.temperature_K(1.2)) - 1.2) < 1e-12
+    assert abs(u.time_fs - 2156.0) < 10.0  # the textbook 2.16 ps
+    assert abs(u.density_per_A3(0.3) * 3.405 ** 3 - 0.3) < 1e-12
