@@ -30,10 +30,14 @@ def test_train_simulate_evaluate(ala_md, tmp_path, capsys):
     mp.save(tmp_path / "map.json")
     model = tmp_path / "pot.pt"
     assert main(["cg", "train", str(data), "-m", str(tmp_path / "map.json"), "-o", str(model), "--epochs", "2",
-                 "--batch", "32", "--hidden", "8", "--rbf", "8", "--interactions", "1", "-q",
+                 "--batch", "32", "--net", "schnet", "--hidden", "8", "--rbf", "8", "--interactions", "1", "-q",
                  "--plot", str(tmp_path / "curve.png")]) == 0
     pot = CGPotential.load(model)
-    assert pot.n_beads == 10 and len(pot.bonds) == 9
+    assert pot.n_beads == 10 and len(pot.bonds) == 9 and pot.net.config.get("kind", "schnet") == "schnet"
+    fmodel = tmp_path / "fpot.pt"
+    assert main(["cg", "train", str(data), "-m", str(tmp_path / "map.json"), "-o", str(fmodel), "--epochs", "1",
+                 "--hidden", "16", "-q"]) == 0
+    assert CGPotential.load(fmodel).net.config["kind"] == "features"
     assert (tmp_path / "curve.png").exists() and (tmp_path / "pot.pt.ckpt").exists()
     run = tmp_path / "run.npz"
     rc = main(["cg", "simulate", str(model), str(data), "-m", str(tmp_path / "map.json"), "-o", str(run), "-r", "3",

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
 
     p = g.add_parser("train", help="fit priors + a SchNet-style network to mapped forces (force matching)",
                      description="Map an all-atom dataset (.npz with R, F) with a mapping JSON, fit Boltzmann-"
-                                 "inversion priors, train the network by force matching (train/val split, early "
+                                 "inversion priors, train a network (--net) by force matching (train/val split, early "
                                  "stopping, checkpoint/resume) and save the CG potential (.pt).")
     p.add_argument("dataset", help="all-atom .npz (sGDML format, forces required)")
     p.add_argument("-m", "--mapping", required=True, help="mapping JSON (cgwb map ...)")
@@ -26,10 +26,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--val", type=float, default=0.1, help="validation fraction")
     p.add_argument("--patience", type=int, default=8, help="epochs without validation gain before stopping")
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--rbf", type=int, default=16)
-    p.add_argument("--interactions", type=int, default=2)
-    p.add_argument("--cutoff", type=float, default=10.0, help="Å")
+    p.add_argument("--net", choices=["features", "schnet"], default="features",
+                   help="features: MLP over internal coordinates (fast, CGnet-style); schnet: message passing "
+                        "with bead-type embeddings (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=None, help="width (default: 128 features, 32 schnet)")
+    p.add_argument("--layers", type=int, default=3, help="hidden layers of the features MLP")
+    p.add_argument("--rbf", type=int, default=16, help="radial basis size (schnet)")
+    p.add_argument("--interactions", type=int, default=2, help="interaction blocks (schnet)")
+    p.add_argument("--cutoff", type=float, default=10.0, help="Å (schnet)")
     p.add_argument("--fourier", type=int, default=6, help="Fourier terms per dihedral prior")
     p.add_argument("--priors-only", action="store_true", help="no network: Boltzmann-inversion priors only")
     p.add_argument("--max-seconds", type=float, default=None, help="stop training after this wall time")
@@ -137,10 +141,14 @@ def _train(a: argparse.Namespace) -> int:
     if F is None:
         raise InputError(f"{a.dataset}: no forces 'F'; force matching needs them")
     pri = Priors.fit(R, mp.bonds, a.temperature, n_fourier=a.fourier)
-    pot = build_potential(pri, mp.names, mp.masses, mp.bonds, temperature=a.temperature, network=not a.priors_only,
-                          device=pick_device(a.device), hidden=a.hidden, n_rbf=a.rbf, n_interactions=a.interactions,
-                          cutoff=a.cutoff) if not a.priors_only else \
-        build_potential(pri, mp.names, mp.masses, mp.bonds, temperature=a.temperature, network=False)
+    if a.priors_only:
+        kw, net = {}, False
+    elif a.net == "schnet":
+        kw, net = dict(hidden=a.hidden or 32, n_rbf=a.rbf, n_interactions=a.interactions, cutoff=a.cutoff), "schnet"
+    else:
+        kw, net = dict(hidden=a.hidden or 128, layers=a.layers), "features"
+    pot = build_potential(pri, mp.names, mp.masses, mp.bonds, temperature=a.temperature, network=net,
+                          device=pick_device(a.device), reference=R, **kw)
     if not a.quiet:
         print(pri.describe())
     if not a.priors_only:
