@@ -21,16 +21,17 @@ def _threads():
 def test_cli_target_fit_eval(tmp_path, capsys):
     t = str(tmp_path / "t.npz")
     assert main(["diffsim", "target", "-o", t, "--state", "0.3:1.2", "--particles", "128", "--replicas", "1",
-                 "--equil", "100", "--steps", "200", "-q"]) == 0
+                 "--equil", "100", "--steps", "200", "--vacf-lag", "4", "-q"]) == 0
     d = np.load(t, allow_pickle=False)
     assert d["g"].shape == (1, 100) and abs(d["g"][0, -20:].mean() - 1.0) < 0.3
+    assert d["vacf"].shape == (1, 4) and abs(d["vacf"][0, 0] - 1.0) < 1e-12
     out = tmp_path / "fit"
-    assert main(["diffsim", "fit", t, "-o", str(out), "--steps", "2", "--tau", "20", "--replicas", "1",
-                 "--eval-steps", "100", "-q"]) == 0
+    assert main(["diffsim", "fit", t, "-o", str(out), "--steps", "2", "--tau", "40", "--replicas", "1",
+                 "--eval-steps", "100", "--vacf-weight", "1", "-q"]) == 0
     for f in ("potential.pt", "potential.npz", "potential.csv", "u.png", "rdf.png", "fit.json"):
         assert (out / f).stat().st_size > 0, f
     info = json.loads((out / "fit.json").read_text())
-    assert info["method"] == "diffsim" and len(info["history"]) == 2
+    assert info["method"] == "diffsim" and len(info["history"]) == 2 and "vacf_loss" in info["history"][0]
     outi = tmp_path / "ibi"
     assert main(["diffsim", "fit", t, "-o", str(outi), "--method", "ibi", "--steps", "1", "--ibi-steps", "100",
                  "--replicas", "1", "--eval-steps", "0", "-q"]) == 0

@@ -131,3 +131,22 @@ def test_initial_guess_and_bad_input():
         State(-0.3, 1.2)
     with pytest.raises(InputError):
         TabulatedPotential(np.array([1.0, 0.9, 1.2, 1.3]), np.zeros(4))
+
+
+def test_vacf_loss_term():
+    """Optional VACF loss: targets carry a VACF; the fitter adds its MSE and back-propagates it."""
+    from cg.diffsim.ensemble import sample_observables
+
+    rdf = RDF(2.5, 50)
+    st = [State(0.5, 1.2, n_particles=128, replicas=1)]
+    g, c = sample_observables(LennardJones(learnable=False).table(create_graph=False), st, rdf, 200, 400,
+                              observe_every=2, vacf_lag=10, chunk=200)
+    assert c.shape == (1, 10) and abs(c[0, 0] - 1) < 1e-12 and c[0, -1] < c[0, 0]
+    states = [State(0.5, 1.2, target=g[0], target_vacf=c[0], n_particles=128)]
+    pot = LennardJones(0.7, 1.0)
+    f = DiffSimFitter(pot, states, rdf, tau=40, observe_every=2, equil_steps=100, vacf_weight=10.0, lr=0.0)
+    f.step()
+    assert np.isfinite(f.history[-1]["vacf_loss"]) and f.history[-1]["vacf_loss"] > 0
+    assert pot.log_eps.grad is not None and float(pot.log_eps.grad.abs()) > 0
+    with pytest.raises(InputError, match="target_vacf"):
+        DiffSimFitter(LennardJones(), [State(0.5, 1.2, target=g[0])], rdf, vacf_weight=1.0)

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--steps", type=int, default=5000, help="production steps (default: %(default)s)")
     p.add_argument("--r-max", type=float, default=2.5, help="RDF range (default: %(default)s)")
     p.add_argument("--bins", type=int, default=100, help="RDF bins (default: %(default)s)")
+    p.add_argument("--vacf-lag", type=int, default=0, help="also store the velocity autocorrelation up to this "
+                                                          "many frames (10 steps apart; default: none)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_quiet(p)
@@ -60,6 +62,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--prior", choices=["lj", "repulsive", "none"], default="lj", help="DiffSim prior")
     p.add_argument("--hidden", type=int, default=64, help="DiffSim: MLP width (default: %(default)s)")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="per-state loss weights")
+    p.add_argument("--vacf-weight", type=float, default=0.0, help="DiffSim: weight of a VACF loss (needs a target "
+                                                                   "made with --vacf-lag; default: RDF only)")
     p.add_argument("--replicas", type=int, default=2, help="systems per state (default: %(default)s)")
     p.add_argument("--ibi-steps", type=int, default=1500, help="IBI: production steps per iteration")
     p.add_argument("--eval-steps", type=int, default=3000, help="steps to re-simulate the result for the g(r) "
@@ -91,16 +95,17 @@ def _load_potential(path: str):
 
 
 def _target(a: argparse.Namespace) -> int:
-    from cg.diffsim.ensemble import State, sample_rdf, save_targets
+    from cg.diffsim.ensemble import State, sample_observables, save_targets
     from cg.diffsim.observables import RDF
     from cg.diffsim.potentials import LennardJones
 
     states = [State(rho, T, n_particles=a.particles, replicas=a.replicas) for rho, T in (a.state or [(0.3, 1.2)])]
     rdf = RDF(a.r_max, a.bins)
     t0 = time.perf_counter()
-    g = sample_rdf(LennardJones(a.epsilon, a.sigma, learnable=False).table(create_graph=False), states, rdf, a.equil,
-                   a.steps, seed=a.seed, device=pick_device(a.device), progress=not a.quiet)
-    save_targets(a.out, rdf, states, g)
+    g, c = sample_observables(LennardJones(a.epsilon, a.sigma, learnable=False).table(create_graph=False), states,
+                              rdf, a.equil, a.steps, seed=a.seed, device=pick_device(a.device), progress=not a.quiet,
+                              vacf_lag=a.vacf_lag)
+    save_targets(a.out, rdf, states, g, c)
     print(f"wrote {a.out}: g(r) of {len(states)} state(s) ({', '.join(s.name for s in states)}) "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -131,7 +136,8 @@ def _fit(a: argparse.Namespace) -> int:
         eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
         pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
         fitter = DiffSimFitter(pot, states, rdf, tau=a.tau, lr=a.lr, lr_decay=0.1 ** (1 / max(1, a.steps)),
-                               residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev)
+                               residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev,
+                               vacf_weight=a.vacf_weight, observe_every=10 if a.vacf_weight > 0 else 5)
         history = fitter.fit(a.steps, checkpoint=a.checkpoint, progress=not a.quiet)
         info = {"method": "diffsim", "history": history, "step_s": DiffSimFitter.step_time(history)}
     else:

@@ -22,13 +22,16 @@ from .observables import RDF
 class State:
     """A thermodynamic state: reduced ``density`` and ``temperature``.
 
-    ``target`` is g(r) on the fitting RDF grid (None for plain simulation); ``weight`` its loss weight.
+    ``target`` is g(r) on the fitting RDF grid (None for plain simulation); ``weight`` its loss weight;
+    ``target_vacf`` an optional normalised velocity autocorrelation (lags in units of the observation
+    interval) for fits that also match dynamics.
     """
 
     density: float
     temperature: float
     target: np.ndarray | None = None
     weight: float = 1.0
+    target_vacf: np.ndarray | None = None
     n_particles: int = 256
     replicas: int = 1
     name: str = ""
@@ -87,56 +90,97 @@ class Ensemble:
         With ``grad`` the result is differentiable with respect to the table (truncated
         backpropagation through this window; call :meth:`detach` before the next window).
         """
+        return self.run_observables(table, n_steps, observe_every, grad)[0]
+
+    def run_observables(self, table: PairTable, n_steps: int, observe_every: int = 10, grad: bool = False,
+                        vacf_lag: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`run_rdf`, also returning the VACF per state (S, vacf_lag) when ``vacf_lag`` > 0
+        (velocities sampled every ``observe_every`` steps; lag k is k * observe_every steps)."""
         if n_steps < observe_every:
             raise InputError(f"run_rdf: n_steps={n_steps} < observe_every={observe_every}: nothing observed")
+        if vacf_lag > n_steps // observe_every:
+            raise InputError(f"vacf_lag={vacf_lag} exceeds the {n_steps // observe_every} frames of the window")
+        from .observables import vacf
+
         S = len(self.states)
-        total = None
+        total, total_c = None, None
         counts = torch.zeros(S, dtype=torch.float64)
         for sim, idx in self.groups:
-            acc = []
-            sim.run(table, n_steps, observe=lambda s, x, v, pd, sim=sim: acc.append(self.rdf.from_pairs(pd, sim.volume)),
-                    observe_every=observe_every, grad=grad)
+            acc, vel = [], []
+
+            def obs(s, x, v, pd, sim=sim, acc=acc, vel=vel):
+                acc.append(self.rdf.from_pairs(pd, sim.volume))
+                if vacf_lag:
+                    vel.append(v)
+
+            sim.run(table, n_steps, observe=obs, observe_every=observe_every, grad=grad)
             g = torch.stack(acc).mean(0)  # (B, n_bins)
             owner = torch.tensor(idx, device=g.device)
             part = torch.zeros(S, g.shape[1], dtype=g.dtype, device=g.device).index_add(0, owner, g)
             total = part if total is None else total + part.to(total.device)
+            if vacf_lag:
+                c = vacf(torch.stack(vel), vacf_lag)
+                part = torch.zeros(S, vacf_lag, dtype=c.dtype, device=c.device).index_add(0, owner, c)
+                total_c = part if total_c is None else total_c + part.to(total_c.device)
             counts += torch.bincount(torch.tensor(idx), minlength=S).double()
-        return total / counts.to(total.device, total.dtype)[:, None]
+        n = counts.to(total.device, total.dtype)[:, None]
+        return total / n, (total_c / n if total_c is not None else None)
 
 
 def sample_rdf(table: PairTable, states: list[State], rdf: RDF, n_equil: int = 1000, n_prod: int = 4000,
                observe_every: int = 10, r_cut: float = 2.5, dt: float = 0.005, friction: float = 1.0, seed: int = 0,
                device=None, progress: bool = False, chunk: int = 500) -> np.ndarray:
     """g(r) per state (S, n_bins) from fresh simulations with the potential ``table`` (no gradients)."""
+    return sample_observables(table, states, rdf, n_equil, n_prod, observe_every, r_cut, dt, friction, seed, device,
+                              progress, chunk)[0]
+
+
+def sample_observables(table: PairTable, states: list[State], rdf: RDF, n_equil: int = 1000, n_prod: int = 4000,
+                       observe_every: int = 10, r_cut: float = 2.5, dt: float = 0.005, friction: float = 1.0,
+                       seed: int = 0, device=None, progress: bool = False, chunk: int = 500, vacf_lag: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(g(r) (S, n_bins), VACF (S, vacf_lag) or None) per state from fresh simulations, no gradients.
+
+    The VACF is averaged over chunks of ``chunk`` steps (lag k = k * ``observe_every`` steps).
+    """
     from tqdm.auto import tqdm
 
     ens = Ensemble(states, rdf, r_cut=r_cut, dt=dt, friction=friction, seed=seed, device=device)
     with torch.no_grad():
         ens.equilibrate(table, n_equil)
-        parts, weights = [], []
+        parts, cparts, weights = [], [], []
         left = n_prod
         with tqdm(total=n_prod, desc="sampling g(r)", disable=not progress, mininterval=1.0) as bar:
             while left > 0:
                 n = min(chunk, left)
                 n -= n % observe_every
-                if n <= 0:
+                if n <= 0 or (vacf_lag and n // observe_every < vacf_lag):
                     break
-                parts.append(ens.run_rdf(table, n, observe_every))
+                g, c = ens.run_observables(table, n, observe_every, vacf_lag=vacf_lag)
+                parts.append(g)
+                cparts.append(c)
                 weights.append(n)
                 left -= n
                 bar.update(n)
+    if not parts:
+        raise InputError(f"sampling: n_prod={n_prod} too short for observe_every={observe_every}, vacf_lag={vacf_lag}")
     w = torch.tensor(weights, dtype=torch.float64)
-    return (torch.stack(parts) * (w / w.sum())[:, None, None].to(parts[0].device)).sum(0).cpu().numpy()
+    w = (w / w.sum()).to(parts[0].device)
+    g = (torch.stack(parts) * w[:, None, None]).sum(0).cpu().numpy()
+    c = (torch.stack(cparts) * w[:, None, None]).sum(0).cpu().numpy() if vacf_lag else None
+    return g, c
 
 
-def save_targets(path, rdf: RDF, states: list[State], g: np.ndarray) -> None:
-    """Write target RDFs ``g`` (S, n_bins) of ``states`` with the RDF grid to an ``.npz`` file (atomic)."""
+def save_targets(path, rdf: RDF, states: list[State], g: np.ndarray, vacf: np.ndarray | None = None) -> None:
+    """Write target RDFs ``g`` (S, n_bins) of ``states`` with the RDF grid (and optional VACFs (S, lag))
+    to an ``.npz`` file (atomic)."""
     from forcefield.fileio import save_npz
 
     g = np.asarray(g, float)
     if g.shape != (len(states), rdf.n_bins):
         raise InputError(f"{path}: g must have shape ({len(states)}, {rdf.n_bins}), got {g.shape}")
-    save_npz(path, r=rdf.r, g=g, density=np.array([s.density for s in states]),
+    extra = {} if vacf is None else {"vacf": np.asarray(vacf, float)}
+    save_npz(path, **extra, r=rdf.r, g=g, density=np.array([s.density for s in states]),
              temperature=np.array([s.temperature for s in states]),
              n_particles=np.array([s.n_particles for s in states]), r_max=np.array(rdf.r_max),
              n_bins=np.array(rdf.n_bins), rdf_sigma=np.array(rdf.sigma), units=np.array("reduced LJ"))
@@ -156,6 +200,9 @@ def load_targets(path) -> tuple[RDF, list[State]]:
     g = np.atleast_2d(d["g"])
     if g.shape != (len(d["density"]), rdf.n_bins):
         raise InputError(f"{path}: g has shape {g.shape}, expected ({len(d['density'])}, {rdf.n_bins})")
-    states = [State(float(rho), float(T), target=g[i], n_particles=int(n))
+    c = np.atleast_2d(d["vacf"]) if "vacf" in d else None
+    if c is not None and len(c) != len(g):
+        raise InputError(f"{path}: vacf has {len(c)} rows for {len(g)} states")
+    states = [State(float(rho), float(T), target=g[i], n_particles=int(n), target_vacf=None if c is None else c[i])
               for i, (rho, T, n) in enumerate(zip(d["density"], d["temperature"], d["n_particles"]))]
     return rdf, states

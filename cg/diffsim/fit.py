@@ -57,6 +57,8 @@ class DiffSimFitter:
     observe_every : steps between RDF frames inside a window.
     lr, lr_decay : Adam learning rate (of the physical prior's parameters) and per-step decay factor.
     net_lr_scale : the network's learning rate is ``lr * net_lr_scale``.
+    vacf_weight : weight of an extra loss on the velocity autocorrelation (needs ``target_vacf`` on every
+        state; lag k of the target is k * ``observe_every`` steps). 0 (default): RDF only.
     dt, friction : MD time step and Langevin friction.
     equil_steps : steps run (without gradients) with the initial potential before fitting.
     table_points : grid size of the tabulation used by the MD engine.
@@ -71,7 +73,7 @@ class DiffSimFitter:
                  observe_every: int = 5, lr: float = 5e-3, lr_decay: float = 1.0, dt: float = 0.005,
                  friction: float = 1.0, equil_steps: int = 500, table_points: int = 2048, seed: int = 0,
                  device=None, grad_clip: float | None = 1.0, residual_momentum: float = 0.0,
-                 net_lr_scale: float = 0.2):
+                 net_lr_scale: float = 0.2, vacf_weight: float = 0.0):
         for s in states:
             if s.target is None or len(s.target) != rdf.n_bins:
                 raise InputError(f"state {s.name}: target g(r) must have {rdf.n_bins} bins (the RDF grid)")
@@ -80,6 +82,13 @@ class DiffSimFitter:
         self.states, self.rdf = states, rdf
         self.tau, self.observe_every, self.table_points = int(tau), int(observe_every), int(table_points)
         self.grad_clip = grad_clip
+        self.vacf_weight = float(vacf_weight)
+        self.vacf_targets = None
+        if self.vacf_weight > 0:
+            if any(s.target_vacf is None for s in states):
+                raise InputError("vacf_weight > 0 needs target_vacf on every state")
+            self.vacf_targets = torch.tensor(np.stack([s.target_vacf for s in states]), dtype=torch.float64,
+                                             device=torch.device(device or "cpu"))
         self.residual_momentum = float(residual_momentum)
         self._g_avg: torch.Tensor | None = None
         self.ensemble = Ensemble(states, rdf, r_cut=potential.r_cut, dt=dt, friction=friction, seed=seed,
@@ -112,10 +121,14 @@ class DiffSimFitter:
             self._equilibrated = True
         self.ensemble.detach()
         self.optimizer.zero_grad()
-        g = self.ensemble.run_rdf(self._table(), self.tau, self.observe_every, grad=True)
+        lag = self.vacf_targets.shape[1] if self.vacf_targets is not None else 0
+        g, c = self.ensemble.run_observables(self._table(), self.tau, self.observe_every, grad=True, vacf_lag=lag)
         diff = g - self.targets
         mse = (diff * diff).mean(1)
         loss = (self.weights * mse).sum()
+        vacf_loss = None
+        if lag:
+            vacf_loss = self.vacf_weight * (self.weights * ((c - self.vacf_targets) ** 2).mean(1)).sum()
         if not torch.isfinite(loss):
             raise RuntimeError(f"DiffSim step {self.step_count}: non-finite loss (simulation blew up); lower lr or dt")
         if self.residual_momentum > 0:
@@ -125,9 +138,9 @@ class DiffSimFitter:
             self._g_avg = gd if self._g_avg is None else b * self._g_avg + (1 - b) * gd
             resid = self._g_avg - self.targets
             surrogate = (self.weights * (2 * resid * g).mean(1)).sum()
-            surrogate.backward()
+            (surrogate + vacf_loss if vacf_loss is not None else surrogate).backward()
         else:
-            loss.backward()
+            (loss + vacf_loss if vacf_loss is not None else loss).backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.potential.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -137,6 +150,8 @@ class DiffSimFitter:
         rec = {"step": self.step_count, "loss": float(loss.detach()),
                "mae": {s.name: float(diff[i].detach().abs().mean()) for i, s in enumerate(self.states)},
                "lr": float(self.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - t0}
+        if vacf_loss is not None:
+            rec["vacf_loss"] = float(vacf_loss.detach())
         self.history.append(rec)
         return rec
 
