@@ -87,8 +87,9 @@ class BackmapLoss(torch.nn.Module):
         self.register_buffer("clash_t", torch.as_tensor(terms.clash_t, dtype=torch.float32))
         self.beta, self.gamma_bond, self.gamma_angle, self.gamma_clash = beta, gamma_bond, gamma_angle, gamma_clash
 
-    def forward(self, out: dict[str, torch.Tensor], R: torch.Tensor, beta: float | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, out: dict[str, torch.Tensor], R: torch.Tensor, beta: float | None = None,
+                geometry: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """``beta`` overrides the KL weight; ``geometry`` scales the bond, angle and clash weights."""
         P = out["R"]
         beta = self.beta if beta is None else beta
         n_atoms = P.shape[1]
@@ -100,6 +101,6 @@ class BackmapLoss(torch.nn.Module):
                           if len(self.angles13) else zero)
         parts["clash"] = ((torch.relu(self.clash_t.to(P.dtype) - _pair_d(P, self.nonbonded)) ** 2).mean()
                           if len(self.nonbonded) else zero)
-        total = (parts["coord"] + beta * parts["kl"] + self.gamma_bond * parts["bond"]
-                 + self.gamma_angle * parts["angle"] + self.gamma_clash * parts["clash"])
+        total = parts["coord"] + beta * parts["kl"] + geometry * (
+            self.gamma_bond * parts["bond"] + self.gamma_angle * parts["angle"] + self.gamma_clash * parts["clash"])
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -9,7 +9,8 @@ handedness, so a chiral centre is placed correctly even when the beads are few):
   summed per bead into the mean and log-variance of an invariant latent per bead;
 * **prior** p(z | CG): message passing on the CG graph only, giving a mean and log-variance per bead;
 * **decoder**: message passing on the CG graph with the latent added to each bead's scalar features; every
-  atom takes a learned invariant combination of its bead's vector channels as its offset from the bead.
+  atom takes a learned invariant combination of its bead's vector channels, plus local coordinates in an
+  orthonormal frame per bead built from the CG geometry (shared with the encoder), as its offset.
 
 Offsets are re-centred with the mapping's own weights (mass weights for ``com``, equal weights for ``cog``),
 so that mapping the decoded atoms gives back the input beads exactly. Only relative vectors between beads
@@ -173,6 +174,11 @@ class CGVAE(nn.Module):
         self.prior_out = _mlp(F, F, 2 * L)
         self.z_in = nn.Linear(L, F)
         self.dec_coef = _mlp(2 * F + L, F, F)
+        self.dec_local = _mlp(2 * F + L, F, 3)
+        # per-atom linear paths between local coordinates and the bead latent (a PCA-like autoencoder that
+        # trains in a few steps; the networks above add the non-linear parts)
+        self.enc_lin = nn.Parameter(torch.randn(cfg.n_atoms, L, 3) / np.sqrt(3.0 * np.bincount(host.numpy(), minlength=cfg.n_beads).max()))
+        self.dec_lin = nn.Parameter(torch.randn(cfg.n_atoms, 3, L) * (0.1 / np.sqrt(L)))
         # start the posterior narrow (std ~0.05): the latent then carries information from the first step,
         # which keeps the decoder from learning to ignore it (posterior collapse)
         # and the posterior means spread widely from the start, which shortens the plateau before the decoder
@@ -185,25 +191,37 @@ class CGVAE(nn.Module):
     def _bead_init(self, key: str, B: int) -> torch.Tensor:
         return self.bead_emb[key].weight[None].expand(B, -1, -1)
 
-    def encode(self, R: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance (B, n, L) of atoms R (B, N, 3) around beads X (B, n, 3)."""
-        B = X.shape[0]
-        s, v = self.enc_net(X, self._bead_init("enc", B))
-        off = R - X[:, self.host]
+    def cg_frames(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bead scalars (B, n, F), vectors (B, n, F, 3) and a right-handed orthonormal frame per bead
+        (B, n, 3, 3) from the CG geometry alone.
+
+        The frame comes from two learned vector channels by Gram-Schmidt; it is shared by the encoder
+        (atom offsets expressed in it are invariant, complete and sensitive to handedness) and the decoder
+        (which places atoms by local coordinates in it), so the autoencoder's task is nearly an identity.
+        It needs three or more non-collinear beads; for fewer, the vector-channel term of the decoder
+        still places atoms equivariantly.
+        """
+        s, v = self.enc_net(X, self._bead_init("enc", X.shape[0]))
         pv = _lin(self.enc_proj, v)
-        proj = torch.einsum("bafd,bad->baf", pv[:, self.host], off)
-        # a right-handed orthonormal frame per bead from two learned vector channels (Gram-Schmidt): the
-        # offsets in this frame are invariant, complete and sensitive to handedness
         e1 = pv[:, :, 0] / torch.sqrt((pv[:, :, 0] ** 2).sum(-1, keepdim=True) + 1e-8)
         b = pv[:, :, 1] - (pv[:, :, 1] * e1).sum(-1, keepdim=True) * e1
         e2 = b / torch.sqrt((b**2).sum(-1, keepdim=True) + 1e-8)
-        frame = torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], -2)  # (B, n, 3, 3)
+        return s, pv, torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], -2)
+
+    def encode(self, R: torch.Tensor, X: torch.Tensor, frames: tuple | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance (B, n, L) of atoms R (B, N, 3) around beads X (B, n, 3)."""
+        B = X.shape[0]
+        s, pv, frame = self.cg_frames(X) if frames is None else frames
+        off = R - X[:, self.host]
+        proj = torch.einsum("bafd,bad->baf", pv[:, self.host], off)
         local = torch.einsum("baed,bad->bae", frame[:, self.host], off)
         dist = torch.sqrt((off**2).sum(-1) + 1e-12)
         feat = torch.cat([proj, local, s[:, self.host], self.atom_emb.weight[None].expand(B, -1, -1),
                           self.enc_rbf(dist)], -1)
         h = torch.einsum("an,baf->bnf", self.onehot, self.enc_atom(feat))
         mu, logvar = self.enc_out(torch.cat([h, s], -1)).chunk(2, -1)
+        mu = mu + torch.einsum("an,ale,bae->bnl", self.onehot, self.enc_lin, local)
         return mu, logvar.clamp(-12.0, 6.0)
 
     def prior(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,13 +230,15 @@ class CGVAE(nn.Module):
         mu, logvar = self.prior_out(s).chunk(2, -1)
         return mu, logvar.clamp(-12.0, 6.0)
 
-    def decode(self, X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, X: torch.Tensor, z: torch.Tensor, frames: tuple | None = None) -> torch.Tensor:
         """Atom positions (B, N, 3) from beads X (B, n, 3) and latents z (B, n, L)."""
         B = X.shape[0]
+        frame = (self.cg_frames(X) if frames is None else frames)[2]
         s, v = self.dec_net(X, self._bead_init("dec", B) + self.z_in(z))
-        coef = self.dec_coef(torch.cat([s[:, self.host], z[:, self.host],
-                                        self.atom_emb.weight[None].expand(B, -1, -1)], -1))
-        off = torch.einsum("baf,bafd->bad", coef, v[:, self.host])
+        inp = torch.cat([s[:, self.host], z[:, self.host], self.atom_emb.weight[None].expand(B, -1, -1)], -1)
+        off = torch.einsum("baf,bafd->bad", self.dec_coef(inp), v[:, self.host])
+        loc = self.dec_local(inp) + torch.einsum("ael,bal->bae", self.dec_lin, z[:, self.host])
+        off = off + torch.einsum("bae,baed->bad", loc, frame[:, self.host])
         # mapping-aware re-centring: the weighted mean offset of each bead's atoms is removed
         mean = torch.einsum("an,bad->bnd", self.onehot * self.weights[:, None], off)
         off = off - mean[:, self.host]
@@ -227,17 +247,19 @@ class CGVAE(nn.Module):
     # ------------------------------------------------------------------ whole model
     def forward(self, R: torch.Tensor, X: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         """Training pass: encode, sample the posterior (reparametrised; its mean if ``deterministic``), decode."""
-        mu_q, lv_q = self.encode(R, X)
+        frames = self.cg_frames(X)
+        mu_q, lv_q = self.encode(R, X, frames)
         mu_p, lv_p = self.prior(X)
         z = mu_q if deterministic else mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * lv_q)
-        return {"R": self.decode(X, z), "mu_q": mu_q, "lv_q": lv_q, "mu_p": mu_p, "lv_p": lv_p}
+        return {"R": self.decode(X, z, frames), "mu_q": mu_q, "lv_q": lv_q, "mu_p": mu_p, "lv_p": lv_p}
 
     @torch.no_grad()
     def reconstruct(self, R: torch.Tensor, X: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Decode the posterior of the true atoms (its mean, or one draw with ``sample=True``)."""
-        mu, lv = self.encode(R, X)
+        frames = self.cg_frames(X)
+        mu, lv = self.encode(R, X, frames)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * lv) if sample else mu
-        return self.decode(X, z)
+        return self.decode(X, z, frames)
 
     @torch.no_grad()
     def sample(self, X: torch.Tensor, n_samples: int = 1, temperature: float = 1.0,

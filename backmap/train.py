@@ -31,10 +31,12 @@ class TrainConfig:
     lr_min: float = 5e-5
     val_fraction: float = 0.1
     beta: float = 0.05
-    ae_warmup: float = 0.3  # share of steps trained as a plain autoencoder (z = posterior mean, beta = 0) ...
-    ae_min_steps: int = 600  # ... but at least this many steps (at most half of all steps): the decoder needs
-    #                          a few hundred steps before it reads the latent
-    beta_warmup: float = 0.2  # share of steps, after the autoencoder phase, over which beta ramps from 0
+    ae_warmup: float = 0.3  # share of steps trained as a plain autoencoder (z = posterior mean, coordinate
+    #                         loss only) ...
+    ae_min_steps: int = 300  # ... but at least this many steps (at most half of all steps), so that the
+    #                          decoder relies on the latent before noise and KL switch on (posterior collapse)
+    beta_warmup: float = 0.2  # share of steps, after the autoencoder phase, over which beta and the
+    #                           geometry weights ramp up from 0
     gamma_bond: float = 10.0
     gamma_angle: float = 5.0
     gamma_clash: float = 10.0
@@ -150,10 +152,13 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
             idx = perm[k:k + cfg.batch_size]
             step = epoch * steps_per_epoch + k // cfg.batch_size
             ae = step < n_ae
-            beta = 0.0 if ae else cfg.beta * min(1.0, (step + 1 - n_ae) / max(1.0, cfg.beta_warmup * total))
+            ramp = 0.0 if ae else min(1.0, (step + 1 - n_ae) / max(1.0, cfg.beta_warmup * total))
+            beta = cfg.beta * ramp
             r, x = Rt[idx].to(device), Xt[idx].to(device)
             out = model(r, x, deterministic=ae)
-            loss, parts = loss_fn(out, r, beta)
+            # the bonded and clash terms wait for the autoencoder phase: from the start they would hold the
+            # hydrogens at an average placement (they are blind to rotations about bonds) and stall training
+            loss, parts = loss_fn(out, r, beta, ramp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
