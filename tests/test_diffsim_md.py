@@ -118,8 +118,9 @@ def test_langevin_temperature_and_vacf():
     assert (c[:, 49] < 0.5).all()  # friction 5 decorrelates velocities within 0.25 time units
 
 
-def test_gradient_through_simulation_matches_finite_differences():
-    """d(loss on the smoothed RDF after 30 Langevin steps)/d(eps, sigma) by backprop vs central differences."""
+@pytest.mark.parametrize("thermostat", ["langevin", "nhc"])
+def test_gradient_through_simulation_matches_finite_differences(thermostat):
+    """d(loss on the smoothed RDF after 30 thermostatted steps)/d(eps, sigma): backprop vs central differences."""
     rdf = RDF(1.6, 16, sigma=0.1)
     weights = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64)
 
@@ -128,7 +129,8 @@ def test_gradient_through_simulation_matches_finite_differences():
         with torch.no_grad():
             pot.log_eps.copy_(log_eps)
             pot.log_sigma.copy_(log_sigma)
-        sim = Simulation(20, [0.2], [1.0], cutoff=rdf.reach, dt=0.004, friction=1.0, skin=0.2, seed=7)
+        sim = Simulation(20, [0.2], [1.0], cutoff=rdf.reach, dt=0.004, friction=1.0, skin=0.2, seed=7,
+                         thermostat=thermostat, nhc_tau=0.1)
         acc = []
         sim.run(pot.table(256), 30, observe=lambda s, x, v, pd: acc.append(rdf.from_pairs(pd, sim.volume)),
                 observe_every=3, grad=True)
@@ -170,3 +172,20 @@ def test_reduced_units_argon():
     assert abs(u.temperature_red(u.temperature_K(1.2)) - 1.2) < 1e-12
     assert abs(u.time_fs - 2156.0) < 10.0  # the textbook 2.16 ps
     assert abs(u.density_per_A3(0.3) * 3.405 ** 3 - 0.3) < 1e-12
+
+
+def test_nose_hoover_chain_temperature_and_conserved_energy():
+    """NHC: the extended energy is conserved (deterministic dynamics) and the kinetic temperature relaxes
+    to the bath value from a start at twice the temperature."""
+    pot = LennardJones(learnable=False)
+    tab = pot.table(create_graph=False)
+    sim = Simulation(128, [0.6, 0.6], [0.9, 1.5], cutoff=2.5, dt=0.004, thermostat="nhc", nhc_tau=0.3, seed=6)
+    sim.v = sim.v * 2 ** 0.5  # start hot
+    sim.run(tab, 300, grad=False)
+    h0 = sim.conserved_energy(tab)
+    ts = []
+    sim.run(tab, 600, observe=lambda s, x, v, pd: ts.append(2 * sim.kinetic(v) / sim.n_dof), grad=False)
+    h1 = sim.conserved_energy(tab)
+    assert float((h1 - h0).abs().max()) / sim.N < 2e-3
+    T = torch.stack(ts).mean(0)
+    assert torch.allclose(T, torch.tensor([0.9, 1.5], dtype=torch.float64), rtol=0.08), T

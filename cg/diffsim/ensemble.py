@@ -58,11 +58,12 @@ class Ensemble:
     states : the states; replicas and particle numbers are taken from each.
     rdf : the RDF estimator (its reach sets the neighbour-list cutoff together with ``r_cut``).
     r_cut : potential cutoff.
-    dt, friction, skin, seed, device, dtype : passed to :class:`~cg.diffsim.md.Simulation`.
+    dt, friction, skin, seed, device, dtype, thermostat : passed to :class:`~cg.diffsim.md.Simulation`.
     """
 
     def __init__(self, states: list[State], rdf: RDF, r_cut: float = 2.5, dt: float = 0.005, friction: float = 1.0,
-                 skin: float = 0.4, seed: int = 0, device=None, dtype: torch.dtype = torch.float64):
+                 skin: float = 0.4, seed: int = 0, device=None, dtype: torch.dtype = torch.float64,
+                 thermostat: str = "langevin"):
         if not states:
             raise InputError("Ensemble: no states given")
         self.states, self.rdf = list(states), rdf
@@ -71,7 +72,8 @@ class Ensemble:
         for k, n in enumerate(sorted({s.n_particles for s in states})):
             idx = [i for i, s in enumerate(states) for _ in range(s.replicas) if s.n_particles == n]
             sim = Simulation(n, [states[i].density for i in idx], [states[i].temperature for i in idx], cutoff,
-                             dt=dt, friction=friction, skin=skin, seed=seed + 1000 * k, device=device, dtype=dtype)
+                             dt=dt, friction=friction, skin=skin, seed=seed + 1000 * k, device=device, dtype=dtype,
+                             thermostat=thermostat)
             self.groups.append((sim, idx))
 
     def detach(self) -> None:

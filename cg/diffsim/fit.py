@@ -59,7 +59,7 @@ class DiffSimFitter:
     net_lr_scale : the network's learning rate is ``lr * net_lr_scale``.
     vacf_weight : weight of an extra loss on the velocity autocorrelation (needs ``target_vacf`` on every
         state; lag k of the target is k * ``observe_every`` steps). 0 (default): RDF only.
-    dt, friction : MD time step and Langevin friction.
+    dt, friction, thermostat : MD time step, Langevin friction, ``"langevin"`` or ``"nhc"`` (Nosé–Hoover chain).
     equil_steps : steps run (without gradients) with the initial potential before fitting.
     table_points : grid size of the tabulation used by the MD engine.
     device : torch device for MD and potential.
@@ -73,7 +73,7 @@ class DiffSimFitter:
                  observe_every: int = 5, lr: float = 5e-3, lr_decay: float = 1.0, dt: float = 0.005,
                  friction: float = 1.0, equil_steps: int = 500, table_points: int = 2048, seed: int = 0,
                  device=None, grad_clip: float | None = 1.0, residual_momentum: float = 0.0,
-                 net_lr_scale: float = 0.2, vacf_weight: float = 0.0):
+                 net_lr_scale: float = 0.2, vacf_weight: float = 0.0, thermostat: str = "langevin"):
         for s in states:
             if s.target is None or len(s.target) != rdf.n_bins:
                 raise InputError(f"state {s.name}: target g(r) must have {rdf.n_bins} bins (the RDF grid)")
@@ -92,7 +92,7 @@ class DiffSimFitter:
         self.residual_momentum = float(residual_momentum)
         self._g_avg: torch.Tensor | None = None
         self.ensemble = Ensemble(states, rdf, r_cut=potential.r_cut, dt=dt, friction=friction, seed=seed,
-                                 device=self.device)
+                                 device=self.device, thermostat=thermostat)
         self.targets = torch.tensor(np.stack([s.target for s in states]), dtype=torch.float64, device=self.device)
         w = torch.tensor([s.weight for s in states], dtype=torch.float64, device=self.device)
         self.weights = w / w.sum()
@@ -205,6 +205,8 @@ class DiffSimFitter:
             "x": [s.x.detach().cpu() for s, _ in sims],
             "v": [s.v.detach().cpu() for s, _ in sims],
             "rng": [s.gen.get_state() for s, _ in sims],
+            "xi": [s.xi.detach().cpu() for s, _ in sims],
+            "v_xi": [s.v_xi.detach().cpu() for s, _ in sims],
             "equilibrated": self._equilibrated,
             "avg": {k: v.cpu() for k, v in self._avg.items()},
             "n_avg": self._n_avg,
@@ -228,8 +230,9 @@ class DiffSimFitter:
         self.scheduler.load_state_dict(p["scheduler"])
         self.step_count = int(p["step"])
         self.history = json.loads(p["history_json"])
-        for (sim, _), x, v, rng in zip(self.ensemble.groups, p["x"], p["v"], p["rng"]):
+        for (sim, _), x, v, rng, xi, v_xi in zip(self.ensemble.groups, p["x"], p["v"], p["rng"], p["xi"], p["v_xi"]):
             sim.x, sim.v = x.to(sim.device, sim.dtype), v.to(sim.device, sim.dtype)
+            sim.xi, sim.v_xi = xi.to(sim.device, sim.dtype), v_xi.to(sim.device, sim.dtype)
             sim.gen.set_state(rng)
             sim.nl.x_ref = None
         self._equilibrated = bool(p["equilibrated"])

@@ -15,7 +15,8 @@ Design
 * Neighbours: a Verlet list with a skin, built under ``no_grad`` (O(N^2) per system, in chunks) and
   rebuilt when any particle moved more than half the skin. Distances use the minimum image and are
   differentiable in the positions.
-* Integrator: BAOAB Langevin (velocity Verlet when ``friction == 0``, i.e. NVE). All operations are
+* Integrator: BAOAB Langevin (velocity Verlet when ``friction == 0``, i.e. NVE), or velocity Verlet
+  with a Nosé–Hoover chain per system (``thermostat="nhc"``, deterministic). All operations are
   plain torch ops, so a window of steps can be back-propagated (truncated backpropagation: the
   state is detached between windows, see :meth:`Simulation.detach`).
 """
@@ -263,6 +264,8 @@ class Simulation:
     cutoff : distance the neighbour list must cover (max of potential cutoff and RDF range + tails).
     dt : time step (reduced; 0.005 is standard for LJ).
     friction : Langevin friction gamma (1/time); 0 gives NVE velocity Verlet.
+    thermostat : ``"langevin"`` (BAOAB with ``friction``) or ``"nhc"`` (Nosé–Hoover chain of
+        ``nhc_chain`` thermostats with time constant ``nhc_tau``; ``friction`` is then ignored).
     skin : neighbour-list skin.
     seed : seeds the lattice, the initial velocities and the thermostat noise.
     device, dtype : torch device and dtype (float64 by default for clean gradients and energy checks).
@@ -270,7 +273,8 @@ class Simulation:
 
     def __init__(self, n_particles: int, densities, temperatures, cutoff: float, dt: float = 0.005,
                  friction: float = 1.0, skin: float = 0.3, seed: int = 0, device=None,
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, thermostat: str = "langevin", nhc_tau: float = 0.5,
+                 nhc_chain: int = 3):
         dens = np.atleast_1d(np.asarray(densities, float))
         temps = np.atleast_1d(np.asarray(temperatures, float))
         if len(temps) == 1 and len(dens) > 1:
@@ -283,6 +287,11 @@ class Simulation:
         self.dtype = dtype
         self.N, self.B = int(n_particles), len(dens)
         self.dt, self.friction = float(dt), float(friction)
+        if thermostat not in ("langevin", "nhc"):
+            raise InputError(f"Simulation: thermostat must be 'langevin' or 'nhc', got {thermostat!r}")
+        if nhc_chain < 1 or nhc_tau <= 0:
+            raise InputError(f"Simulation: need nhc_chain >= 1 and nhc_tau > 0, got {nhc_chain}, {nhc_tau}")
+        self.thermostat, self.nhc_tau = thermostat, float(nhc_tau)
         self.box = torch.tensor((self.N / dens) ** (1 / 3), dtype=dtype, device=self.device)
         self.temperature = torch.tensor(temps, dtype=dtype, device=self.device)
         self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -292,6 +301,51 @@ class Simulation:
         self.v = self._maxwell()
         self.nl = NeighbourList(cutoff, skin)
         self.steps_done = 0
+        # Nosé–Hoover chain state per system: positions xi and velocities v_xi of the chain, masses Q
+        self.xi = torch.zeros(self.B, nhc_chain, dtype=dtype, device=self.device)
+        self.v_xi = torch.zeros(self.B, nhc_chain, dtype=dtype, device=self.device)
+        self.n_dof = 3 * self.N - 3
+        q = self.temperature[:, None] * self.nhc_tau ** 2 * torch.ones(self.B, nhc_chain, dtype=dtype,
+                                                                        device=self.device)
+        q[:, 0] *= self.n_dof
+        self.q_nhc = q
+
+    def _nhc_half(self, v: torch.Tensor, v_xi: torch.Tensor, xi: torch.Tensor):
+        """Propagate the Nosé–Hoover chains by dt/2 (Martyna–Tuckerman–Klein splitting), scaling ``v``."""
+        M = v_xi.shape[1]
+        kT, Q, dt = self.temperature, self.q_nhc, self.dt
+        K2 = (v * v).sum((1, 2))  # twice the kinetic energy
+        vx = list(v_xi.unbind(1))
+
+        def force(k, K2):
+            if k == 0:
+                return (K2 - self.n_dof * kT) / Q[:, 0]
+            return (Q[:, k - 1] * vx[k - 1] ** 2 - kT) / Q[:, k]
+
+        vx[M - 1] = vx[M - 1] + 0.25 * dt * force(M - 1, K2)
+        for k in range(M - 2, -1, -1):
+            e = torch.exp(-0.125 * dt * vx[k + 1])
+            vx[k] = (vx[k] * e + 0.25 * dt * force(k, K2)) * e
+        scale = torch.exp(-0.5 * dt * vx[0])
+        v = v * scale[:, None, None]
+        K2 = K2 * scale * scale
+        xi = xi + 0.5 * dt * torch.stack(vx, 1)
+        for k in range(M - 1):
+            e = torch.exp(-0.125 * dt * vx[k + 1])
+            vx[k] = (vx[k] * e + 0.25 * dt * force(k, K2)) * e
+        vx[M - 1] = vx[M - 1] + 0.25 * dt * force(M - 1, K2)
+        return v, torch.stack(vx, 1), xi
+
+    def conserved_energy(self, table: PairTable) -> torch.Tensor:
+        """Potential + kinetic energy per system, plus the Nosé–Hoover chain energy when ``thermostat='nhc'``
+        (conserved by the NVE and NHC dynamics)."""
+        U, K = self.energy(table)
+        if self.thermostat != "nhc":
+            return U + K
+        kT = self.temperature
+        chain = 0.5 * (self.q_nhc * self.v_xi ** 2).sum(1) + self.n_dof * kT * self.xi[:, 0] \
+            + kT * self.xi[:, 1:].sum(1)
+        return U + K + chain
 
     @property
     def volume(self) -> torch.Tensor:
@@ -314,6 +368,7 @@ class Simulation:
     def detach(self) -> None:
         """Cut the autograd history (start of a new truncated-backpropagation window)."""
         self.x, self.v = self.x.detach(), self.v.detach()
+        self.xi, self.v_xi = self.xi.detach(), self.v_xi.detach()
 
     def run(self, table: PairTable, n_steps: int, observe: Callable[[int, torch.Tensor, torch.Tensor, PairData],
                                                                      None] | None = None,
@@ -332,20 +387,27 @@ class Simulation:
             c2 = math.sqrt(max(0.0, 1 - c1 * c1))
             vstd = torch.sqrt(self.temperature)[:, None, None]
             x, v = self.x, self.v
+            nhc = self.thermostat == "nhc"
+            v_xi, xi = self.v_xi, self.xi
             self.nl.update(x, self.box)
             _, F, _ = energy_forces(x, self.box, self.nl, table)
             for s in range(1, n_steps + 1):
+                if nhc:
+                    v, v_xi, xi = self._nhc_half(v, v_xi, xi)
                 v = v + h * F
                 x = x + h * v
-                if self.friction > 0:
+                if self.friction > 0 and not nhc:
                     v = c1 * v + c2 * vstd * self._noise(v.shape)
                 x = x + h * v
                 self.nl.update(x, self.box)
                 _, F, pd = energy_forces(x, self.box, self.nl, table)
                 v = v + h * F
+                if nhc:
+                    v, v_xi, xi = self._nhc_half(v, v_xi, xi)
                 if observe is not None and s % observe_every == 0:
                     observe(s, x, v, pd)
             self.x, self.v = x, v
+            self.v_xi, self.xi = v_xi, xi
             self.steps_done += n_steps
 
     def energy(self, table: PairTable) -> tuple[torch.Tensor, torch.Tensor]:
