@@ -148,12 +148,15 @@ def run_mapping(name, mp, ds, a, out, epochs, train_s, replicas, aa_ns, quads, n
                         phi_psi(np.concatenate([run.traj.replica(k)[0][: n_steps // save_every // 2]
                                                 for k in range(replicas)]), *quads),
                         phi_psi(np.concatenate([run.traj.replica(k)[0][n_steps // save_every // 2:]
-                                                for k in range(replicas)]), *quads), 60)["js"]}
+                                                for k in range(replicas)]), *quads), 60)["js"],
+                    "frac_phi_positive_ref": float((pp_ref[:, 0] > 0).mean()),
+                    "frac_phi_positive_cg": float((pp_cg[:, 0] > 0).mean())}
         plot_fes(pp_ref, pp_cg, out / "fes.png", bins=60, labels=("AA reference (mapped)", "CG MD"))
         f = r["fes"]
         print(f"[{name}] φ/ψ FES JS (60x60, nats): {f['60']['js']:.4f}  (36x36: {f['36']['js']:.4f}; ref half/half "
               f"{f['ref_half_vs_half_60']:.4f}; CG 1st/2nd half {f['cg_first_vs_second_half_of_runs_60']:.4f}; "
-              f"n_ref {f['60']['n_ref']}, n_cg {f['60']['n_test']})")
+              f"n_ref {f['60']['n_ref']}, n_cg {f['60']['n_test']}; share φ>0: ref {f['frac_phi_positive_ref']:.4f}, "
+              f"CG {f['frac_phi_positive_cg']:.4f})")
     print(f"[{name}] bonded JS mean/max: bonds {b['bonds_mean']:.4f}/{b['bonds_max']:.4f}  angles "
           f"{b['angles_mean']:.4f}/{b['angles_max']:.4f}  dihedrals {b['dihedrals_mean']:.4f}/{b['dihedrals_max']:.4f}")
     print(f"[{name}] MD-stop/ref-calibrated stability: {r['stability_ref_calibrated']['stable']}/{replicas}; "
