@@ -130,7 +130,7 @@ class Backmapper:
         torch.manual_seed(tc.seed)
         self.model = CGVAE(cfg, host, weights)
         loss = BackmapLoss(GeometryTerms.build(self.bonds, R, tc.clash_distance), tc.beta, tc.gamma_bond,
-                           tc.gamma_angle, tc.gamma_clash)
+                           tc.gamma_angle, tc.gamma_clash, tc.gamma_prior)
         self.history = train_model(self.model, loss, R, X, tc, self.device, checkpoint, resume, progress,
                                    extra={"mapping": m.to_dict()})
         return self

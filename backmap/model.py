@@ -245,13 +245,21 @@ class CGVAE(nn.Module):
         return X[:, self.host] + off
 
     # ------------------------------------------------------------------ whole model
-    def forward(self, R: torch.Tensor, X: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
-        """Training pass: encode, sample the posterior (reparametrised; its mean if ``deterministic``), decode."""
+    def forward(self, R: torch.Tensor, X: torch.Tensor, deterministic: bool = False,
+                prior_sample: bool = False) -> dict[str, torch.Tensor]:
+        """Training pass: encode, sample the posterior (reparametrised; its mean if ``deterministic``), decode;
+        with ``prior_sample`` also decode one draw from the prior (``"R_prior"``)."""
         frames = self.cg_frames(X)
         mu_q, lv_q = self.encode(R, X, frames)
         mu_p, lv_p = self.prior(X)
         z = mu_q if deterministic else mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * lv_q)
-        return {"R": self.decode(X, z, frames), "mu_q": mu_q, "lv_q": lv_q, "mu_p": mu_p, "lv_p": lv_p}
+        out = {"R": self.decode(X, z, frames), "mu_q": mu_q, "lv_q": lv_q, "mu_p": mu_p, "lv_p": lv_p}
+        if prior_sample:
+            # a draw from the (detached) prior, decoded: its bonded geometry is trained too, so that samples
+            # are chemically valid and not only posterior reconstructions
+            zp = (mu_p + torch.randn_like(mu_p) * torch.exp(0.5 * lv_p)).detach()
+            out["R_prior"] = self.decode(X, zp, frames)
+        return out
 
     @torch.no_grad()
     def reconstruct(self, R: torch.Tensor, X: torch.Tensor, sample: bool = False) -> torch.Tensor:

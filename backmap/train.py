@@ -40,6 +40,7 @@ class TrainConfig:
     gamma_bond: float = 10.0
     gamma_angle: float = 5.0
     gamma_clash: float = 10.0
+    gamma_prior: float = 1.0  # weight of the bonded/clash terms on decoded prior draws (relative to the above)
     clash_distance: float = 2.0
     augment_rotations: bool = False  # the model is exactly equivariant; kept for experiments
     seed: int = 0
@@ -155,7 +156,7 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
             ramp = 0.0 if ae else min(1.0, (step + 1 - n_ae) / max(1.0, cfg.beta_warmup * total))
             beta = cfg.beta * ramp
             r, x = Rt[idx].to(device), Xt[idx].to(device)
-            out = model(r, x, deterministic=ae)
+            out = model(r, x, deterministic=ae, prior_sample=not ae and loss_fn.gamma_prior > 0)
             # the bonded and clash terms wait for the autoencoder phase: from the start they would hold the
             # hydrogens at an average placement (they are blind to rotations about bonds) and stall training
             loss, parts = loss_fn(out, r, beta, ramp)
