@@ -9,7 +9,7 @@ Pipeline
    within ~0.1 Å of the heavy atoms (N+H, CA+HA COMs), so bead φ/ψ track atomistic φ/ψ closely; the script
    reports the mean |bead φ − atom φ| on the reference. All FES comparisons use bead φ/ψ for both sides.
 3. Priors by Boltzmann inversion + a network trained by force matching (train/val split, early stopping):
-   FeatureNet (MLP over internal coordinates, CGnet-style) and SchNetCG (message passing), each in turn.
+   FeatureNet (MLP over internal coordinates, CGnet-style); with `--nets features,schnet` also SchNetCG.
    Then a learned 6-bead map (cg.learn_mapping) with FeatureNet (no φ/ψ there: bonded JS, stability, h(r)).
 4. CG MD: many replicas started from reference frames (uniformly drawn), BAOAB 2 fs, 300 K; total CG
    simulated time = AA simulated time. Instability check: any bond > 0.5 Å from its reference mean.
@@ -91,7 +91,7 @@ def run_mapping(name, mp, ds, a, out, epochs, train_s, replicas, aa_ns, quads, n
     pot = build_potential(pri, mp.names, mp.masses, bonds, temperature=300.0, device=a.device, network=net,
                           reference=Rcg, **kw)
     r["network"] = {"kind": net, **kw, "parameters": sum(p.numel() for p in pot.net.parameters())}
-    hist = train_force_matching(pot, Rcg, Fcg, epochs=epochs, batch_size=128, lr=2e-3, patience=6,
+    hist = train_force_matching(pot, Rcg, Fcg, epochs=epochs, batch_size=128, lr=2e-3, patience=10,
                                 device=a.device, checkpoint=out / "train.ckpt", resume=False, progress=not a.quiet,
                                 max_seconds=train_s, seed=a.seed)
     pot.save(out / "cg_potential.pt")
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--nets", default="features,schnet", help="networks for the heavy-atom map (comma list)")
+    ap.add_argument("--nets", default="features", help="networks for the heavy-atom map (comma list)")
     ap.add_argument("--learned", type=int, default=6, help="beads of a learned map (cg.learn_mapping); 0: skip")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
