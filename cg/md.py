@@ -127,7 +127,8 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
         raise InputError("starting positions contain non-finite values")
     x = x.to(device=device, dtype=dtype)
     potential = potential.to(device).eval()
-    for p in potential.parameters():
+    was_training = [(p, p.requires_grad) for p in potential.parameters()]
+    for p, _ in was_training:  # no parameter gradients during MD (restored at the end)
         p.requires_grad_(False)
     bonds = potential.bonds.cpu().numpy()
     check = None
@@ -141,9 +142,13 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
         check = bond_check(bonds, reference_bond_lengths, max_bond_deviation)
     T = potential.temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()
-    traj = simulate(potential.force_fn(torch.float32), x, potential.masses.to(device), n_steps, save_every=save_every,
-                    dt_fs=dt_fs, temperature=T, friction_per_ps=friction_per_ps, seed=seed, check_fn=check,
-                    progress=progress, desc="CG MD")
+    try:
+        traj = simulate(potential.force_fn(dtype), x, potential.masses.to(device), n_steps,
+                        save_every=save_every, dt_fs=dt_fs, temperature=T, friction_per_ps=friction_per_ps, seed=seed,
+                        check_fn=check, progress=progress, desc="CG MD")
+    finally:
+        for p, rg in was_training:
+            p.requires_grad_(rg)
     wall = time.perf_counter() - t0
     stops = {b: (step, why) for b, step, why in traj.stopped}
     report = []

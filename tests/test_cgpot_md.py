@@ -95,3 +95,16 @@ def test_bad_start_shape():
     pot = _harmonic_dimer(100.0, 1.5)
     with pytest.raises(ValueError, match="replicas"):
         run_cg_md(pot, np.zeros((4, 3, 3)), 10, progress=False)
+
+
+def test_md_leaves_network_trainable():
+    from cg.potential import build_potential
+
+    pot = _harmonic_dimer(100.0, 1.5)
+    net_pot = build_potential(pot.priors, ["A", "B"], np.array([12.0, 16.0]), np.array([[0, 1]]), network="features",
+                              hidden=8, layers=1)
+    x0 = torch.zeros(2, 2, 3)
+    x0[:, 1, 0] = 1.5
+    run = run_cg_md(net_pot, x0, 10, save_every=5, progress=False)
+    assert run.all_stable and run.traj.R.shape == (2, 2, 2, 3)
+    assert all(p.requires_grad for p in net_pot.net.parameters())
