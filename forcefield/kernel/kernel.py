@@ -130,9 +130,12 @@ class HessianKernel(DescriptorKernel):
     block_size : query rows per block (see :class:`DescriptorKernel`).
     """
 
-    def __init__(self, train: TrainingSet, sigma: float, block_size: int | None = None) -> None:
+    def __init__(self, train: TrainingSet, sigma: float, block_size: int | None = None,
+                 cache_bytes: float = 1e9) -> None:
         super().__init__(train.d, train.q, sigma, block_size)
         self.train = train
+        self.cache_bytes = cache_bytes
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         i, j = np.tril_indices(train.n_atoms, k=-1)
         self._pi = torch.as_tensor(i, device=train.d.device)
         self._pj = torch.as_tensor(j, device=train.d.device)
@@ -150,7 +153,21 @@ class HessianKernel(DescriptorKernel):
         shape = beta.shape
         b = beta.reshape(tr.n, -1, 3)
         wp, t = self.weights(b)
-        _, y = self.contract(tr.d, wp, t, need_energy=False)
+        if self._cache is None and 16.0 * tr.n * self.dp.shape[0] <= self.cache_bytes:
+            self._cache = []
+            for s in range(0, tr.n, self.block_size):
+                xb = tr.d[s:s + self.block_size]
+                base, r = self._profile(xb, (xb * xb).sum(1))
+                self._cache.append((base, base * (r + self.sigma)))
+        if self._cache is not None:  # kernel profile stored (16 M² P bytes, below cache_bytes)
+            y = torch.empty_like(tr.d)
+            for k, (base, A) in enumerate(self._cache):
+                s = k * self.block_size
+                xb = tr.d[s:s + self.block_size]
+                c = (xb @ wp.T - t[None, :]).mul_(base).mul_(5.0 / self.sigma)
+                y[s:s + len(xb)] = A @ wp - c.sum(1, keepdim=True) * xb + c @ self.dp
+        else:  # recomputed block by block: memory linear in M
+            _, y = self.contract(tr.d, wp, t, need_energy=False)
         out = jacobian_t_apply(y, tr.diff, tr.d3)
         if lam:
             out = out + lam * b
