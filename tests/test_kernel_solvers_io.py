@@ -35,6 +35,23 @@ def test_matvec_is_the_stored_matrix(system):
     assert torch.allclose(kern.matvec(v, 1e-3).reshape(-1), K @ v.reshape(-1) + 1e-3 * v.reshape(-1),
                           rtol=1e-11, atol=1e-14)
     assert torch.allclose(K, K.T, atol=1e-14)
+    # without the cached kernel profile (memory linear in M) the product is the same
+    lean = HessianKernel(kern.train, kern.sigma, cache_bytes=0, block_size=5)
+    assert torch.allclose(lean.matvec(v, 1e-3), kern.matvec(v, 1e-3), rtol=1e-12, atol=1e-14)
+    assert lean._cache is None and kern._cache is not None
+
+
+def test_stratified_split():
+    from forcefield.kernel.model import stratified_split
+
+    E = np.random.default_rng(0).normal(size=500)
+    tr, va, te = stratified_split(E, 50, 100, 100, seed=1)
+    assert len(set(tr) | set(va) | set(te)) == 250
+    # one training frame per energy decile-like stratum: the training energies span the range evenly
+    q = np.searchsorted(np.sort(E), E[tr])
+    assert np.all(np.diff(np.sort(q)) > 0) and q.min() < 10 and q.max() > 490
+    with pytest.raises(InputError, match="asked for"):
+        stratified_split(E, 400, 200)
 
 
 @pytest.mark.parametrize("block_diagonal", [True, False])

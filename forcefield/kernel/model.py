@@ -80,7 +80,9 @@ class KernelForceField:
     solver : ``"auto"`` (Cholesky up to ``cholesky_max`` unknowns, else PCG), ``"cholesky"`` or ``"cg"``.
     rtol, maxiter : PCG stopping rule |r| <= rtol |y| and iteration cap.
     n_inducing : inducing training points of the PCG preconditioner (default: from the problem size).
-    max_memory_gb : memory budget for the preconditioner factor.
+    max_memory_gb : memory budget for the preconditioner factors (they hold 2 x 3NM x k numbers).
+    cache_gb : the PCG keeps the kernel profile (16 M² P bytes) when it fits this budget, else it is
+        recomputed in every product and all memory is linear in M (set 0 to force that).
     device : torch device for training and prediction.
     checkpoint : path of a PCG checkpoint (written periodically, resumed from if present).
     progress : show progress bars.
@@ -88,7 +90,8 @@ class KernelForceField:
 
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
                  solver: str = "auto", rtol: float = 1e-4, maxiter: int = 3000, n_inducing: int | None = None,
-                 cholesky_max: int = 8000, max_memory_gb: float = 2.0, device: str | torch.device = "cpu",
+                 cholesky_max: int = 8000, max_memory_gb: float = 2.0, cache_gb: float = 1.0,
+                 device: str | torch.device = "cpu",
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
                  progress: bool = False) -> None:
         if solver not in ("auto", "cholesky", "cg"):
@@ -101,6 +104,7 @@ class KernelForceField:
         self.n_inducing = n_inducing
         self.cholesky_max = int(cholesky_max)
         self.max_memory_gb = float(max_memory_gb)
+        self.cache_gb = float(cache_gb)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.checkpoint = checkpoint
@@ -173,7 +177,7 @@ class KernelForceField:
         std = float(y.std()) or 1.0
         y = y / std
         train = TrainingSet.from_positions(Rt, perms)
-        kern = HessianKernel(train, sigma)
+        kern = HessianKernel(train, sigma, cache_bytes=self.cache_gb * 2 ** 30)
         n_unk = 3 * n * M
         solver = self.solver
         if solver == "auto":
