@@ -40,9 +40,9 @@ class TrainConfig:
     gamma_bond: float = 10.0
     gamma_angle: float = 5.0
     gamma_clash: float = 10.0
-    gamma_prior: float = 1.0  # weight of the bonded/clash terms on decoded prior draws (relative to the above)
+    gamma_prior: float = 0.2  # weight of the bonded/clash terms on decoded prior draws (relative to the above;
+    #                           larger: more valid samples, less exact posterior reconstruction)
     clash_distance: float = 2.0
-    augment_rotations: bool = False  # the model is exactly equivariant; kept for experiments
     seed: int = 0
     grad_clip: float = 10.0
 

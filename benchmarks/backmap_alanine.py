@@ -48,6 +48,8 @@ def main() -> int:
     ap.add_argument("--test-frames", type=int, default=200, help="held-out frames evaluated")
     ap.add_argument("--beads", default="6,3", help="bead counts to run (default: %(default)s)")
     ap.add_argument("--preset", default="", help="comma-separated cg presets to add (e.g. residue)")
+    ap.add_argument("--gamma-prior", type=float, default=None, help="weight of geometry terms on prior draws")
+    ap.add_argument("--latent", type=int, default=16, help="latent size per bead")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="folder for backmapped PDB/DCD and models")
@@ -90,7 +92,9 @@ def main() -> int:
                      "samples": args.samples, "md_seconds": t_md, "runs": {}}
     for label, nb, mapping in mappings:
         print(f"\n=== {label} ({mapping.n_beads} beads, {mapping.weighting}) ===")
-        bm = Backmapper(mapping, hidden=32, latent=16, device=args.device, epochs=epochs, batch_size=32, lr=2e-3)
+        extra = {} if args.gamma_prior is None else {"gamma_prior": args.gamma_prior}
+        bm = Backmapper(mapping, hidden=32, latent=args.latent, device=args.device, epochs=epochs, batch_size=32,
+                        **extra)
         t = time.time()
         bm.fit(train, progress=False)
         t_fit = time.time() - t

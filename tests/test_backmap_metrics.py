@@ -94,3 +94,18 @@ def test_evaluate_checks_shapes(ala):
     for key in ("rmsd_all", "rmsd_heavy", "valid_ratio", "clash_rate", "diversity"):
         assert key in out
     assert out["n_samples"] == 2
+
+
+def test_evaluate_universes_with_energies(ala_md, ala_pdb):
+    from backmap.universe import topology_pdb_text, universe_from_pdb_text
+    from forcefield.reference import openmm_energy_forces
+
+    ref = ala_md.subset(np.arange(3)).to_universe(topology=str(ala_pdb))
+    shifted = ala_md.R[:3] + np.array([1.0, 2.0, 3.0])  # translated copies: all metrics perfect
+    gen = universe_from_pdb_text(topology_pdb_text(ref), np.repeat(shifted, 2, axis=0))
+    out = evaluate(gen, ref, energies=True)
+    assert out["n_frames"] == 3 and out["n_samples"] == 2
+    assert out["rmsd_all"] < 1e-3 and out["valid_ratio"] == 1.0 and out["cov"] == 1.0
+    E, _ = openmm_energy_forces(ala_pdb, ala_md.R[:3])
+    assert out["energy_ref_mean"] == pytest.approx(E.mean(), abs=0.05)  # float32 positions in the Universe
+    assert out["energy_mean"] == pytest.approx(out["energy_ref_mean"], abs=0.05)
