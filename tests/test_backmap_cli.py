@@ -24,11 +24,11 @@ def test_train_sample_evaluate(ala_md, ala_pdb, tmp_path, capsys):
     from forcefield.universe import write_universe
 
     data = ala_md.subset(np.arange(40))
-    data.save(tmp_path / "aa.npz")
+    write_universe(data.to_universe(topology=str(ala_pdb)), tmp_path / "aa.dcd")  # + aa.pdb
     beads = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [16, 17, 18, 19, 20, 21]]
     mapping = Mapping.from_indices(beads, masses(ala_md.z), "cog", names=["ACE", "ALA", "NME"])
     mapping.save(tmp_path / "map.json")
-    assert main(["backmap", "train", str(tmp_path / "aa.npz"), "-m", str(tmp_path / "map.json"), "-o",
+    assert main(["backmap", "train", str(tmp_path / "aa.pdb"), str(tmp_path / "aa.dcd"), "-m", str(tmp_path / "map.json"), "-o",
                  str(tmp_path / "m.pt"), "--epochs", "1", "--hidden", "8", "--latent", "2", "-q"]) == 0
     ref = data.subset(np.arange(5))
     write_universe(cg_universe(mapping.map_positions(ref.R), mapping.names), tmp_path / "cg.dcd")
