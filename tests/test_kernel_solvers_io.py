@@ -54,12 +54,12 @@ def test_stratified_split():
         stratified_split(E, 400, 200)
 
 
-@pytest.mark.parametrize("block_diagonal", [True, False])
-def test_pcg_agrees_with_cholesky(system, block_diagonal):
+@pytest.mark.parametrize("block_diagonal,cluster", [(True, 1), (True, 4), (False, 1)])
+def test_pcg_agrees_with_cholesky(system, block_diagonal, cluster):
     kern, y = system
     lam = 1e-8
     x_ch = cholesky_solve(kern.block(np.arange(12), np.arange(12)), y.reshape(-1), lam).reshape(y.shape)
-    P = NystromPreconditioner(kern, lam, 3, block_diagonal=block_diagonal)
+    P = NystromPreconditioner(kern, lam, 3, block_diagonal=block_diagonal, cluster_size=cluster)
     res = pcg(lambda v: kern.matvec(v, lam), y, P, rtol=1e-12, maxiter=5000)
     assert res.converged
     assert float((res.x - x_ch).norm() / x_ch.norm()) <= 1e-6

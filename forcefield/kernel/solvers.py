@@ -143,45 +143,54 @@ class NystromPreconditioner:
         M, n3 = tr.n, 3 * tr.n_atoms
         k = L.shape[1]
         dev = L.device
-        self._rows, self._chol = [], []
+        groups: dict[int, tuple[list, list]] = {}
         Z = torch.empty_like(L)
         ar = torch.arange(n3, device=dev)
         for c in _clusters(tr.d, self.cluster_size):
             rows = (c[:, None] * n3 + ar).reshape(-1)
-            Lc = L[rows]
-            Lam = kernel.block(c.cpu().numpy(), c.cpu().numpy()) - Lc @ Lc.T
-            Lam = 0.5 * (Lam + Lam.T)
-            Lam.diagonal().add_(self.lam)
+            groups.setdefault(len(c), ([], []))[0].append(c)
+        self._groups = []
+        for size, (cl, _) in groups.items():
+            idx = torch.stack(cl)  # (nc, size)
+            rows = (idx[:, :, None] * n3 + ar).reshape(len(cl), -1)  # (nc, size*3N)
+            Kc = torch.stack([kernel.block(c.cpu().numpy(), c.cpu().numpy()) for c in cl]) if size > 1 else \
+                kernel.block(idx[:, 0].cpu().numpy(), idx[:, 0].cpu().numpy(), paired=True)
+            Lc = L[rows]  # (nc, size*3N, k)
+            Lam = Kc - Lc @ Lc.transpose(1, 2)
+            Lam = 0.5 * (Lam + Lam.transpose(1, 2))
+            Lam.diagonal(dim1=1, dim2=2).add_(self.lam)
             jitter = 0.0
             while True:
                 C, info = torch.linalg.cholesky_ex(Lam)
-                if int(info) == 0:
+                if int(info.max()) == 0:
                     break
                 jitter = jitter * 10 if jitter else self.lam
-                Lam.diagonal().add_(jitter)
-            Z[rows] = torch.cholesky_solve(Lc, C)
-            self._rows.append(rows)
-            self._chol.append(C)
+                Lam.diagonal(dim1=1, dim2=2).add_(jitter)
+            Z[rows.reshape(-1)] = torch.cholesky_solve(Lc, C).reshape(-1, k)
+            self._groups.append((rows, C))
+            del Kc, Lc, Lam
         S = L.T @ Z
         S = 0.5 * (S + S.T)
         S.diagonal().add_(1.0)
-        self._S_chol = torch.linalg.cholesky(S)
-        self._L = L
-        self._Z = Z
+        Rs = torch.linalg.cholesky(S, upper=True)
+        del S
+        # P⁻¹ = Λ⁻¹ - Z S⁻¹ Zᵀ = Λ⁻¹ - W Wᵀ with W = Z R⁻¹ (S = RᵀR); L is no longer needed
+        for s0 in range(0, Z.shape[0], 8192):
+            Z[s0:s0 + 8192] = torch.linalg.solve_triangular(Rs, Z[s0:s0 + 8192], upper=True, left=False)
+        self._W = Z
 
     def _block_solve(self, r: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(r)
-        for rows, C in zip(self._rows, self._chol):
-            out[rows] = torch.cholesky_solve(r[rows][:, None], C)[:, 0]
+        for rows, C in self._groups:
+            out[rows] = torch.cholesky_solve(r[rows][..., None], C)[..., 0]
         return out
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """P⁻¹ r (for the low-rank-only variant λ P⁻¹ r; CG ignores constant factors)."""
         shape = r.shape
         if self.block_diagonal:
-            a = self._block_solve(r.reshape(-1))
-            c = torch.cholesky_solve((self._L.T @ a)[:, None], self._S_chol)[:, 0]
-            return (a - self._Z @ c).reshape(shape)
+            v = r.reshape(-1)
+            return (self._block_solve(v) - self._W @ (self._W.T @ v)).reshape(shape)
         v = r.reshape(-1)
         c = self.U.T @ v
         out = v + self.U @ (c * (self.lam / (self.evals + self.lam) - 1.0))
