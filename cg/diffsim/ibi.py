@@ -59,11 +59,13 @@ def ibi(states: list[State], rdf: RDF, n_iter: int = 20, equil_steps: int = 300,
         observe_every: int = 10, alpha: float = 1.0, smooth: int = 1, g_floor: float = 1e-3,
         max_log_ratio: float = 1.0, r_cut: float = 2.5, r_on: float = 2.2, r_min: float = 0.5,
         dt: float = 0.005, friction: float = 1.0, seed: int = 0, device=None, progress: bool = True,
-        u_init: np.ndarray | None = None) -> IBIResult:
+        u_init: np.ndarray | None = None, average_last: int = 0) -> IBIResult:
     """Run IBI on the targets of ``states`` (see the module docstring).
 
-    Returns the table after the last update (what one would use after ``n_iter`` iterations); the
-    history holds, per iteration, the g(r) MAE of the simulated table per state.
+    Returns the table after the last update (what one would use after ``n_iter`` iterations), or, with
+    ``average_last`` = k > 0, the mean of the last k tables (which damps the sampling noise the way
+    DiffSim's weight averaging does); the history holds, per iteration, the g(r) MAE of the simulated
+    table per state.
     """
     from tqdm.auto import tqdm
 
@@ -103,6 +105,8 @@ def ibi(states: list[State], rdf: RDF, n_iter: int = 20, equil_steps: int = 300,
         result.history.append({"iteration": it + 1,
                                "mae": {s.name: float(np.abs(g[i] - s.target).mean()) for i, s in enumerate(states)}})
         result.tables.append(u.copy())
+    if average_last > 0:
+        u = np.mean(result.tables[-int(average_last):], axis=0)
     result.u = u
     result.potential = TabulatedPotential(r, u, r_cut=r_cut, r_on=r_on, r_table_min=float(r[0]))
     return result
