@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
 
 QUICK: dict[str, Any] = {
     "sampling": {"frames": 300, "save_every": 50},
-    "reference": {"label_frames": 40, "test_frames": 20},
+    "reference": {"label_frames": 40, "test_frames": 20, "sigma": 40},
     "kernel_md": {"replicas": 2, "frames": 100, "save_every": 10},
     "mapping": {"epochs": 30},
     "cg": {"epochs": 3, "replicas": 2},

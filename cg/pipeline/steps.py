@@ -22,6 +22,7 @@ from forcefield import Dataset, InputError, load_dataset
 
 from .stages import RunContext
 
+SIGMA_GRID = (10, 20, 40, 80)  # σ values tried on a validation split when the config gives none
 TRAIN_FRACTION = 0.9  # reference frames: the first 90 % train the mapping/CG/backmap models, the rest is held out
 
 
@@ -91,66 +92,43 @@ def labels(ctx: RunContext) -> dict[str, Any]:
 
 
 def kernel_train(ctx: RunContext) -> dict[str, Any]:
-    """Fit the kernel force field on the training labels (σ on a validation split) and test it."""
+    """Fit the kernel force field on the training labels (σ chosen on a validation split) and test it."""
     from forcefield import KernelForceField
 
     cfg = ctx.config
     tr, te = load_dataset(ctx.file("labels_train.npz")), load_dataset(ctx.file("labels_test.npz"))
-    sigma = cfg["reference"]["sigma"]
-    dev = _device(ctx)
-    if sigma is None:
-        n_val = max(1, len(tr) // 5)
-        fit_part, val = tr[: len(tr) - n_val], tr[len(tr) - n_val:]
-        best = None
-        for sig in (10, 20, 40, 80):
-            ff = KernelForceField(sigma=sig, device=dev).fit(fit_part.R, tr.z, F=fit_part.F, E=fit_part.E)
-            mae = float(np.abs(ff.predict(val.R)[1] - val.F).mean())
-            if best is None or mae < best[1]:
-                best = (sig, mae)
-        sigma = best[0]
-    ff = KernelForceField(sigma=sigma, device=dev).fit(tr.R, tr.z, F=tr.F, E=tr.E)
+    sigma = cfg["reference"]["sigma"] or SIGMA_GRID
+    ff = KernelForceField(sigma=sigma, device=_device(ctx), progress=ctx.progress)
+    ff.fit(tr.R, tr.z, F=tr.F, E=tr.E, seed=cfg["seed"])
     ff.save(ctx.file("kernel.npz"))
     E, F = ff.predict(te.R)
-    return {"kernel_sigma": float(sigma), "kernel_force_mae": float(np.abs(F - te.F).mean()),
-            "kernel_energy_mae": float(np.abs(E - te.E).mean()), "kernel_train_frames": len(tr),
-            "kernel_test_frames": len(te)}
+    return {"kernel_sigma": float(ff.sigma_),
+            "kernel_sigma_scores": ff.info.get("sigma_scores", {}), "kernel_n_perms": ff.info.get("n_perms"),
+            "kernel_force_mae": float(np.abs(F - te.F).mean()), "kernel_energy_mae": float(np.abs(E - te.E).mean()),
+            "kernel_train_frames": len(tr), "kernel_test_frames": len(te)}
 
 
 def kernel_md(ctx: RunContext) -> dict[str, Any]:
     """AA Langevin MD with the kernel force field on many replicas: the AA reference (its forces are the FF's)."""
-    import torch
-
     from forcefield import KernelForceField
-    from forcefield.langevin import simulate
+    from forcefield.kernel.md import run_md
 
     cfg = ctx.config
-    km, s = cfg["kernel_md"], cfg["system"]
-    ff = KernelForceField.load(ctx.file("kernel.npz"))
+    km = cfg["kernel_md"]
+    ff = KernelForceField.load(ctx.file("kernel.npz"), device=_device(ctx))
     aa = load_dataset(ctx.file("aa.npz"))
     rng = np.random.default_rng(cfg["seed"] + 7)
-    starts = aa.R[np.sort(rng.choice(len(aa), km["replicas"], replace=False))]
-
-    def force_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        E, F = ff.predict(x.detach().cpu().numpy())
-        return torch.as_tensor(E, dtype=x.dtype), torch.as_tensor(F, dtype=x.dtype)
-
-    def broken(x: torch.Tensor) -> torch.Tensor:  # any covalent bond stretched by > 0.5 Å: the FF left its data
-        d = torch.linalg.norm(x[:, bonds[:, 0]] - x[:, bonds[:, 1]], dim=-1)
-        return (d - ref_len).abs().max(dim=1).values > 0.5
-
-    from forcefield.geometry import covalent_bonds
-
-    bonds = torch.as_tensor(covalent_bonds(aa.R[0], aa.z))
-    ref_len = torch.linalg.norm(torch.as_tensor(aa.R[:, bonds[:, 0]] - aa.R[:, bonds[:, 1]]), dim=-1).mean(0)
-    traj = simulate(force_fn, torch.as_tensor(starts), torch.as_tensor(aa.masses), n_steps=km["frames"] * km["save_every"],
-                    save_every=km["save_every"], dt_fs=km["timestep_fs"], temperature=s["temperature"],
-                    friction_per_ps=1.0, seed=cfg["seed"], check_fn=broken, progress=ctx.progress,
-                    desc="kernel-FF MD")
+    starts = aa.R[np.sort(rng.choice(len(aa), km["replicas"], replace=len(aa) < km["replicas"]))]
+    traj = run_md(ff, starts, n_steps=km["frames"] * km["save_every"], save_every=km["save_every"],
+                  dt_fs=km["timestep_fs"], temperature=cfg["system"]["temperature"], seed=cfg["seed"],
+                  progress=ctx.progress)
     parts = [Dataset(R=traj.replica(b)[0], z=aa.z, E=traj.replica(b)[2], F=traj.replica(b)[1])
              for b in range(len(starts)) if traj.n_valid[b] > 0]
+    if not parts:
+        raise RuntimeError("every kernel-FF MD replica became unstable at once; train on more frames")
     ref = Dataset.concatenate(parts)
     ref.name, ref.theory = aa.name, "kernel force field MD"
-    ref.extra = {"replica_frames": traj.n_valid.astype(np.int64)}
+    ref.extra = {"replica_frames": traj.n_valid[traj.n_valid > 0].astype(np.int64)}
     ref.save(ctx.file("reference.npz"))
     return {"kernel_md_frames": len(ref), "kernel_md_stable_fraction": float(np.mean(traj.n_valid == km["frames"])),
             "kernel_md_ps_per_replica": km["frames"] * km["save_every"] * km["timestep_fs"] / 1000}
