@@ -291,6 +291,8 @@ class Simulation:
             raise InputError(f"Simulation: thermostat must be 'langevin' or 'nhc', got {thermostat!r}")
         if nhc_chain < 1 or nhc_tau <= 0:
             raise InputError(f"Simulation: need nhc_chain >= 1 and nhc_tau > 0, got {nhc_chain}, {nhc_tau}")
+        if thermostat == "nhc" and (temps <= 0).any():
+            raise InputError(f"Simulation: the Nosé–Hoover chain needs temperatures > 0, got {temps}")
         self.thermostat, self.nhc_tau = thermostat, float(nhc_tau)
         self.box = torch.tensor((self.N / dens) ** (1 / 3), dtype=dtype, device=self.device)
         self.temperature = torch.tensor(temps, dtype=dtype, device=self.device)
