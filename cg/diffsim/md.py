@@ -12,8 +12,8 @@ Design
   gradients flow from positions back to the node values, hence to the parameters of whatever
   produced the table (a neural potential, an LJ prior, an IBI table). A learnable potential is
   tabulated once per optimisation step, so the MD step costs the same for every potential.
-* Neighbours: a Verlet list with a skin, built under ``no_grad`` (O(N^2) per system, in chunks) and
-  rebuilt when any particle moved more than half the skin. Distances use the minimum image and are
+* Neighbours: a Verlet list with a skin, built under ``no_grad`` (all pairs in chunks for small
+  systems, a cell list for N >= 1000) and rebuilt when any particle moved more than half the skin. Distances use the minimum image and are
   differentiable in the positions.
 * Integrator: BAOAB Langevin (velocity Verlet when ``friction == 0``, i.e. NVE), or velocity Verlet
   with a Nosé–Hoover chain per system (``thermostat="nhc"``, deterministic). All operations are
