@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "kernel_md": {"replicas": 8, "frames": 1500, "save_every": 20, "timestep_fs": 0.5},
     "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
                 "epochs": 300},
-    "cg": {"epochs": 60, "replicas": 8, "timestep_fs": 2.0, "friction_per_ps": 1.0},
+    "cg": {"epochs": 60, "replicas": 8, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features"},
     "backmap": {"epochs": 150, "samples": 4, "frames": 200, "train_frames": 3000},
 }
 
@@ -165,6 +165,8 @@ def validate(cfg: RunConfig) -> None:
         raise InputError(f"{src}: mapping.kind = 'selections' needs a mapping.selections table")
     if mp["kind"] == "file" and (not mp["file"] or not cfg.path(mp["file"]).exists()):
         raise InputError(f"{src}: mapping.file = {mp['file']!r}: no such file")
+    if cfg["cg"]["network"] not in ("features", "schnet"):
+        raise InputError(f"{src}: cg.network = {cfg['cg']['network']!r}; expected 'features' or 'schnet'")
     n_atoms = count_atoms(cfg)
     if mp["kind"] == "learned":
         nb = mp["n_beads"]
