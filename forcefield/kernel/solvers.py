@@ -59,15 +59,23 @@ def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1) -> int:
 
 
 class NystromPreconditioner:
-    """Woodbury-applied low-rank preconditioner P = U Λ Uᵀ + λ I for (K + λ I).
+    """Low-rank (Nyström / pivoted-Cholesky) preconditioner for (K + λ I), applied through Woodbury.
 
     The factor comes from a block-pivoted Cholesky of K over training points: each step takes the point
     whose diagonal block has the largest residual trace, computes its 3N kernel columns (one
     :meth:`HessianKernel.block` call, never the full matrix), removes what earlier pivots explain and keeps
     the numerically non-zero directions (the rigid-body null space of each block is dropped). The result
-    K ≈ L Lᵀ is the Nyström approximation on the pivot columns; ``U Λ Uᵀ`` is its eigendecomposition and
+    K ≈ L Lᵀ is the Nyström approximation on the pivot columns (k columns).
 
-        P⁻¹ = U (Λ + λ)⁻¹ Uᵀ + (I - U Uᵀ) / λ      (Woodbury), applied as λ P⁻¹.
+    Default (``block_diagonal=True``, PITC-style): P = L Lᵀ + Λ, Λ = blockdiag(K - L Lᵀ) + λ I with one
+    exactly factorised 3N x 3N block per training point (or per cluster), and by Woodbury
+
+        P⁻¹ = Λ⁻¹ - Λ⁻¹ L (I + Lᵀ Λ⁻¹ L)⁻¹ Lᵀ Λ⁻¹ = Λ⁻¹ - W Wᵀ,
+
+    so one n x k factor W is kept. Plain variant: P = U Σ Uᵀ + λ I (U Σ Uᵀ = L Lᵀ), applied as
+    λ P⁻¹ = I + U (λ (Σ + λ)⁻¹ - 1) Uᵀ. On aspirin (σ = 50, λ = 1e-10) the PITC form needed ~340 PCG
+    iterations at M = 200 with 15 inducing points, where the plain form had not passed 0.7 relative
+    residual after 18.
 
     Parameters
     ----------
@@ -147,28 +155,35 @@ class NystromPreconditioner:
         Z = torch.empty_like(L)
         ar = torch.arange(n3, device=dev)
         for c in _clusters(tr.d, self.cluster_size):
-            rows = (c[:, None] * n3 + ar).reshape(-1)
             groups.setdefault(len(c), ([], []))[0].append(c)
         self._groups = []
-        for size, (cl, _) in groups.items():
-            idx = torch.stack(cl)  # (nc, size)
-            rows = (idx[:, :, None] * n3 + ar).reshape(len(cl), -1)  # (nc, size*3N)
-            Kc = torch.stack([kernel.block(c.cpu().numpy(), c.cpu().numpy()) for c in cl]) if size > 1 else \
-                kernel.block(idx[:, 0].cpu().numpy(), idx[:, 0].cpu().numpy(), paired=True)
-            Lc = L[rows]  # (nc, size*3N, k)
-            Lam = Kc - Lc @ Lc.transpose(1, 2)
-            Lam = 0.5 * (Lam + Lam.transpose(1, 2))
-            Lam.diagonal(dim1=1, dim2=2).add_(self.lam)
-            jitter = 0.0
-            while True:
-                C, info = torch.linalg.cholesky_ex(Lam)
-                if int(info.max()) == 0:
-                    break
-                jitter = jitter * 10 if jitter else self.lam
-                Lam.diagonal(dim1=1, dim2=2).add_(jitter)
-            Z[rows.reshape(-1)] = torch.cholesky_solve(Lc, C).reshape(-1, k)
-            self._groups.append((rows, C))
-            del Kc, Lc, Lam
+        for size, (cl_all, _) in groups.items():
+            rows_g, chol_g = [], []
+            step = max(1, 256 // size)  # clusters per chunk: bounded temporaries
+            for c0 in range(0, len(cl_all), step):
+                cl = cl_all[c0:c0 + step]
+                idx = torch.stack(cl)  # (nc, size)
+                rows = (idx[:, :, None] * n3 + ar).reshape(len(cl), -1)  # (nc, size*3N)
+                if size > 1:
+                    Kc = torch.stack([kernel.block(c.cpu().numpy(), c.cpu().numpy()) for c in cl])
+                else:
+                    Kc = kernel.block(idx[:, 0].cpu().numpy(), idx[:, 0].cpu().numpy(), paired=True)
+                Lc = L[rows]  # (nc, size*3N, k)
+                Lam = Kc - Lc @ Lc.transpose(1, 2)
+                Lam = 0.5 * (Lam + Lam.transpose(1, 2))
+                Lam.diagonal(dim1=1, dim2=2).add_(self.lam)
+                jitter = 0.0
+                while True:
+                    C, info = torch.linalg.cholesky_ex(Lam)
+                    if int(info.max()) == 0:
+                        break
+                    jitter = jitter * 10 if jitter else self.lam
+                    Lam.diagonal(dim1=1, dim2=2).add_(jitter)
+                Z[rows.reshape(-1)] = torch.cholesky_solve(Lc, C).reshape(-1, k)
+                rows_g.append(rows)
+                chol_g.append(C)
+                del Kc, Lc, Lam
+            self._groups.append((torch.cat(rows_g), torch.cat(chol_g)))
         S = L.T @ Z
         S = 0.5 * (S + S.T)
         S.diagonal().add_(1.0)
