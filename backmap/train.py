@@ -30,7 +30,7 @@ class TrainConfig:
     lr: float = 3e-3
     lr_min: float = 5e-5
     val_fraction: float = 0.1
-    beta: float = 0.05
+    beta: float = 0.01
     ae_warmup: float = 0.3  # share of steps trained as a plain autoencoder (z = posterior mean, coordinate
     #                         loss only) ...
     ae_min_steps: int = 300  # ... but at least this many steps (at most half of all steps), so that the

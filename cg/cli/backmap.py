@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--beta", type=float, default=0.05, help="KL weight (default: %(default)s)")
+    p.add_argument("--beta", type=float, default=0.01, help="KL weight (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--latent", type=int, default=16, help="latent size per bead")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (evenly spaced)")
