@@ -61,7 +61,8 @@ def close_group(perms: list[np.ndarray] | np.ndarray, max_size: int = 100) -> np
 
 
 def detect_permutations(R: np.ndarray, z: np.ndarray, n_frames: int = 40, max_rmsd: float = 0.5,
-                        max_size: int = 100, seed: int = 0) -> np.ndarray:
+                        max_size: int = 100, mirror: bool = True, complete_rotors: bool = True,
+                        seed: int = 0) -> np.ndarray:
     """Permutational symmetries (P, N) seen in geometries R (M, N, 3) of a molecule with atoms z.
 
     Parameters
@@ -70,6 +71,13 @@ def detect_permutations(R: np.ndarray, z: np.ndarray, n_frames: int = 40, max_rm
     max_rmsd : a match counts only if the matched frame fits the reference within this RMSD (Å) and
         better than without permuting.
     max_size : give up (identity only, with a warning) if the closed group is larger.
+    mirror : also match each frame's mirror image. The inverse-distance descriptor cannot tell a geometry
+        from its mirror image, so such matches are symmetries in descriptor space too (sGDML matches
+        distance matrices and finds them as well).
+    complete_rotors : when a found permutation cycles the equivalent terminal atoms of a rotor (same
+        element, all bonded only to the same atom, e.g. methyl hydrogens), add every permutation of them
+        (S3 instead of C3 for a methyl group: the swaps are its local mirror images, which sGDML's
+        distance-matrix matching also finds).
 
     Returns
     -------
@@ -87,16 +95,32 @@ def detect_permutations(R: np.ndarray, z: np.ndarray, n_frames: int = 40, max_rm
         adj[bonds[:, 0], bonds[:, 1]] = adj[bonds[:, 1], bonds[:, 0]] = True
     idx = np.unique(np.linspace(0, len(R) - 1, min(n_frames, len(R))).round().astype(int))
     found: dict[tuple, None] = {}
-    for k in idx[1:]:
-        p, rmsd = _match(ref, R[k], z)
-        if np.array_equal(p, np.arange(n)) or rmsd > max_rmsd:
-            continue
-        if not np.array_equal(adj[np.ix_(p, p)], adj):
-            continue
-        found[tuple(p)] = None
+    flip = np.array([-1.0, 1.0, 1.0])
+    for k in idx[1:] if len(idx) > 1 else idx:
+        for X in ([R[k], R[k] * flip] if mirror else [R[k]]):
+            p, rmsd = _match(ref, X, z)
+            if np.array_equal(p, np.arange(n)) or rmsd > max_rmsd:
+                continue
+            if not np.array_equal(adj[np.ix_(p, p)], adj):
+                continue
+            found[tuple(p)] = None
     if not found:
         return np.arange(n)[None]
-    group = close_group([np.arange(n)] + [np.array(p) for p in found], max_size=max_size)
+    gens = [np.arange(n)] + [np.array(p) for p in found]
+    if complete_rotors:
+        deg = adj.sum(1)
+        moved = set()
+        for p in gens:
+            moved |= set(np.nonzero(p != np.arange(n))[0].tolist())
+        for c in range(n):  # terminal atoms of one element on centre c, moved by a found permutation
+            term = [a for a in np.nonzero(adj[c])[0] if deg[a] == 1 and a in moved]
+            for el in set(z[term].tolist()) if term else []:
+                grp = [a for a in term if z[a] == el]
+                if len(grp) >= 2:
+                    t = np.arange(n)
+                    t[[grp[0], grp[1]]] = [grp[1], grp[0]]
+                    gens.append(t)
+    group = close_group(gens, max_size=max_size)
     if group is None:
         warnings.warn(f"symmetry detection: the permutations found generate more than {max_size} "
                       "elements; using no symmetries", stacklevel=2)
