@@ -107,6 +107,7 @@ def detect_permutations(R: np.ndarray, z: np.ndarray, n_frames: int = 40, max_rm
     if not found:
         return np.arange(n)[None]
     gens = [np.arange(n)] + [np.array(p) for p in found]
+    extra = []
     if complete_rotors:
         deg = adj.sum(1)
         moved = set()
@@ -119,8 +120,10 @@ def detect_permutations(R: np.ndarray, z: np.ndarray, n_frames: int = 40, max_rm
                 if len(grp) >= 2:
                     t = np.arange(n)
                     t[[grp[0], grp[1]]] = [grp[1], grp[0]]
-                    gens.append(t)
-    group = close_group(gens, max_size=max_size)
+                    extra.append(t)
+    group = close_group(gens + extra, max_size=max_size)
+    if group is None and extra:  # completed rotors make the group too large: keep what was seen
+        group = close_group(gens, max_size=max_size)
     if group is None:
         warnings.warn(f"symmetry detection: the permutations found generate more than {max_size} "
                       "elements; using no symmetries", stacklevel=2)
