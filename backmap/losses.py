@@ -81,8 +81,8 @@ def kl_gaussians(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor, lv_
 class BackmapLoss(torch.nn.Module):
     """Weighted sum of the terms above; ``forward`` returns (total, dict of detached parts)."""
 
-    def __init__(self, terms: GeometryTerms, beta: float = 0.05, gamma_bond: float = 10.0,
-                 gamma_angle: float = 5.0, gamma_clash: float = 10.0, gamma_prior: float = 1.0) -> None:
+    def __init__(self, terms: GeometryTerms, beta: float = 0.01, gamma_bond: float = 10.0,
+                 gamma_angle: float = 5.0, gamma_clash: float = 10.0, gamma_prior: float = 0.2) -> None:
         super().__init__()
         self.register_buffer("bonds", torch.as_tensor(terms.bonds, dtype=torch.long).reshape(-1, 2))
         self.register_buffer("angles13", torch.as_tensor(terms.angles13, dtype=torch.long).reshape(-1, 2))
