@@ -41,22 +41,22 @@ DEFAULTS: dict[str, Any] = {
     "device": None,
     "system": {"pdb": None, "topology": None, "trajectory": None, "selection": "all", "solvent": "vacuum",
                "temperature": 300.0},
-    "sampling": {"frames": 5000, "save_every": 100, "timestep_fs": 1.0},
-    "reference": {"forces": "kernel", "dataset": None, "label_frames": 600, "test_frames": 200, "sigma": None},
-    "kernel_md": {"replicas": 8, "frames": 1500, "save_every": 20, "timestep_fs": 0.5},
+    "sampling": {"frames": 5000, "save_every": 200, "timestep_fs": 1.0},
+    "reference": {"forces": "kernel", "dataset": None, "label_frames": 200, "test_frames": 200, "sigma": None},
+    "kernel_md": {"replicas": 16, "frames": 800, "save_every": 50, "timestep_fs": 1.0},
     "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
-                "epochs": 300},
+                "epochs": 100},
     "cg": {"epochs": 60, "replicas": 8, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features"},
-    "backmap": {"epochs": 150, "samples": 4, "frames": 200, "train_frames": 3000},
+    "backmap": {"epochs": 20, "samples": 4, "frames": 200, "train_frames": 1000},
 }
 
 QUICK: dict[str, Any] = {
     "sampling": {"frames": 300, "save_every": 50},
-    "reference": {"label_frames": 40, "test_frames": 20, "sigma": 40},
-    "kernel_md": {"replicas": 2, "frames": 100, "save_every": 10},
-    "mapping": {"epochs": 30},
+    "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40},
+    "kernel_md": {"replicas": 2, "frames": 60, "save_every": 10},
+    "mapping": {"epochs": 20},
     "cg": {"epochs": 3, "replicas": 2},
-    "backmap": {"epochs": 3, "samples": 2, "frames": 20, "train_frames": 200},
+    "backmap": {"epochs": 2, "samples": 2, "frames": 10, "train_frames": 60},
 }
 
 

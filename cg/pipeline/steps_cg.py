@@ -10,6 +10,8 @@ from forcefield import Dataset, InputError, load_dataset
 from .stages import RunContext
 from .steps import TRAIN_FRACTION, _device
 
+MIN_PRIOR_FRAMES = 20
+
 
 def _reference(ctx: RunContext) -> tuple[Dataset, Dataset]:
     """(train, held-out) split of the AA reference; the held-out part is the last 10 % of each replica."""
@@ -19,17 +21,21 @@ def _reference(ctx: RunContext) -> tuple[Dataset, Dataset]:
     counts = [len(ref)] if counts is None else [int(c) for c in counts if c > 0]
     tr, te, start = [], [], 0
     for c in counts:
-        cut = start + max(1, int(round(TRAIN_FRACTION * c)))
+        cut = start + (min(c - 1, max(1, int(round(TRAIN_FRACTION * c)))) if c > 1 else 1)
         tr.append(np.arange(start, cut))
         te.append(np.arange(cut, start + c))
         start += c
-    return ref[np.concatenate(tr)], ref[np.concatenate(te)]
+    te_idx = np.concatenate(te)
+    if len(te_idx) == 0:
+        raise InputError(f"the AA reference has {len(ref)} frame(s); at least 2 are needed (training and held-out)")
+    return ref[np.concatenate(tr)], ref[te_idx]
 
 
 def _topology(ctx: RunContext) -> Any:
     from forcefield import open_universe
 
-    return open_universe(ctx.file("topology.pdb"), guess_bonds=True)  # PDB CONECT records can be partial
+    # PDB CONECT records can be partial (OpenMM writes them for non-standard residues only): guess all bonds
+    return open_universe(ctx.file("topology.pdb"), to_guess=("types", "masses", "bonds"), force_guess=("bonds",))
 
 
 def backbone_quads(u: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -98,7 +104,11 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
     train, _ = _reference(ctx)
     Rcg, Fcg = m.map_positions(train.R), m.map_forces(train.F)
     T = cfg["system"]["temperature"]
-    pri = Priors.fit(Rcg, m.bonds, T)
+    if len(Rcg) >= MIN_PRIOR_FRAMES:
+        pri = Priors.fit(Rcg, m.bonds, T)
+    else:  # Boltzmann inversion needs histograms; a few frames cannot give them
+        ctx.log(f"[cg_train] only {len(Rcg)} reference frames: no Boltzmann-inversion priors, network only")
+        pri = None
     dev = _device(ctx)
     pot = build_potential(pri, m.names, m.masses, m.bonds, temperature=T, device=dev, network=cfg["cg"]["network"],
                           reference=Rcg)

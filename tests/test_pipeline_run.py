@@ -1,0 +1,86 @@
+"""``cgwb run --quick``: the whole chain end to end, resume after a crash, and a user trajectory config."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cg.cli import main
+from cg.pipeline import steps_cg
+from cg.pipeline.run import run_pipeline
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    logs: list[str] = []
+    report = run_pipeline(quick=True, out=out, progress=False, log=logs.append)
+    return out, report, logs
+
+
+def test_quick_run_reports_every_figure(quick_run):
+    out, report, _ = quick_run
+    for key in ("kernel_force_mae", "cg_fes_js", "cg_bonded_js", "cg_stable_fraction", "backmap_rmsd_all",
+                "backmap_valid_ratio", "backmap_clash_rate", "mapping_n_beads", "stage_seconds"):
+        assert key in report, key
+    assert report["mapping_n_beads"] == 6
+    assert 0 < report["kernel_force_mae"] < 20  # kcal/mol/Å, GFN2-xTB forces of a 22-atom peptide
+    assert 0 <= report["cg_fes_js"] <= np.log(2) and 0 <= report["cg_bonded_js"] <= np.log(2)
+    assert 0 < report["backmap_rmsd_all"] < 5
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["kernel_force_mae"] == pytest.approx(report["kernel_force_mae"])
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "Kernel force field" in html
+
+
+def test_rerun_skips_finished_stages(quick_run):
+    out, report, _ = quick_run
+    logs: list[str] = []
+    again = run_pipeline(quick=True, out=out, progress=False, log=logs.append)
+    assert sum("up to date, skipped" in line for line in logs) == len(report["stage_seconds"])
+    assert again["kernel_force_mae"] == report["kernel_force_mae"]
+
+
+def test_crash_midway_resumes_from_finished_stages(tmp_path, monkeypatch):
+    def boom(ctx):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(steps_cg, "cg_train", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(quick=True, out=tmp_path, progress=False, log=lambda s: None)
+    assert (tmp_path / "mapping.json").exists() and not (tmp_path / "cg_potential.pt").exists()
+    monkeypatch.undo()
+    logs: list[str] = []
+    run_pipeline(quick=True, out=tmp_path, progress=False, log=logs.append, stop_after="cg_train")
+    skipped = [line.split("]")[0][1:] for line in logs if "skipped" in line]
+    assert skipped == ["aa_sampling", "labels", "kernel_train", "kernel_md", "mapping"]
+    assert (tmp_path / "cg_potential.pt").exists()
+
+
+def test_config_with_mdanalysis_trajectory_with_forces(tmp_path):
+    from MDAnalysisTests.datafiles import PDB_xvf, TRR_xvf
+
+    cfg = tmp_path / "cobrotoxin.toml"
+    cfg.write_text(f'''name = "cobrotoxin"
+[system]
+topology = "{PDB_xvf}"
+trajectory = "{TRR_xvf}"
+selection = "protein and resid 1-8"
+[reference]
+forces = "trajectory"
+[mapping]
+kind = "preset"
+preset = "residue"
+''')
+    assert main(["run", "--config", str(cfg), "--quick", "-o", str(tmp_path / "run"), "-q"]) == 0
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["mapping_n_beads"] == 8 and rep["reference_forces"] == "trajectory"
+
+
+def test_bad_config_fails_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[mapping]\nkind = "preset"\npreset = "nonsense"\n')
+    assert main(["run", "--config", str(cfg), "-o", str(tmp_path / "run")]) == 2
+    assert "unknown preset 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
