@@ -51,8 +51,14 @@ class RunContext:
     seconds: dict[str, float] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
+    fingerprint: str = ""
+
     def file(self, name: str) -> Path:
         return self.folder / name
+
+    def checkpoint(self, stage: str) -> Path:
+        """Checkpoint file of a stage, tied to its inputs: a crash resumes it, changed inputs start afresh."""
+        return self.folder / f".{stage}-{self.fingerprint[:12]}.ckpt"
 
 
 class StageRunner:
@@ -81,6 +87,7 @@ class StageRunner:
                 self.ctx.seconds[st.name] = old.get("seconds", 0.0)
                 return old.get("results", {})
         self.ctx.log(f"[{st.name}] running")
+        self.ctx.fingerprint = fp
         t0 = time.perf_counter()
         res = st.fn(self.ctx) or {}
         dt = time.perf_counter() - t0

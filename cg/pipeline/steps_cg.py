@@ -113,7 +113,7 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
     pot = build_potential(pri, m.names, m.masses, m.bonds, temperature=T, device=dev, network=cfg["cg"]["network"],
                           reference=Rcg)
     hist = train_force_matching(pot, Rcg, Fcg, epochs=cfg["cg"]["epochs"], device=dev, seed=cfg["seed"],
-                                checkpoint=ctx.file("cg_train.ckpt"), progress=ctx.progress)
+                                checkpoint=ctx.checkpoint("cg_train"), progress=ctx.progress)
     pot.save(str(ctx.file("cg_potential.pt")))
     from cg.plots import plot_training
 
@@ -180,7 +180,7 @@ def backmap_train(ctx: RunContext) -> dict[str, Any]:
     m = Mapping.load(ctx.file("mapping.json"))
     train, test = _reference(ctx)
     bm = backmap.Backmapper(m, device=_device(ctx))
-    bm.fit(train, epochs=b["epochs"], checkpoint=ctx.file("backmap.ckpt"), progress=ctx.progress,
+    bm.fit(train, epochs=b["epochs"], checkpoint=ctx.checkpoint("backmap_train"), progress=ctx.progress,
            max_frames=b["train_frames"])
     bm.save(ctx.file("backmap.pt"))
     held = test[np.linspace(0, len(test) - 1, min(len(test), b["frames"])).round().astype(int)]
