@@ -46,7 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "kernel_md": {"replicas": 16, "frames": 800, "save_every": 50, "timestep_fs": 1.0},
     "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
                 "epochs": 100},
-    "cg": {"epochs": 200, "replicas": 16, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features"},
+    "cg": {"epochs": 200, "replicas": 16, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features",
+           "patience": 25},
     "backmap": {"epochs": 30, "samples": 4, "frames": 200, "train_frames": 3000},
 }
 

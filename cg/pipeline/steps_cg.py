@@ -112,7 +112,8 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
     dev = _device(ctx)
     pot = build_potential(pri, m.names, m.masses, m.bonds, temperature=T, device=dev, network=cfg["cg"]["network"],
                           reference=Rcg)
-    hist = train_force_matching(pot, Rcg, Fcg, epochs=cfg["cg"]["epochs"], device=dev, seed=cfg["seed"],
+    hist = train_force_matching(pot, Rcg, Fcg, epochs=cfg["cg"]["epochs"], patience=cfg["cg"]["patience"],
+                                device=dev, seed=cfg["seed"],
                                 checkpoint=ctx.checkpoint("cg_train"), progress=ctx.progress)
     pot.save(str(ctx.file("cg_potential.pt")))
     from cg.plots import plot_training
