@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nets", default="features", help="networks for the heavy-atom map (comma list)")
     ap.add_argument("--learned", type=int, default=6, help="beads of a learned map (cg.learn_mapping); 0: skip")
+    ap.add_argument("--backbone", type=int, default=1, help="1: also the 'backbone' preset map (FeatureNet); 0: skip")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     import torch
@@ -213,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         key = f"heavy_{net}"
         res[key] = run_mapping(key, mp, ds, a, out / key, epochs, train_s, replicas, aa_ns, (PHI_BEADS, PSI_BEADS), net)
         res[key]["speed_ratio_cg_over_aa_ns_per_day"] = res[key]["cg_md"]["ns_per_day"] / res["aa"]["ns_per_day"]
+    if a.backbone:  # the backbone preset: beads at C(ACE), N, CA, C, N(NME) with the other atoms merged in
+        from cg import Mapping
+
+        bb = Mapping.from_preset(ds.to_universe(alanine_dipeptide_pdb()).atoms, "backbone")
+        owner = bb.assignment()
+        q = [int(owner[i]) for i in (4, 6, 8, 14, 16)]  # C(ACE) N CA C N(NME) atoms of the shipped PDB
+        res["backbone_features"] = run_mapping("backbone_features", bb, ds, a, out / "backbone_features", epochs,
+                                               train_s, replicas, aa_ns, (tuple(q[:4]), tuple(q[1:])), "features")
+        res["backbone_features"]["speed_ratio_cg_over_aa_ns_per_day"] = (
+            res["backbone_features"]["cg_md"]["ns_per_day"] / res["aa"]["ns_per_day"])
         print(f"[{key}] speed: CG {res[key]['cg_md']['bead_steps_per_s']:.3g} bead-steps/s, "
               f"{res[key]['cg_md']['ns_per_day']:.0f} ns/day; AA OpenMM {res['aa']['ns_per_day']:.0f} ns/day; "
               f"ratio {res[key]['speed_ratio_cg_over_aa_ns_per_day']:.2f}")
