@@ -29,9 +29,13 @@ def open_universe(topology: str | os.PathLike, *trajectory: str | os.PathLike, *
         raise InputError(f"{topology}: MDAnalysis could not read this topology ({e})") from e
     if not trajectory:
         return top
+    try:
+        return mda.Universe(str(topology), *[str(t) for t in trajectory], **kwargs)
+    except Exception:  # noqa: BLE001 - find the file at fault for a clear message
+        pass
     for t in trajectory:
         try:
-            reader = mda.Universe(str(topology), str(t), **kwargs)
+            mda.Universe(str(topology), str(t), **kwargs)
         except ValueError as e:
             msg = str(e)
             if "atoms" in msg.lower():
@@ -41,7 +45,7 @@ def open_universe(topology: str | os.PathLike, *trajectory: str | os.PathLike, *
             raise InputError(f"{t}: MDAnalysis could not read this trajectory ({msg})") from e
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{t}: MDAnalysis could not read this trajectory ({e})") from e
-    return mda.Universe(str(topology), *[str(t) for t in trajectory], **kwargs)
+    raise InputError(f"{', '.join(map(str, trajectory))}: MDAnalysis could not read these trajectories together")
 
 
 def elements_of(atoms: Any, source: str | None = None) -> np.ndarray:

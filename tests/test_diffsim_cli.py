@@ -5,17 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cg.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cli_target_fit_eval(tmp_path, capsys):

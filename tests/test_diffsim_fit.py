@@ -14,12 +14,7 @@ from cg.diffsim.potentials import (LennardJones, NeuralPairPotential, TabulatedP
 from forcefield.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_neural_potential_smooth_cutoff_and_forces():

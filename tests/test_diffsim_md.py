@@ -10,12 +10,7 @@ from cg.diffsim.observables import RDF, vacf
 from cg.diffsim.potentials import LennardJones, lj_energy, smooth_switch
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _all_pairs_energy(x, box, pot):
