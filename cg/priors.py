@@ -102,6 +102,8 @@ def fit_harmonic(values: np.ndarray, temperature: float, jacobian: str = "none",
 
     ``jacobian``: ``"r2"`` (bond lengths), ``"sin"`` (angles) or ``"none"``; it is divided out of the
     histogram before inversion. Weighted least squares of a parabola on ``-kT ln p``, weights = counts.
+    If the parabola is not a confining well inside the sampled range (or is much broader than the samples),
+    the moments are used instead: ``k = kT / var``, ``x0 = mean``.
     """
     v = np.asarray(values, dtype=float).reshape(-1)
     if v.size < 10 or not np.isfinite(v).all():
@@ -117,9 +119,12 @@ def fit_harmonic(values: np.ndarray, temperature: float, jacobian: str = "none",
     w = np.sqrt(h[ok].astype(float))
     A = np.stack([np.ones(ok.sum()), c[ok], c[ok] ** 2], 1)
     coef, *_ = np.linalg.lstsq(A * w[:, None], y * w, rcond=None)
-    if coef[2] <= 0:  # not confined: fall back on moments
+    k, x0 = float(2 * coef[2]), float(-coef[1] / (2 * coef[2])) if coef[2] > 0 else np.nan
+    if coef[2] <= 0 or not lo <= x0 <= hi or k < 0.5 * kT_of(temperature) / v.var():
+        # not confined, minimum outside the data, or far broader than the samples (a skewed or bimodal
+        # distribution, e.g. an angle that follows the backbone torsions): fall back on the moments
         return kT_of(temperature) / v.var(), float(v.mean())
-    return float(2 * coef[2]), float(-coef[1] / (2 * coef[2]))
+    return k, x0
 
 
 def fit_fourier(phi: np.ndarray, temperature: float, n_terms: int = 6, bins: int = 72,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cg.potential import CGPotential, SchNetCG, build_potential
-from cg.priors import Priors, angle_triples, dihedral_quads, fit_fourier, nonbonded_pairs
+from cg.priors import Priors, angle_triples, dihedral_quads, fit_fourier, fit_harmonic, nonbonded_pairs
 from cg.train import train_force_matching
 from forcefield.geometry import random_rotation
 from forcefield.units import KB_KCAL
@@ -82,6 +82,19 @@ def test_fourier_fit_direct(rng):
     phi = _sample(rng, 100_000, lambda x: -(0.8 * np.cos(3 * x)) / KT, -np.pi, np.pi, 0.8 / KT)
     a, b = fit_fourier(phi, T, 6)
     assert a[2] == pytest.approx(0.8, abs=0.05) and np.abs(np.delete(a, 2)).max() < 0.05 and np.abs(b).max() < 0.05
+
+
+def test_harmonic_fit_falls_back_on_moments_for_bimodal_samples(rng):
+    """A bimodal angle (two conformer families, as the backbone-bead angles of alanine dipeptide) has no
+    confining parabola inside its range; the prior must still be a well centred on the samples."""
+    th = np.concatenate([rng.normal(1.45, 0.08, 30_000), rng.normal(1.75, 0.05, 70_000)])
+    k, t0 = fit_harmonic(th, T, "sin")
+    assert th.min() < t0 < th.max()
+    assert t0 == pytest.approx(th.mean(), abs=1e-9) and k == pytest.approx(KT / th.var(), rel=1e-9)
+    # a unimodal sample keeps the Boltzmann-inverted fit (not the moments)
+    th1 = rng.normal(1.9, 0.05, 100_000)
+    k1, t1 = fit_harmonic(th1, T, "none")
+    assert t1 == pytest.approx(1.9, abs=2e-3) and k1 == pytest.approx(KT / 0.05**2, rel=0.05)
 
 
 def _toy(rng, n=6, net=True, dtype=torch.float64):
