@@ -75,8 +75,11 @@ class DiffSimFitter:
                  device=None, grad_clip: float | None = 1.0, residual_momentum: float = 0.0,
                  net_lr_scale: float = 0.2, vacf_weight: float = 0.0, thermostat: str = "langevin"):
         for s in states:
-            if s.target is None or len(s.target) != rdf.n_bins:
-                raise InputError(f"state {s.name}: target g(r) must have {rdf.n_bins} bins (the RDF grid)")
+            t = None if s.target is None else np.asarray(s.target)
+            nch = s.n_types * (s.n_types + 1) // 2
+            if t is None or t.shape not in ((rdf.n_bins,), (nch, rdf.n_bins)):
+                raise InputError(f"state {s.name}: target g(r) must have {rdf.n_bins} bins (the RDF grid), or shape "
+                                 f"({nch}, {rdf.n_bins}) for the partial RDFs of its {s.n_types} types")
         self.device = torch.device(device or "cpu")
         self.potential = potential.to(self.device)
         self.states, self.rdf = states, rdf
@@ -93,10 +96,16 @@ class DiffSimFitter:
         self._g_avg: torch.Tensor | None = None
         self.ensemble = Ensemble(states, rdf, r_cut=potential.r_cut, dt=dt, friction=friction, seed=seed,
                                  device=self.device, thermostat=thermostat)
-        self.targets = torch.tensor(np.stack([s.target for s in states]), dtype=torch.float64, device=self.device)
+        # targets of all states flattened into one vector (total g(r) or partial g_ab(r) per state)
+        self._partial = [np.asarray(s.target).ndim == 2 for s in states]
+        flat = [np.asarray(s.target, float).reshape(-1) for s in states]
+        ends = np.cumsum([len(f) for f in flat])
+        self._segments = [(int(e - len(f)), int(e)) for f, e in zip(flat, ends)]
+        self.targets = torch.tensor(np.concatenate(flat), dtype=torch.float64, device=self.device)
         w = torch.tensor([s.weight for s in states], dtype=torch.float64, device=self.device)
         self.weights = w / w.sum()
-        prior = [p for n, p in self.potential.named_parameters() if n.startswith("prior.") or n.startswith("log_")]
+        prior = [p for n, p in self.potential.named_parameters()
+                 if "prior." in n or n.split(".")[-1] in ("log_eps", "log_sigma")]
         ids = {id(p) for p in prior}
         rest = [p for p in self.potential.parameters() if id(p) not in ids]
         groups = [g for g in ({"params": prior, "lr": lr}, {"params": rest, "lr": lr * net_lr_scale}) if g["params"]]
@@ -110,7 +119,9 @@ class DiffSimFitter:
         self._n_avg = 0
 
     def _table(self, grad: bool = True):
-        return self.potential.table(self.table_points, device=self.device, create_graph=grad)
+        """The potential's table, or one per state for a temperature-dependent potential."""
+        return self.potential.state_tables([s.temperature for s in self.states], self.table_points,
+                                           device=self.device, create_graph=grad)
 
     def step(self) -> dict:
         """One optimisation step; returns the loss and per-state MSE / MAE of the window's g(r)."""
@@ -122,9 +133,12 @@ class DiffSimFitter:
         self.ensemble.detach()
         self.optimizer.zero_grad()
         lag = self.vacf_targets.shape[1] if self.vacf_targets is not None else 0
-        g, c = self.ensemble.run_observables(self._table(), self.tau, self.observe_every, grad=True, vacf_lag=lag)
+        out = self.ensemble.run_all(self._table(), self.tau, self.observe_every, grad=True, vacf_lag=lag,
+                                    partial=any(self._partial))
+        c = out["vacf"]
+        g = torch.cat([out["g_partial"][i].reshape(-1) if p else out["g"][i] for i, p in enumerate(self._partial)])
         diff = g - self.targets
-        mse = (diff * diff).mean(1)
+        mse = torch.stack([(diff[a:b] ** 2).mean() for a, b in self._segments])
         loss = (self.weights * mse).sum()
         vacf_loss = None
         if lag:
@@ -137,7 +151,7 @@ class DiffSimFitter:
             b = self.residual_momentum
             self._g_avg = gd if self._g_avg is None else b * self._g_avg + (1 - b) * gd
             resid = self._g_avg - self.targets
-            surrogate = (self.weights * (2 * resid * g).mean(1)).sum()
+            surrogate = (self.weights * torch.stack([(2 * resid[a:b] * g[a:b]).mean() for a, b in self._segments])).sum()
             (surrogate + vacf_loss if vacf_loss is not None else surrogate).backward()
         else:
             (loss + vacf_loss if vacf_loss is not None else loss).backward()
@@ -148,7 +162,7 @@ class DiffSimFitter:
         self.ensemble.detach()
         self.step_count += 1
         rec = {"step": self.step_count, "loss": float(loss.detach()),
-               "mae": {s.name: float(diff[i].detach().abs().mean()) for i, s in enumerate(self.states)},
+               "mae": {s.name: float(diff[a:b].detach().abs().mean()) for (a, b), s in zip(self._segments, self.states)},
                "lr": float(self.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - t0}
         if vacf_loss is not None:
             rec["vacf_loss"] = float(vacf_loss.detach())

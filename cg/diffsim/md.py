@@ -1,4 +1,4 @@
-"""Differentiable molecular dynamics of one-component pair-potential fluids in periodic cubic boxes.
+"""Differentiable molecular dynamics of pair-potential fluids (one or several particle types) in periodic cubic boxes.
 
 Reduced LJ units throughout (epsilon = sigma = m = k_B = 1; see :mod:`cg.diffsim.units`).
 
@@ -12,6 +12,8 @@ Design
   gradients flow from positions back to the node values, hence to the parameters of whatever
   produced the table (a neural potential, an LJ prior, an IBI table). A learnable potential is
   tabulated once per optimisation step, so the MD step costs the same for every potential.
+  A *table set* holds several potentials on one grid: one per particle-type pair (mixtures) and/or
+  one per system (state-dependent potentials such as u(r; T)), picked per pair by an index.
 * Neighbours: a Verlet list with a skin, built under ``no_grad`` (all pairs in chunks for small
   systems, a cell list for N >= 1000) and rebuilt when any particle moved more than half the skin. Distances use the minimum image and are
   differentiable in the positions.
@@ -41,49 +43,80 @@ class PairTable:
         table should end with u = u' = 0 there, e.g. through a smooth switch); below ``r0`` it is
         continued linearly with the slope at ``r0``.
     u, du : (n,) tensors: energies and radial derivatives du/dr at the grid points. They may carry
-        autograd history (gradients then flow to whatever produced them).
+        autograd history (gradients then flow to whatever produced them). A *table set* has shape
+        (K, n): K potentials on the same grid (one per particle-type pair and/or per state), picked per
+        pair by an ``index`` (see :meth:`__call__` and :meth:`Simulation.run`).
     """
 
     def __init__(self, r0: float, rc: float, u: torch.Tensor, du: torch.Tensor):
-        if u.shape != du.shape or u.dim() != 1 or len(u) < 2:
-            raise InputError(f"PairTable: u and du must be 1-D of equal length >= 2, got {tuple(u.shape)}, "
-                             f"{tuple(du.shape)}")
+        if u.shape != du.shape or u.dim() not in (1, 2) or u.shape[-1] < 2:
+            raise InputError(f"PairTable: u and du must be (n,) or (K, n) of equal shape, n >= 2, got "
+                             f"{tuple(u.shape)}, {tuple(du.shape)}")
         if not rc > r0 > 0:
             raise InputError(f"PairTable: need 0 < r0 < rc, got r0={r0}, rc={rc}")
         self.r0, self.rc, self.u, self.du = float(r0), float(rc), u, du
-        self.h = (self.rc - self.r0) / (len(u) - 1)
+        self.h = (self.rc - self.r0) / (u.shape[-1] - 1)
+
+    @property
+    def n_tables(self) -> int:
+        """K for a table set (u of shape (K, n)), 1 for a single table."""
+        return 1 if self.u.dim() == 1 else int(self.u.shape[0])
 
     @property
     def r(self) -> torch.Tensor:
-        return torch.linspace(self.r0, self.rc, len(self.u), dtype=self.u.dtype, device=self.u.device)
+        return torch.linspace(self.r0, self.rc, self.u.shape[-1], dtype=self.u.dtype, device=self.u.device)
 
     def to(self, device=None, dtype=None) -> "PairTable":
         return PairTable(self.r0, self.rc, self.u.to(device=device, dtype=dtype),
                          self.du.to(device=device, dtype=dtype))
 
+    @staticmethod
+    def stack(tables: list["PairTable"]) -> "PairTable":
+        """One table set from several tables / table sets on the same grid (rows concatenated in order)."""
+        if not tables:
+            raise InputError("PairTable.stack: no tables")
+        t0 = tables[0]
+        for t in tables[1:]:
+            if (t.r0, t.rc, t.u.shape[-1]) != (t0.r0, t0.rc, t0.u.shape[-1]):
+                raise InputError("PairTable.stack: tables must share r0, rc and the number of points")
+        u = torch.cat([t.u.reshape(-1, t.u.shape[-1]) for t in tables])
+        du = torch.cat([t.du.reshape(-1, t.du.shape[-1]) for t in tables])
+        return PairTable(t0.r0, t0.rc, u, du)
+
     def _coefficients(self) -> torch.Tensor:
-        """Per-interval cubic coefficients (n-1, 4): e(t) = c0 + c1 t + c2 t^2 + c3 t^3."""
+        """Per-interval cubic coefficients ([K,] n-1, 4): e(t) = c0 + c1 t + c2 t^2 + c3 t^3."""
         if getattr(self, "_coef", None) is None:
-            u0, u1 = self.u[:-1], self.u[1:]
-            d0, d1 = self.du[:-1] * self.h, self.du[1:] * self.h
+            u0, u1 = self.u[..., :-1], self.u[..., 1:]
+            d0, d1 = self.du[..., :-1] * self.h, self.du[..., 1:] * self.h
             self._coef = torch.stack([u0, d0, -3 * u0 - 2 * d0 + 3 * u1 - d1, 2 * u0 + d0 - 2 * u1 + d1], -1)
         return self._coef
 
-    def __call__(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energies u(r) and derivatives du/dr for distances ``r`` (any shape)."""
+    def __call__(self, r: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies u(r) and derivatives du/dr for distances ``r`` (any shape).
+
+        For a table set, ``index`` (same shape as ``r``, values < K) picks the table of each distance
+        (None: table 0).
+        """
         coef = self._coefficients()
-        n = len(self.u)
+        n = self.u.shape[-1]
         s = (r - self.r0) / self.h
         k = torch.clamp(torch.floor(s.detach()), 0, n - 2).long()
         t = torch.clamp(s - k, 0.0, 1.0)
-        c = coef[k]  # (..., 4)
+        u_first, du_first = self.u[..., 0], self.du[..., 0]
+        if coef.dim() == 3:
+            if index is None:
+                index = torch.zeros_like(k)
+            c = coef[index, k]
+            u_first, du_first = u_first[index], du_first[index]
+        else:
+            c = coef[k]  # (..., 4)
         c0, c1, c2, c3 = c.unbind(-1)
         e = c0 + t * (c1 + t * (c2 + t * c3))
         de = (c1 + t * (2 * c2 + 3 * t * c3)) / self.h
         below = r < self.r0  # continue with the tangent line at r0
         if bool(below.any()):
-            e = torch.where(below, self.u[0] + self.du[0] * (r - self.r0), e)
-            de = torch.where(below, self.du[0].expand_as(de), de)
+            e = torch.where(below, u_first + du_first * (r - self.r0), e)
+            de = torch.where(below, du_first.expand_as(de), de)
         inside = r < self.rc
         zero = torch.zeros((), dtype=e.dtype, device=e.device)
         return torch.where(inside, e, zero), torch.where(inside, de, zero)
@@ -209,13 +242,16 @@ def _cell_pairs(frac: torch.Tensor, L: float, rl: float) -> tuple[torch.Tensor, 
 @dataclass
 class PairData:
     """Pair geometry of one MD step: separation vectors ``d`` = x_j - x_i (min. image), distances ``r``,
-    system index ``b`` of each pair, and the batch shape (B, N)."""
+    system index ``b`` of each pair, the batch shape (B, N), and the flat particle indices ``i``, ``j``
+    (into B*N) of each pair."""
 
     d: torch.Tensor
     r: torch.Tensor
     b: torch.Tensor
     B: int
     N: int
+    i: torch.Tensor | None = None
+    j: torch.Tensor | None = None
 
 
 def pair_data(x: torch.Tensor, box: torch.Tensor, nl: NeighbourList) -> PairData:
@@ -226,14 +262,41 @@ def pair_data(x: torch.Tensor, box: torch.Tensor, nl: NeighbourList) -> PairData
     d = xf[nl.j] - xf[nl.i]
     d = d - L * torch.round(d.detach() / L)
     r = torch.sqrt((d * d).sum(-1))
-    return PairData(d=d, r=r, b=nl.b, B=B, N=N)
+    return PairData(d=d, r=r, b=nl.b, B=B, N=N, i=nl.i, j=nl.j)
 
 
-def energy_forces(x: torch.Tensor, box: torch.Tensor, nl: NeighbourList, table: PairTable
+def table_rows(table: PairTable, pd: PairData, types: torch.Tensor | None = None, n_types: int = 1,
+               table_index: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Row of a table set used by each pair (None for a single table).
+
+    A table set has K = n_blocks * per rows: ``table_index[b]`` (B,) picks the block of system b
+    (one block when None), and inside a block ``per`` is 1 (one potential for all pairs) or
+    ``n_types**2`` (row t_i * n_types + t_j for particle types ``types`` (B*N,), symmetric).
+    """
+    if table.u.dim() == 1:
+        return None
+    K = table.n_tables
+    n_blocks = 1 if table_index is None else int(table_index.max()) + 1
+    per = K // n_blocks
+    if per * n_blocks != K or per not in (1, n_types * n_types):
+        raise InputError(f"PairTable set with {K} rows does not fit {n_blocks} block(s) of 1 or {n_types}^2 "
+                         f"type-pair rows")
+    idx = torch.zeros_like(pd.b) if table_index is None else table_index[pd.b] * per
+    if per > 1:
+        t = types if types is not None else torch.zeros(pd.B * pd.N, dtype=torch.long, device=pd.b.device)
+        idx = idx + t[pd.i] * n_types + t[pd.j]
+    return idx
+
+
+def energy_forces(x: torch.Tensor, box: torch.Tensor, nl: NeighbourList, table: PairTable,
+                  types: torch.Tensor | None = None, n_types: int = 1, table_index: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, PairData]:
-    """Potential energies (B,), forces (B, N, 3) and the pair data at positions ``x``."""
+    """Potential energies (B,), forces (B, N, 3) and the pair data at positions ``x``.
+
+    ``types`` (B*N,), ``n_types`` and ``table_index`` (B,) select rows of a table set (see :func:`table_rows`).
+    """
     pd = pair_data(x, box, nl)
-    u, du = table(pd.r)
+    u, du = table(pd.r, table_rows(table, pd, types, n_types, table_index))
     fj = (-du / pd.r)[:, None] * pd.d  # force on j; i gets the opposite
     B, N = pd.B, pd.N
     F = torch.zeros(B * N, 3, dtype=x.dtype, device=x.device)
@@ -268,13 +331,16 @@ class Simulation:
         ``nhc_chain`` thermostats with time constant ``nhc_tau``; ``friction`` is then ignored).
     skin : neighbour-list skin.
     seed : seeds the lattice, the initial velocities and the thermostat noise.
+    types : particle types, (N,) for every system or (B, N) per system (integers 0 .. n_types-1; default:
+        all 0). With a table set of n_types^2 rows per block, pair (i, j) uses row t_i * n_types + t_j.
+    n_types : number of particle types (default: max(types) + 1).
     device, dtype : torch device and dtype (float64 by default for clean gradients and energy checks).
     """
 
     def __init__(self, n_particles: int, densities, temperatures, cutoff: float, dt: float = 0.005,
                  friction: float = 1.0, skin: float = 0.3, seed: int = 0, device=None,
                  dtype: torch.dtype = torch.float64, thermostat: str = "langevin", nhc_tau: float = 0.5,
-                 nhc_chain: int = 3):
+                 nhc_chain: int = 3, types=None, n_types: int | None = None):
         dens = np.atleast_1d(np.asarray(densities, float))
         temps = np.atleast_1d(np.asarray(temperatures, float))
         if len(temps) == 1 and len(dens) > 1:
@@ -303,6 +369,19 @@ class Simulation:
         self.v = self._maxwell()
         self.nl = NeighbourList(cutoff, skin)
         self.steps_done = 0
+        if types is None:
+            t = np.zeros((self.B, self.N), dtype=np.int64)
+        else:
+            t = np.asarray(types)
+            if t.ndim == 1:
+                t = np.broadcast_to(t, (self.B, len(t)))
+            if t.shape != (self.B, self.N) or not np.issubdtype(t.dtype, np.integer) or (t < 0).any():
+                raise InputError(f"Simulation: types must be non-negative integers of shape ({self.N},) or "
+                                 f"({self.B}, {self.N}), got shape {t.shape}")
+        self.n_types = int(n_types) if n_types is not None else int(t.max()) + 1
+        if int(t.max()) >= self.n_types:
+            raise InputError(f"Simulation: type {int(t.max())} >= n_types={self.n_types}")
+        self.types = torch.as_tensor(np.array(t, dtype=np.int64), dtype=torch.long, device=self.device)  # (B, N)
         # Nosé–Hoover chain state per system: positions xi and velocities v_xi of the chain, masses Q
         self.xi = torch.zeros(self.B, nhc_chain, dtype=dtype, device=self.device)
         self.v_xi = torch.zeros(self.B, nhc_chain, dtype=dtype, device=self.device)
@@ -338,10 +417,10 @@ class Simulation:
         vx[M - 1] = vx[M - 1] + 0.25 * dt * force(M - 1, K2)
         return v, torch.stack(vx, 1), xi
 
-    def conserved_energy(self, table: PairTable) -> torch.Tensor:
+    def conserved_energy(self, table: PairTable, table_index=None) -> torch.Tensor:
         """Potential + kinetic energy per system, plus the Nosé–Hoover chain energy when ``thermostat='nhc'``
         (conserved by the NVE and NHC dynamics)."""
-        U, K = self.energy(table)
+        U, K = self.energy(table, table_index)
         if self.thermostat != "nhc":
             return U + K
         kT = self.temperature
@@ -374,8 +453,12 @@ class Simulation:
 
     def run(self, table: PairTable, n_steps: int, observe: Callable[[int, torch.Tensor, torch.Tensor, PairData],
                                                                      None] | None = None,
-            observe_every: int = 1, grad: bool = True) -> None:
+            observe_every: int = 1, grad: bool = True, table_index=None) -> None:
         """Advance ``n_steps`` BAOAB steps with the potential ``table``.
+
+        ``table`` may be a table set (see :class:`PairTable`): ``table_index`` (B,) then gives the block
+        of each system (e.g. a temperature-dependent potential tabulated per state), and blocks of
+        n_types^2 rows hold one potential per type pair.
 
         ``observe(step, x, v, pair_data)`` is called every ``observe_every`` steps after the step
         (with differentiable tensors when ``grad``). With ``grad`` the trajectory keeps its autograd
@@ -383,6 +466,10 @@ class Simulation:
         back-propagated to the table.
         """
         table = table.to(self.device, self.dtype)
+        ti = None if table_index is None else torch.as_tensor(table_index, dtype=torch.long, device=self.device)
+        if ti is not None and ti.shape != (self.B,):
+            raise InputError(f"Simulation.run: table_index must have shape ({self.B},), got {tuple(ti.shape)}")
+        kw = dict(types=self.types.reshape(-1), n_types=self.n_types, table_index=ti)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             h = 0.5 * self.dt
             c1 = math.exp(-self.friction * self.dt)
@@ -392,7 +479,7 @@ class Simulation:
             nhc = self.thermostat == "nhc"
             v_xi, xi = self.v_xi, self.xi
             self.nl.update(x, self.box)
-            _, F, _ = energy_forces(x, self.box, self.nl, table)
+            _, F, _ = energy_forces(x, self.box, self.nl, table, **kw)
             for s in range(1, n_steps + 1):
                 if nhc:
                     v, v_xi, xi = self._nhc_half(v, v_xi, xi)
@@ -402,7 +489,7 @@ class Simulation:
                     v = c1 * v + c2 * vstd * self._noise(v.shape)
                 x = x + h * v
                 self.nl.update(x, self.box)
-                _, F, pd = energy_forces(x, self.box, self.nl, table)
+                _, F, pd = energy_forces(x, self.box, self.nl, table, **kw)
                 v = v + h * F
                 if nhc:
                     v, v_xi, xi = self._nhc_half(v, v_xi, xi)
@@ -412,8 +499,10 @@ class Simulation:
             self.v_xi, self.xi = v_xi, xi
             self.steps_done += n_steps
 
-    def energy(self, table: PairTable) -> tuple[torch.Tensor, torch.Tensor]:
+    def energy(self, table: PairTable, table_index=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(potential, kinetic) energies per system at the current state."""
         self.nl.update(self.x, self.box)
-        E, _, _ = energy_forces(self.x, self.box, self.nl, table.to(self.device, self.dtype))
+        ti = None if table_index is None else torch.as_tensor(table_index, dtype=torch.long, device=self.device)
+        E, _, _ = energy_forces(self.x, self.box, self.nl, table.to(self.device, self.dtype), self.types.reshape(-1),
+                                self.n_types, ti)
         return E, self.kinetic()

@@ -4,7 +4,10 @@
   pair at distance d adds to bin k the probability mass that a normal distribution N(d, sigma^2)
   puts on that bin, i.e. 0.5 [erf((e_{k+1}-d)/(sqrt2 sigma)) - erf((e_k-d)/(sqrt2 sigma))], so the
   histogram is smooth (differentiable) in the positions. Counts are normalised by the shell volume
-  4/3 pi (e_{k+1}^3 - e_k^3) and by the pair density, giving g = 1 for an ideal gas.
+  4/3 pi (e_{k+1}^3 - e_k^3) and by the pair density, giving g = 1 for an ideal gas. For mixtures,
+  :meth:`RDF.partial_from_pairs` gives the partial g_ab(r) of every type pair a <= b (normalised by
+  the number of a-b pairs, so each is 1 for an ideal-gas mixture); the total g(r) of all particles
+  seen as one type is :meth:`RDF.from_pairs`.
 * :func:`vacf`: velocity autocorrelation function, normalised to 1 at lag 0.
 """
 from __future__ import annotations
@@ -74,6 +77,28 @@ class RDF:
         """g(r) (B, n_bins) of one frame from the MD pair data."""
         return self.normalise(self.counts(pd.r, pd.b, pd.B), pd.N, volume)
 
+    def partial_from_pairs(self, pd: PairData, volume: torch.Tensor, types: torch.Tensor, n_types: int
+                           ) -> torch.Tensor:
+        """Partial g_ab(r) (B, n_types (n_types + 1) / 2, n_bins) of one frame; channels a <= b in the order
+        of :func:`type_pairs`. ``types`` (B*N,) are the particle types. Channels without pairs are 0."""
+        if pd.i is None or pd.j is None:
+            raise InputError("partial RDF: the pair data carry no particle indices")
+        ta, tb = types[pd.i], types[pd.j]
+        lo, hi = torch.minimum(ta, tb), torch.maximum(ta, tb)
+        ch_of = torch.full((n_types, n_types), -1, dtype=torch.long, device=types.device)
+        pairs = type_pairs(n_types)
+        for c, (a, b) in enumerate(pairs):
+            ch_of[a, b] = c
+        nch = len(pairs)
+        ch = ch_of[lo, hi]
+        counts = self.counts(pd.r, pd.b * nch + ch, pd.B * nch).reshape(pd.B, nch, self.n_bins)
+        na = torch.stack([(types.reshape(pd.B, pd.N) == a).sum(1) for a in range(n_types)], 1).to(counts.dtype)
+        n_pairs = torch.stack([na[:, a] * (na[:, a] - 1) / 2 if a == b else na[:, a] * na[:, b] for a, b in pairs], 1)
+        shell = torch.as_tensor(self.shell, dtype=counts.dtype, device=counts.device)
+        ideal = (n_pairs / volume.to(counts.dtype)[:, None])[:, :, None] * shell[None, None, :]
+        return torch.where(ideal > 0, counts / ideal.clamp_min(1e-300), torch.zeros((), dtype=counts.dtype,
+                                                                                     device=counts.device))
+
     def from_positions(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         """g(r) (B, n_bins) of positions (B, N, 3) in cubic boxes (B,) by all pairs (small systems)."""
         if x.dim() == 2:
@@ -88,6 +113,11 @@ class RDF:
         r = torch.sqrt((d * d).sum(-1)).reshape(-1)
         b = torch.arange(B, device=x.device).repeat_interleave(len(i))
         return self.normalise(self.counts(r, b, B), N, box ** 3)
+
+
+def type_pairs(n_types: int) -> list[tuple[int, int]]:
+    """Type pairs (a, b), a <= b, in channel order: (0, 0), (0, 1), ..., (1, 1), ..."""
+    return [(a, b) for a in range(n_types) for b in range(a, n_types)]
 
 
 def vacf(v: torch.Tensor, max_lag: int) -> torch.Tensor:

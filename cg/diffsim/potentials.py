@@ -45,6 +45,8 @@ class PairPotential(nn.Module):
     """Base class: subclasses implement :meth:`raw` (energy before the switch)."""
 
     kind = "base"
+    temperature_dependent = False
+    n_types = 1
 
     def __init__(self, r_cut: float = 2.5, r_on: float = 2.2, r_table_min: float = 0.5):
         super().__init__()
@@ -76,10 +78,27 @@ class PairPotential(nn.Module):
     def config(self) -> dict:
         return {"kind": self.kind, "r_cut": self.r_cut, "r_on": self.r_on, "r_table_min": self.r_table_min}
 
+    def state_table(self, temperature: float, n: int = 2048, dtype: torch.dtype = torch.float64, device=None,
+                    create_graph: bool = True) -> PairTable:
+        """Table at a state of temperature ``temperature`` (the same for state-independent potentials)."""
+        return self.table(n, dtype, device, create_graph)
+
+    def state_tables(self, temperatures, n: int = 2048, dtype: torch.dtype = torch.float64, device=None,
+                     create_graph: bool = True):
+        """One table shared by all states, or (temperature-dependent potentials) a list, one per state."""
+        if not self.temperature_dependent:
+            return self.table(n, dtype, device, create_graph)
+        return [self.state_table(float(T), n, dtype, device, create_graph) for T in temperatures]
+
     @torch.no_grad()
-    def evaluate(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(u, du/dr) as float64 numpy at distances ``r`` (through the same table the MD uses)."""
-        t = self.table(create_graph=False, device="cpu")
+    def evaluate(self, r: np.ndarray, temperature: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(u, du/dr) as float64 numpy at distances ``r`` (through the same table the MD uses); for a
+        temperature-dependent potential at ``temperature`` (default: its reference temperature)."""
+        if temperature is not None or self.temperature_dependent:
+            t = self.state_table(temperature if temperature is not None else getattr(self, "t_ref", 1.0),
+                                 create_graph=False, device="cpu")
+        else:
+            t = self.table(create_graph=False, device="cpu")
         u, du = t(torch.as_tensor(np.asarray(r, float), dtype=torch.float64))
         return u.numpy(), du.numpy()
 
@@ -179,6 +198,122 @@ class NeuralPairPotential(PairPotential):
                 "sigma": self.prior.sigma if self.prior is not None else 1.0}
 
 
+class EntropicPairPotential(PairPotential):
+    """Temperature-dependent pair potential u(r; T) = e(r) - T s(r), an energy/entropy split.
+
+    Effective (coarse-grained) pair potentials are free energies, so they depend on the state. This
+    potential learns the energy part e(r) (a :class:`NeuralPairPotential` with an LJ-family prior) and
+    the entropy part s(r) (an MLP on the same kind of basis, no prior, zero at the start) jointly from
+    targets at several temperatures; it is parametrised as u(r; T) = e_ref(r) - (T - t_ref) s(r), with
+    e_ref = e - t_ref s the potential at the reference temperature ``t_ref`` (the starting point).
+    One table per state (:meth:`state_table`) goes to the MD engine.
+    """
+
+    kind = "entropic"
+    temperature_dependent = True
+
+    def __init__(self, t_ref: float = 1.0, prior: str = "lj", epsilon: float = 1.0, sigma: float = 1.0,
+                 n_basis: int = 32, hidden: int = 64, layers: int = 2, basis_min: float = 0.6,
+                 s_hidden: int = 32, dtype: torch.dtype = torch.float32, **kw):
+        super().__init__(**kw)
+        if t_ref <= 0:
+            raise InputError(f"EntropicPairPotential: t_ref must be > 0, got {t_ref}")
+        self.t_ref, self.s_hidden = float(t_ref), int(s_hidden)
+        self.energy = NeuralPairPotential(prior=prior, epsilon=epsilon, sigma=sigma, n_basis=n_basis, hidden=hidden,
+                                          layers=layers, basis_min=basis_min, dtype=dtype, r_cut=self.r_cut,
+                                          r_on=self.r_on, r_table_min=self.r_table_min)
+        self.entropy = NeuralPairPotential(prior="none", n_basis=n_basis, hidden=s_hidden, layers=layers,
+                                           basis_min=basis_min, dtype=dtype, r_cut=self.r_cut, r_on=self.r_on,
+                                           r_table_min=self.r_table_min)
+
+    def raw(self, r, temperature: float | None = None):
+        T = self.t_ref if temperature is None else float(temperature)
+        return self.energy.raw(r) - (T - self.t_ref) * self.entropy.raw(r)
+
+    def forward(self, r, temperature: float | None = None):
+        return self.raw(r, temperature) * smooth_switch(r, self.r_on, self.r_cut)
+
+    def s(self, r: np.ndarray) -> np.ndarray:
+        """The entropy part s(r) = -du/dT (switched), as numpy."""
+        with torch.no_grad():
+            rt = torch.as_tensor(np.asarray(r, float), dtype=torch.float64)
+            return (self.entropy(rt)).numpy()
+
+    def state_table(self, temperature: float, n: int = 2048, dtype: torch.dtype = torch.float64, device=None,
+                    create_graph: bool = True) -> PairTable:
+        p = next(self.parameters())
+        dev = device or p.device
+
+        def fn(r):
+            return self(r.to(p.dtype), temperature).to(r.dtype)
+
+        return table_from_function(fn, self.r_table_min, self.r_cut, n, dtype=dtype, device=dev,
+                                   create_graph=create_graph)
+
+    def config(self) -> dict:
+        e = self.energy.config()
+        return {**super().config(), "t_ref": self.t_ref, "prior": e["prior"], "epsilon": e["epsilon"],
+                "sigma": e["sigma"], "n_basis": e["n_basis"], "hidden": e["hidden"], "layers": e["layers"],
+                "basis_min": e["basis_min"], "s_hidden": self.s_hidden}
+
+
+class TypedPairPotential(PairPotential):
+    """One pair potential per pair of particle types (a <= b) of a mixture; tabulates as a table set of
+    n_types^2 rows (row a * n_types + b, symmetric) for the MD engine.
+
+    Parameters
+    ----------
+    potentials : dict ``{(a, b): PairPotential}`` for every a <= b < n_types (all with the same cutoff).
+    """
+
+    kind = "typed"
+
+    def __init__(self, potentials: dict, **kw):
+        pots = {tuple(sorted(map(int, k))): v for k, v in dict(potentials).items()}
+        nt = max(max(k) for k in pots) + 1
+        need = {(a, b) for a in range(nt) for b in range(a, nt)}
+        if set(pots) != need:
+            raise InputError(f"TypedPairPotential: need a potential for every type pair a <= b < {nt}, got "
+                             f"{sorted(pots)}")
+        first = next(iter(pots.values()))
+        kw.setdefault("r_cut", first.r_cut)
+        kw.setdefault("r_on", first.r_on)
+        kw.setdefault("r_table_min", min(p.r_table_min for p in pots.values()))
+        super().__init__(**kw)
+        if any(p.temperature_dependent or isinstance(p, TypedPairPotential) for p in pots.values()):
+            raise InputError("TypedPairPotential: the type-pair potentials must be plain (temperature-independent) "
+                             "pair potentials")
+        self.n_types = nt
+        self.type_keys = sorted(pots)
+        self.pairs = nn.ModuleDict({f"{a}-{b}": pots[(a, b)] for a, b in self.type_keys})
+
+    def pair(self, a: int, b: int) -> PairPotential:
+        a, b = sorted((int(a), int(b)))
+        return self.pairs[f"{a}-{b}"]
+
+    def raw(self, r):  # pragma: no cover - a mixture has no single u(r)
+        raise InputError("TypedPairPotential has one potential per type pair: use .pair(a, b)")
+
+    def forward(self, r):
+        raise InputError("TypedPairPotential has one potential per type pair: use .pair(a, b)")
+
+    def table(self, n: int = 2048, dtype: torch.dtype = torch.float64, device=None,
+              create_graph: bool = True) -> PairTable:
+        tabs = {k: self.pairs[f"{k[0]}-{k[1]}"].table(n, dtype, device, create_graph) for k in self.type_keys}
+        r0 = {(t.r0, t.rc) for t in tabs.values()}
+        if len(r0) != 1:
+            raise InputError("TypedPairPotential: the type-pair potentials must share r_table_min and r_cut")
+        nt = self.n_types
+        rows = [tabs[tuple(sorted((a, b)))] for a in range(nt) for b in range(nt)]
+        return PairTable.stack(rows)
+
+    def evaluate(self, r, temperature=None):  # pragma: no cover - see pair()
+        raise InputError("TypedPairPotential: evaluate one type pair, e.g. pot.pair(0, 1).evaluate(r)")
+
+    def config(self) -> dict:
+        return {**super().config(), "pairs": {f"{a}-{b}": self.pairs[f"{a}-{b}"].config() for a, b in self.type_keys}}
+
+
 class TabulatedPotential(PairPotential):
     """Fixed potential from values ``u`` at points ``r`` (natural cubic spline), then switched off.
 
@@ -210,6 +345,9 @@ class TabulatedPotential(PairPotential):
         du = np.where(r < r0, cs(r0, 1), du)
         return u, du
 
+    def config(self) -> dict:
+        return {**super().config(), "n_knots": len(self.r_knots), "apply_switch": self.apply_switch}
+
     def raw(self, r):
         u, _ = self._spline(r.detach().cpu().numpy())
         return torch.as_tensor(u, dtype=r.dtype, device=r.device)
@@ -235,10 +373,16 @@ def build_potential(config: dict) -> PairPotential:
         return LennardJones(**c)
     if kind == "neural":
         return NeuralPairPotential(**c)
+    if kind == "entropic":
+        return EntropicPairPotential(**c)
+    if kind == "typed":
+        pairs = c.pop("pairs")
+        return TypedPairPotential({tuple(int(v) for v in k.split("-")): build_potential(v) for k, v in pairs.items()},
+                                  **c)
     if kind == "table":
         n = int(c.pop("n_knots"))
         return TabulatedPotential(np.linspace(1, 2, n), np.zeros(n), **c)
-    raise InputError(f"unknown potential kind {kind!r} (expected 'lj', 'neural' or 'table')")
+    raise InputError(f"unknown potential kind {kind!r} (expected 'lj', 'neural', 'entropic', 'typed' or 'table')")
 
 
 def save_model(pot: PairPotential, path: str | Path) -> None:
