@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=1e-10)
     ap.add_argument("--max-memory", type=int, default=None, help="GB, sgdml's soft memory cap")
     ap.add_argument("--max-processes", type=int, default=None)
+    ap.add_argument("--e-cstr", action="store_true", help="train with energy constraints (use_E_cstr)")
     ap.add_argument("--perms", help=".npy file of (P, N) atom permutations to use instead of detection")
     ap.add_argument("--model-out")
     ap.add_argument("--pred-out")
@@ -47,7 +48,7 @@ def main() -> None:
     t0 = time.perf_counter()
     perms = np.load(a.perms) if a.perms else None
     task = gdml.create_task(train, len(train["R"]), valid, len(valid["R"]), sig=a.sigma, lam=a.lam,
-                            perms=perms, use_sym=True, use_E=True, use_E_cstr=False)
+                            perms=perms, use_sym=True, use_E=True, use_E_cstr=a.e_cstr)
     model = gdml.train(task)
     out["train_s"] = time.perf_counter() - t0
     out["n_perms"] = int(len(model["perms"]))

@@ -16,6 +16,13 @@ w_b = J_b β_b, the model is
 
 so forces are exactly minus the gradient of the energy. Nothing here stores the 3NM x 3NM matrix unless
 asked for one block (:meth:`HessianKernel.block`).
+
+Energy constraints (sGDML's ``use_E_cstr``): T is a Gaussian process with covariance k, and the training
+energies enter as observations of T itself. Then one more coefficient α_b per training point adds
+``Σ_{b,p} α_b k(d(x), P_p d_b)`` to T (its descriptor gradient is ``-α_b base (σ + r) u``), and the linear
+system gains the blocks cov(∇T_a, T_b) = -J_aᵀ Σ_p base (σ + r) u, cov(T_a, ∇T_b) (its transpose) and
+cov(T_a, T_b) = Σ_p k. Unknowns are ordered [β (3NM), α (M)] as in sGDML; targets
+[F / std, (mean(E) - E) / std].
 """
 from __future__ import annotations
 
@@ -100,23 +107,42 @@ class DescriptorKernel:
         base = torch.exp(-r / self.sigma).mul_(5.0 / (3.0 * self.sigma ** 3))
         return base, r
 
+    def energy_weights(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energy coefficients α (M,) -> (αp (MP,), αp dp (MP, D)) for :meth:`contract`."""
+        ap = alpha[:, None].expand(-1, self.q.shape[0]).reshape(-1)
+        return ap, ap[:, None] * self.dp
+
+    def kernel_value(self, base: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The Matérn-5/2 kernel k = (1 + r/σ + r²/(3σ²)) e from ``base`` and r (same shapes)."""
+        s = self.sigma
+        return base * (0.6 * s ** 3) * (1.0 + r / s + r * r / (3.0 * s * s))
+
     def contract(self, x: torch.Tensor, wp: torch.Tensor, t: torch.Tensor,
-                 need_energy: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+                 need_energy: bool = True, energy_w: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """T(x) (b,) and y(x) = ∇_d T (b, D) for query descriptors x (b, D), in blocks.
 
-        wp : (MP, D) permuted weights; t : (MP,) the products d_b^p · w_b^p.
+        wp : (MP, D) permuted weights; t : (MP,) the products d_b^p · w_b^p; energy_w : the energy
+        coefficients as given by :meth:`energy_weights` (models trained with energy constraints).
         """
         out_y = torch.empty_like(x)
         out_T = torch.empty(x.shape[0], dtype=x.dtype, device=x.device) if need_energy else None
+        wq = wp if energy_w is None else wp + energy_w[1]
         for s in range(0, x.shape[0], self.block_size):
             xb = x[s:s + self.block_size]
             base, r = self._profile(xb, (xb * xb).sum(1))
             A = base * (r + self.sigma)
             sdot = xb @ wp.T - t[None, :]
             if need_energy:
-                out_T[s:s + len(xb)] = (A * sdot).sum(1)
+                T = (A * sdot).sum(1)
+                if energy_w is not None:
+                    T += self.kernel_value(base, r) @ energy_w[0]
+                out_T[s:s + len(xb)] = T
             c = base.mul_(sdot).mul_(5.0 / self.sigma)
-            out_y[s:s + len(xb)] = A @ wp - c.sum(1, keepdim=True) * xb + c @ self.dp
+            csum = c.sum(1, keepdim=True)
+            if energy_w is not None:
+                csum += (A @ energy_w[0])[:, None]
+            out_y[s:s + len(xb)] = A @ wq - csum * xb + c @ self.dp
         return out_T, out_y
 
 
@@ -131,10 +157,14 @@ class HessianKernel(DescriptorKernel):
     """
 
     def __init__(self, train: TrainingSet, sigma: float, block_size: int | None = None,
-                 cache_bytes: float = 1e9) -> None:
+                 cache_bytes: float = 1e9, energy: bool = False) -> None:
         super().__init__(train.d, train.q, sigma, block_size)
         self.train = train
         self.cache_bytes = cache_bytes
+        self.energy = bool(energy)
+        self.n3 = 3 * train.n_atoms
+        self.width = self.n3 + (1 if self.energy else 0)  # unknowns per training point
+        self.n_unknowns = train.n * self.width
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         i, j = np.tril_indices(train.n_atoms, k=-1)
         self._pi = torch.as_tensor(i, device=train.d.device)
@@ -148,30 +178,175 @@ class HessianKernel(DescriptorKernel):
 
     # ------------------------------------------------------------------ operators
     def matvec(self, beta: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
-        """(K + λ I) β for β (M, N, 3) (or flat (3NM,)); same shape out."""
+        """(K + λ I) v for v = β (M, N, 3) or flat (3NM,); with energy constraints v = [β, α] (3NM + M,).
+
+        Same shape out.
+        """
         tr = self.train
         shape = beta.shape
-        b = beta.reshape(tr.n, -1, 3)
+        M, n3 = tr.n, self.n3
+        flat = beta.reshape(-1)
+        b = flat[:M * n3].reshape(M, -1, 3)
+        alpha = flat[M * n3:] if self.energy else None
         wp, t = self.weights(b)
-        if self._cache is None and 16.0 * tr.n * self.dp.shape[0] <= self.cache_bytes:
+        ew = self.energy_weights(alpha) if self.energy else None
+        per = 24.0 if self.energy else 16.0
+        if self._cache is None and per * tr.n * self.dp.shape[0] <= self.cache_bytes:
             self._cache = []
             for s in range(0, tr.n, self.block_size):
                 xb = tr.d[s:s + self.block_size]
                 base, r = self._profile(xb, (xb * xb).sum(1))
-                self._cache.append((base, base * (r + self.sigma)))
+                kv = self.kernel_value(base, r) if self.energy else None
+                self._cache.append((base, base * (r + self.sigma), kv))
+        Te = None
         if self._cache is not None:  # kernel profile stored (16 M² P bytes, below cache_bytes)
             y = torch.empty_like(tr.d)
-            for k, (base, A) in enumerate(self._cache):
+            Te = torch.empty(M, dtype=y.dtype, device=y.device) if self.energy else None
+            wq = wp if ew is None else wp + ew[1]
+            for k, (base, A, kv) in enumerate(self._cache):
                 s = k * self.block_size
                 xb = tr.d[s:s + self.block_size]
-                c = (xb @ wp.T - t[None, :]).mul_(base).mul_(5.0 / self.sigma)
-                y[s:s + len(xb)] = A @ wp - c.sum(1, keepdim=True) * xb + c @ self.dp
+                sdot = xb @ wp.T - t[None, :]
+                if self.energy:
+                    Te[s:s + len(xb)] = (A * sdot).sum(1) + kv @ ew[0]
+                c = sdot.mul_(base).mul_(5.0 / self.sigma)
+                csum = c.sum(1, keepdim=True)
+                if self.energy:
+                    csum += (A @ ew[0])[:, None]
+                y[s:s + len(xb)] = A @ wq - csum * xb + c @ self.dp
         else:  # recomputed block by block: memory linear in M
-            _, y = self.contract(tr.d, wp, t, need_energy=False)
-        out = jacobian_t_apply(y, tr.diff, tr.d3)
+            Te, y = self.contract(tr.d, wp, t, need_energy=self.energy, energy_w=ew)
+        out = jacobian_t_apply(y, tr.diff, tr.d3).reshape(-1)
+        if self.energy:
+            out = torch.cat([out, Te])
         if lam:
-            out = out + lam * b
+            out = out + lam * flat
         return out.reshape(shape)
+
+    # ------------------------------------------------------------------ explicit blocks (fast path)
+    def point_rows(self, idx) -> torch.Tensor:
+        """Indices (len(idx), width) of the unknowns of training points idx: 3N forces (+ the energy)."""
+        dev = self.train.d.device
+        idx = torch.as_tensor(np.asarray(idx), device=dev).reshape(-1)
+        rows = idx[:, None] * self.n3 + torch.arange(self.n3, device=dev)
+        if self.energy:
+            rows = torch.cat([rows, (self.train.n * self.n3 + idx)[:, None]], 1)
+        return rows
+
+    def _jt(self, Y: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """J_aᵀ Y: descriptor-space columns Y (na, D, X) of training points a -> (na, 3N, X)."""
+        tr = self.train
+        w = (-tr.d3[a])[:, :, None] * Y
+        t = tr.diff[a][:, :, :, None] * w[:, :, None, :]  # (na, D, 3, X)
+        out = torch.zeros(len(a), tr.n_atoms, 3, Y.shape[-1], dtype=Y.dtype, device=Y.device)
+        out.index_add_(1, self._pi, t).index_add_(1, self._pj, t.neg_())
+        return out.reshape(len(a), self.n3, -1)
+
+    def _cross(self, a: torch.Tensor, b: torch.Tensor, paired: bool = False):
+        """Kernel blocks between training points a (rows) and b (columns).
+
+        Uses dense Jacobians of the column points: the permuted copy p of point b has descriptor
+        d_b[q_p] and Jacobian J_b[q_p], so its descriptor response to a unit Cartesian vector is
+        y = Σ_p A W_p - (5/σ) base u (uᵀ W_p) with W_p = J_b[q_p], u = d_a - d_b[q_p]; rows then get J_aᵀ.
+
+        Returns Kff (na, 3N, nb, 3N), Kfe (na, 3N, nb), Kef (na, nb, 3N), Kee (na, nb) (the energy
+        blocks None without energy constraints); with ``paired`` (a and b of equal length) the nb axis
+        is dropped and block k couples a[k] with b[k].
+        """
+        tr, q, sig = self.train, self.q, self.sigma
+        xa = tr.d[a]
+        W = dense_jacobian(tr.diff[b], tr.d3[b])[:, q]  # (nb, P, D, 3N)
+        dpb = tr.d[b][:, q]  # (nb, P, D)
+        u = xa[:, None] - dpb if paired else xa[:, None, None] - dpb[None]  # (na, [nb,] P, D)
+        r = SQRT5 * torch.linalg.vector_norm(u, dim=-1)
+        base = torch.exp(-r / sig) * (5.0 / (3.0 * sig ** 3))
+        A = base * (r + sig)
+        c5u = (base * (5.0 / sig))[..., None] * u
+        if paired:
+            s = torch.einsum("apd,apdk->apk", u, W)
+            Y = torch.einsum("ap,apdk->adk", A, W) - torch.einsum("apd,apk->adk", c5u, s)
+            Kff = self._jt(Y, a)
+        else:
+            s = torch.einsum("abpd,bpdk->abpk", u, W)
+            Y = torch.einsum("abp,bpdk->abdk", A, W) - torch.einsum("abpd,abpk->abdk", c5u, s)
+            na, nb = Y.shape[:2]
+            Kff = self._jt(Y.permute(0, 2, 1, 3).reshape(na, Y.shape[2], -1), a).reshape(na, self.n3, nb, -1)
+        if not self.energy:
+            return Kff, None, None, None
+        if paired:
+            Kfe = self._jt(-(A[..., None] * u).sum(1)[..., None], a)[..., 0]  # (n, 3N)
+            Kef = torch.einsum("ap,apk->ak", A, s)
+            Kee = self.kernel_value(base, r).sum(-1)
+        else:
+            Kfe = self._jt(-(A[..., None] * u).sum(2).transpose(1, 2), a)  # (na, 3N, nb)
+            Kef = torch.einsum("abp,abpk->abk", A, s)
+            Kee = self.kernel_value(base, r).sum(-1)
+        return Kff, Kfe, Kef, Kee
+
+    def _chunk(self, nb: int) -> int:
+        """Row points per :meth:`_cross` call for nb column points (temporaries of ~100 MB)."""
+        P, D = self.q.shape
+        return max(1, int(1.2e7 // max(1, nb * (P * D + 4 * D * self.n3 + 3 * D * self.n3))))
+
+    def columns(self, j: int) -> torch.Tensor:
+        """The kernel columns of training point j over all unknowns: (n_unknowns, width)."""
+        tr = self.train
+        M, n3 = tr.n, self.n3
+        dev = tr.d.device
+        out = torch.empty(self.n_unknowns, self.width, dtype=tr.d.dtype, device=dev)
+        b = torch.tensor([int(j)], device=dev)
+        step = self._chunk(1)
+        for s in range(0, M, step):
+            a = torch.arange(s, min(M, s + step), device=dev)
+            Kff, Kfe, Kef, Kee = self._cross(a, b)
+            out[s * n3:(s + len(a)) * n3, :n3] = Kff.reshape(-1, n3)
+            if self.energy:
+                out[s * n3:(s + len(a)) * n3, n3] = Kfe.reshape(-1)
+                out[M * n3 + s:M * n3 + s + len(a), :n3] = Kef[:, 0]
+                out[M * n3 + s:M * n3 + s + len(a), n3] = Kee[:, 0]
+        return out
+
+    def diag_blocks(self, idx=None) -> torch.Tensor:
+        """The diagonal blocks (m, width, width) of training points idx (all by default)."""
+        tr = self.train
+        dev = tr.d.device
+        idx = torch.arange(tr.n, device=dev) if idx is None else torch.as_tensor(np.asarray(idx), device=dev)
+        n3 = self.n3
+        out = torch.empty(len(idx), self.width, self.width, dtype=tr.d.dtype, device=dev)
+        step = self._chunk(1)
+        for s in range(0, len(idx), step):
+            a = idx[s:s + step]
+            Kff, Kfe, Kef, Kee = self._cross(a, a, paired=True)
+            out[s:s + len(a), :n3, :n3] = Kff
+            if self.energy:
+                out[s:s + len(a), :n3, n3] = Kfe
+                out[s:s + len(a), n3, :n3] = Kef
+                out[s:s + len(a), n3, n3] = Kee
+        return out
+
+    def dense(self, rows=None, cols=None) -> torch.Tensor:
+        """The explicit kernel matrix between training points rows and cols (all by default).
+
+        Unknowns ordered as in the solve: the 3N forces of each point (point-major), then (with energy
+        constraints) the energies of the points; shape (len(rows) * width, len(cols) * width).
+        """
+        tr = self.train
+        dev = tr.d.device
+        rows = torch.arange(tr.n, device=dev) if rows is None else torch.as_tensor(np.asarray(rows), device=dev)
+        cols = torch.arange(tr.n, device=dev) if cols is None else torch.as_tensor(np.asarray(cols), device=dev)
+        na, nb, n3 = len(rows), len(cols), self.n3
+        out = torch.empty(na * self.width, nb * self.width, dtype=tr.d.dtype, device=dev)
+        step = self._chunk(nb)
+        for s in range(0, na, step):
+            a = rows[s:s + step]
+            e = s + len(a)
+            Kff, Kfe, Kef, Kee = self._cross(a, cols)
+            out[s * n3:e * n3, :nb * n3] = Kff.reshape(len(a) * n3, nb * n3)
+            if self.energy:
+                out[s * n3:e * n3, nb * n3:] = Kfe.reshape(len(a) * n3, nb)
+                out[na * n3 + s:na * n3 + e, :nb * n3] = Kef.reshape(len(a), nb * n3)
+                out[na * n3 + s:na * n3 + e, nb * n3:] = Kee
+        return out
 
     def block(self, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray,
               paired: bool = False) -> torch.Tensor:

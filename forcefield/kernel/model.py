@@ -35,7 +35,7 @@ def _as_positions(R, n_atoms: int | None, what: str = "R", source: str | None = 
     if R.ndim != 3 or R.shape[2] != 3 or (n_atoms is not None and R.shape[1] != n_atoms):
         want = f"(M, {n_atoms}, 3)" if n_atoms is not None else "(M, N, 3)"
         raise InputError(f"{where(source)}{what} must have shape {want}, got {R.shape}")
-    bad = np.nonzero(~np.isfinite(R).reshape(len(R), -1).all(1))[0]
+    bad = np.nonzero(~np.isfinite(R).all(axis=(1, 2)))[0]
     if len(bad):
         raise InputError(f"{where(source)}{what}: frame {bad[0]} contains NaN or infinite values")
     return R.astype(np.float64, copy=False)
@@ -83,6 +83,9 @@ class KernelForceField:
     max_memory_gb : memory budget for the preconditioner factors (they hold 2 x 3NM x k numbers).
     cache_gb : the PCG keeps the kernel profile (16 M² P bytes) when it fits this budget, else it is
         recomputed in every product and all memory is linear in M (set 0 to force that).
+    energy_constraints : also fit the training energies (sGDML's ``use_E_cstr``): one more coefficient per
+        training point, the energy-energy and energy-force kernel blocks join the system; needs ``E``.
+        Forces stay exactly -∇E.
     device : torch device for training and prediction.
     checkpoint : path of a PCG checkpoint (written periodically, resumed from if present).
     progress : show progress bars.
@@ -91,7 +94,7 @@ class KernelForceField:
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
                  solver: str = "auto", rtol: float = 1e-4, maxiter: int = 3000, n_inducing: int | None = None,
                  cholesky_max: int = 8000, max_memory_gb: float = 2.0, cache_gb: float = 1.0,
-                 device: str | torch.device = "cpu",
+                 device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
                  progress: bool = False) -> None:
         if solver not in ("auto", "cholesky", "cg"):
@@ -105,6 +108,7 @@ class KernelForceField:
         self.cholesky_max = int(cholesky_max)
         self.max_memory_gb = float(max_memory_gb)
         self.cache_gb = float(cache_gb)
+        self.energy_constraints = bool(energy_constraints)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.checkpoint = checkpoint
@@ -119,7 +123,8 @@ class KernelForceField:
 
         If ``sigma`` is a sequence, each value is trained and the one with the lowest force MAE on the
         validation set is kept: ``valid=(R_v, F_v)`` or, if not given, ``n_valid`` frames (default a fifth)
-        split off energy-stratified. Energies only set the integration constant c = mean(E - E_pred).
+        split off energy-stratified. Energies set the integration constant c = mean(E - E_pred); with
+        ``energy_constraints=True`` they are also fitted (then E is required).
         """
         z = check_z(np.asarray(z))
         n = len(z)
@@ -135,6 +140,8 @@ class KernelForceField:
                 raise InputError(f"E: frame {int(np.nonzero(~np.isfinite(E))[0][0])} is NaN or infinite")
         if len(R) < 1:
             raise InputError("no training frames")
+        if self.energy_constraints and E is None:
+            raise InputError("energy_constraints=True needs the training energies E")
         sigmas = [self.sigma] if np.isscalar(self.sigma) else list(self.sigma)
         if len(sigmas) == 1:
             self._fit_one(R, z, F, E, float(sigmas[0]))
@@ -173,19 +180,22 @@ class KernelForceField:
         else:
             perms = check_permutations(self.perms_opt, z)
         Rt = torch.as_tensor(R, dtype=torch.float64, device=dev)
-        y = torch.as_tensor(F, dtype=torch.float64, device=dev)
+        cstr = self.energy_constraints
+        y = torch.as_tensor(F, dtype=torch.float64, device=dev).reshape(-1)
+        if cstr:  # targets of T = (c - E) / std with c = mean(E), as sGDML
+            y = torch.cat([y, torch.as_tensor(np.mean(E) - E, dtype=torch.float64, device=dev)])
         std = float(y.std()) or 1.0
         y = y / std
         train = TrainingSet.from_positions(Rt, perms)
-        kern = HessianKernel(train, sigma, cache_bytes=self.cache_gb * 2 ** 30)
-        n_unk = 3 * n * M
+        kern = HessianKernel(train, sigma, cache_bytes=self.cache_gb * 2 ** 30, energy=cstr)
+        n_unk = kern.n_unknowns
         solver = self.solver
         if solver == "auto":
             solver = "cholesky" if n_unk <= self.cholesky_max else "cg"
-        info: dict = {"solver": solver, "n_train": M, "n_perms": len(perms)}
+        info: dict = {"solver": solver, "n_train": M, "n_perms": len(perms), "energy_constraints": cstr}
         if solver == "cholesky":
-            K = kern.block(np.arange(M), np.arange(M))
-            beta = cholesky_solve(K, y.reshape(-1), self.lam).reshape(M, n, 3)
+            K = kern.dense()
+            x = cholesky_solve(K, y, self.lam)
             del K
         else:
             m = self.n_inducing or n_inducing_points(M, n, len(perms))
@@ -201,14 +211,16 @@ class KernelForceField:
             if not res.converged:
                 warnings.warn(f"kernel PCG stopped after {res.n_iter} iterations at relative residual "
                               f"{res.rel_residual:.2e} (> rtol {self.rtol:g})", stacklevel=3)
-            beta = res.x
+            x = res.x
+        beta = x[:3 * n * M].reshape(M, n, 3)
+        alpha = x[3 * n * M:] if cstr else None
         w = jacobian_apply(beta, train.diff, train.d3)
         self.sigma_ = sigma
         self.perms = np.asarray(perms)
         self.std = std
         self.c = 0.0
         self.R_train = R
-        self._set_model(train.d, w)
+        self._set_model(train.d, w, alpha)
         if E is not None:
             Ep, _ = self.predict(R)
             self.c = float(np.mean(E - Ep))
@@ -217,13 +229,15 @@ class KernelForceField:
         self._fitted = True
 
     # ------------------------------------------------------------------ prediction
-    def _set_model(self, d: torch.Tensor, w: torch.Tensor) -> None:
+    def _set_model(self, d: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
         dev = self.device
         q = torch.as_tensor(np.stack([descriptor_permutation(p) for p in self.perms]), device=dev)
         self._d = d.to(dev, torch.float64)
         self._w = w.to(dev, torch.float64)
+        self._alpha = None if alpha is None else alpha.to(dev, torch.float64)
         self._dk = DescriptorKernel(self._d, q, self.sigma_, self.batch_size)
         self._wp, self._t = self._dk.prepare(self._w)
+        self._ew = None if alpha is None else self._dk.energy_weights(self._alpha)
         self._fitted = True
 
     @property
@@ -256,7 +270,7 @@ class KernelForceField:
         self._check_fitted()
         Rd = R.to(self.device, torch.float64)
         d, diff, d3 = descriptor(Rd)
-        T, y = self._dk.contract(d, self._wp, self._t)
+        T, y = self._dk.contract(d, self._wp, self._t, energy_w=self._ew)
         F = jacobian_t_apply(y, diff, d3) * self.std
         E = self.c - self.std * T
         return E.to(R.dtype), F.to(R.dtype)
@@ -273,6 +287,8 @@ class KernelForceField:
         }
         if getattr(self, "R_train", None) is not None:
             st["R_train"] = np.asarray(self.R_train)
+        if self._alpha is not None:  # energy-constraint coefficients
+            st["alpha"] = self._alpha.cpu().numpy()
         return st
 
     def _set_state(self, st: dict[str, np.ndarray], source: str | None = None) -> None:
@@ -285,6 +301,7 @@ class KernelForceField:
             perms = np.asarray(st["perms"])
             d = torch.as_tensor(np.asarray(st["R_desc"], dtype=np.float64))
             w = torch.as_tensor(np.asarray(st["w"], dtype=np.float64))
+            alpha = torch.as_tensor(np.asarray(st["alpha"], dtype=np.float64)) if "alpha" in st else None
         except KeyError as e:
             raise InputError(f"{where(source)}not a kernel force-field file: missing array {e}") from e
         except (TypeError, ValueError) as e:
@@ -294,14 +311,19 @@ class KernelForceField:
         if perms.ndim != 2 or perms.shape[1] != n or d.ndim != 2 or d.shape[1] != D or w.shape != d.shape:
             raise InputError(f"{where(source)}inconsistent arrays: z has {n} atoms, perms {perms.shape}, "
                              f"R_desc {tuple(d.shape)}, w {tuple(w.shape)} (expected (M, {D}))")
-        if not (np.isfinite(d.numpy()).all() and np.isfinite(w.numpy()).all()):
+        if alpha is not None and tuple(alpha.shape) != (d.shape[0],):
+            raise InputError(f"{where(source)}inconsistent arrays: alpha {tuple(alpha.shape)} for {d.shape[0]} "
+                             "training points")
+        if not (np.isfinite(d.numpy()).all() and np.isfinite(w.numpy()).all()
+                and (alpha is None or np.isfinite(alpha.numpy()).all())):
             raise InputError(f"{where(source)}model arrays contain NaN or infinite values")
         self.perms = check_permutations(perms, self.z) if len(perms) else np.arange(n)[None]
         if len(self.perms) != len(perms):
             raise InputError(f"{where(source)}perms do not form a group")
         self.perms = perms.astype(int)
         self.R_train = np.asarray(st["R_train"]) if "R_train" in st else None
-        self._set_model(d, w)
+        self.energy_constraints = alpha is not None
+        self._set_model(d, w, alpha)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to a ``.npz`` file (no pickles), atomically."""

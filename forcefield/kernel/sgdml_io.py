@@ -4,7 +4,9 @@ sGDML stores training descriptors ``R_desc`` (D, M), the descriptor-space coeffi
 ``R_d_desc_alpha`` (M, D) (Jacobian times force coefficients), ``sig``, ``std``, ``c`` and ``perms``.
 Its energy is ``std * Σ base (σ + r) (u · R_d_desc_alpha) + c`` with the same Matérn-5/2 terms, so an
 imported model uses ``w = -R_d_desc_alpha`` and predicts the same numbers (up to round-off).
-Periodic models (``lattice``) and models trained with energy constraints (``alphas_E``) are refused.
+Models trained with energy constraints (``use_E_cstr``) also hold ``alphas_E`` (M,): sgdml adds
+``std * Σ_p alphas_E k(u)`` to the energy, so they become our energy coefficients ``α = -alphas_E``.
+Periodic models (``lattice``) are refused.
 """
 from __future__ import annotations
 
@@ -52,9 +54,6 @@ def from_sgdml(st: dict[str, np.ndarray], device: str | torch.device = "cpu", so
         raise InputError(f"{where(source)}not an sGDML model: missing {', '.join(missing)}")
     if "lattice" in st:
         raise InputError(f"{where(source)}periodic sGDML models (with 'lattice') are not supported")
-    if "alphas_E" in st:
-        raise InputError(f"{where(source)}sGDML models trained with energy constraints (alphas_E) are not "
-                         "supported")
     z = check_z(np.asarray(st["z"]), source)
     n = len(z)
     D = n * (n - 1) // 2
@@ -63,7 +62,15 @@ def from_sgdml(st: dict[str, np.ndarray], device: str | torch.device = "cpu", so
     if d.ndim != 2 or d.shape[0] != D or a.shape != (d.shape[1], D):
         raise InputError(f"{where(source)}R_desc {d.shape} / R_d_desc_alpha {a.shape} do not fit {n} atoms "
                          f"(expected ({D}, M) and (M, {D}))")
-    ff = KernelForceField(sigma=float(st["sig"]), lam=float(st.get("lam", 1e-10)), device=device)
+    alpha = None
+    if "alphas_E" in st:
+        alpha = np.asarray(st["alphas_E"], dtype=np.float64).reshape(-1)
+        if len(alpha) != d.shape[1]:
+            raise InputError(f"{where(source)}alphas_E has {len(alpha)} entries for {d.shape[1]} training points")
+        if not np.isfinite(alpha).all():
+            raise InputError(f"{where(source)}alphas_E contains NaN or infinite values")
+    ff = KernelForceField(sigma=float(st["sig"]), lam=float(st.get("lam", 1e-10)), device=device,
+                          energy_constraints=alpha is not None)
     ff.z = z
     ff.sigma_ = float(st["sig"])
     ff.std = float(st["std"]) if "std" in st else 1.0
@@ -71,5 +78,6 @@ def from_sgdml(st: dict[str, np.ndarray], device: str | torch.device = "cpu", so
     ff.perms = np.asarray(st["perms"]).astype(int)
     ff.R_train = None
     ff.info["imported_from"] = "sgdml"
-    ff._set_model(torch.as_tensor(d.T.copy()), torch.as_tensor(-a))
+    ff._set_model(torch.as_tensor(d.T.copy()), torch.as_tensor(-a),
+                  None if alpha is None else torch.as_tensor(-alpha))
     return ff

@@ -95,24 +95,31 @@ class NystromPreconditioner:
         from tqdm.auto import tqdm
 
         tr = kernel.train
-        M, n3 = tr.n, 3 * tr.n_atoms
-        n = M * n3
-        n_points = int(max(1, min(n_points, M, max_bytes // ((2 if block_diagonal else 1) * 8 * n * n3))))
+        M, w = tr.n, kernel.width  # w unknowns per training point (3N, + 1 with energy constraints)
+        n = kernel.n_unknowns
+        n_points = int(max(1, min(n_points, M, max_bytes // ((2 if block_diagonal else 1) * 8 * n * w))))
         dev, dt = tr.d.device, tr.d.dtype
         self.cluster_size = max(1, int(cluster_size))
-        L = torch.empty(n, n_points * n3, dtype=dt, device=dev)
-        resid = kernel.diagonal_traces().clone()
+        self.n = n
+        rows_of = kernel.point_rows(torch.arange(M, device=dev))  # (M, w)
+        diag = kernel.diag_blocks() if block_diagonal and self.cluster_size == 1 else None
+        if diag is not None:
+            resid = diag.diagonal(dim1=1, dim2=2).sum(1).clone()
+        else:
+            resid = kernel.diag_blocks().diagonal(dim1=1, dim2=2).sum(1)
         total = float(resid.sum())
+        L = torch.empty(n, n_points * w, dtype=dt, device=dev)
         k = 0
         points: list[int] = []
         for _ in tqdm(range(n_points), desc="Nyström pivots", disable=not progress, mininterval=1.0):
             j = int(torch.argmax(resid))
             if float(resid[j]) <= 1e-12 * total:
                 break
-            C = kernel.block(np.arange(M), [j])  # (n, 3N)
+            C = kernel.columns(j)  # (n, w)
+            rj = rows_of[j]
             if k:
-                C -= L[:, :k] @ L[j * n3:(j + 1) * n3, :k].T
-            S = C[j * n3:(j + 1) * n3]
+                C -= L[:, :k] @ L[rj, :k].T
+            S = C[rj]
             s, V = torch.linalg.eigh(0.5 * (S + S.T))
             keep = s > 1e-10 * float(s.max())
             if rank_per_point:  # the leading directions of the pivot's residual block only
@@ -120,7 +127,7 @@ class NystromPreconditioner:
             Lnew = C @ (V[:, keep] / s[keep].sqrt())
             L[:, k:k + Lnew.shape[1]] = Lnew
             k += Lnew.shape[1]
-            resid -= (Lnew * Lnew).sum(1).reshape(M, n3).sum(1)
+            resid -= (Lnew * Lnew).sum(1)[rows_of].sum(1)
             resid[j] = -math.inf
             points.append(j)
         L = L[:, :k]
@@ -129,7 +136,7 @@ class NystromPreconditioner:
         self.n_columns = k
         self.block_diagonal = block_diagonal
         if block_diagonal:
-            self._init_pitc(kernel, L)
+            self._init_pitc(kernel, L, diag)
             return
         evals, V = torch.linalg.eigh(L.T @ L)
         keep = evals > 1e-14 * float(evals.max())
@@ -140,35 +147,37 @@ class NystromPreconditioner:
         self.U = L[:, :R.shape[1]]
         self.evals = evals
 
-    def _init_pitc(self, kernel, L: torch.Tensor) -> None:
+    def _init_pitc(self, kernel, L: torch.Tensor, diag: torch.Tensor | None) -> None:
         """P = L Lᵀ + Λ with Λ = blockdiag(K - L Lᵀ) + λ I over clusters of similar training points.
 
         Clusters of at most ``cluster_size`` points come from recursive bisection along the principal axis
         of the descriptors, so near-duplicate geometries (the source of the smallest eigenvalues) share a
-        block that is factorised exactly.
+        block that is factorised exactly. The inverse of each block is stored (applied by batched products).
         """
         tr = kernel.train
-        M, n3 = tr.n, 3 * tr.n_atoms
         k = L.shape[1]
-        dev = L.device
-        groups: dict[int, tuple[list, list]] = {}
+        groups: dict[int, list] = {}
         Z = torch.empty_like(L)
-        ar = torch.arange(n3, device=dev)
         for c in _clusters(tr.d, self.cluster_size):
-            groups.setdefault(len(c), ([], []))[0].append(c)
+            groups.setdefault(len(c), []).append(c)
         self._groups = []
-        for size, (cl_all, _) in groups.items():
-            rows_g, chol_g = [], []
+        for size, cl_all in groups.items():
+            rows_g, inv_g = [], []
             step = max(1, 256 // size)  # clusters per chunk: bounded temporaries
             for c0 in range(0, len(cl_all), step):
                 cl = cl_all[c0:c0 + step]
                 idx = torch.stack(cl)  # (nc, size)
-                rows = (idx[:, :, None] * n3 + ar).reshape(len(cl), -1)  # (nc, size*3N)
+                rows = kernel.point_rows(idx.reshape(-1)).reshape(len(cl), -1)  # (nc, size*w)
                 if size > 1:
-                    Kc = torch.stack([kernel.block(c.cpu().numpy(), c.cpu().numpy()) for c in cl])
+                    Kc = torch.stack([kernel.dense(c.cpu().numpy(), c.cpu().numpy()) for c in cl])
+                    # dense() orders forces then energies; rows here are point-major: reorder
+                    order = kernel_order(size, kernel.n3, kernel.energy, Kc.device)
+                    Kc = Kc[:, order][:, :, order]
+                elif diag is not None:
+                    Kc = diag[idx[:, 0]]
                 else:
-                    Kc = kernel.block(idx[:, 0].cpu().numpy(), idx[:, 0].cpu().numpy(), paired=True)
-                Lc = L[rows]  # (nc, size*3N, k)
+                    Kc = kernel.diag_blocks(idx[:, 0])
+                Lc = L[rows]  # (nc, size*w, k)
                 Lam = Kc - Lc @ Lc.transpose(1, 2)
                 Lam = 0.5 * (Lam + Lam.transpose(1, 2))
                 Lam.diagonal(dim1=1, dim2=2).add_(self.lam)
@@ -181,9 +190,9 @@ class NystromPreconditioner:
                     Lam.diagonal(dim1=1, dim2=2).add_(jitter)
                 Z[rows.reshape(-1)] = torch.cholesky_solve(Lc, C).reshape(-1, k)
                 rows_g.append(rows)
-                chol_g.append(C)
+                inv_g.append(torch.cholesky_inverse(C))
                 del Kc, Lc, Lam
-            self._groups.append((torch.cat(rows_g), torch.cat(chol_g)))
+            self._groups.append((torch.cat(rows_g), torch.cat(inv_g)))
         S = L.T @ Z
         S = 0.5 * (S + S.T)
         S.diagonal().add_(1.0)
@@ -194,8 +203,8 @@ class NystromPreconditioner:
 
     def _block_solve(self, r: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(r)
-        for rows, C in self._groups:
-            out[rows] = torch.cholesky_solve(r[rows][..., None], C)[..., 0]
+        for rows, inv in self._groups:
+            out[rows] = torch.bmm(inv, r[rows][..., None])[..., 0]
         return out
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
@@ -209,6 +218,16 @@ class NystromPreconditioner:
         c = self.U.T @ v
         out = v + self.U @ (c * (self.lam / (self.evals + self.lam) - 1.0))
         return out.reshape(shape)
+
+
+def kernel_order(size: int, n3: int, energy: bool, device=None) -> torch.Tensor:
+    """Permutation from :meth:`HessianKernel.dense` order (forces point-major, then energies) to
+    point-major order (each point's 3N forces followed by its energy) for ``size`` points."""
+    if not energy:
+        return torch.arange(size * n3, device=device)
+    f = torch.arange(size * n3, device=device).reshape(size, n3)
+    e = (size * n3 + torch.arange(size, device=device))[:, None]
+    return torch.cat([f, e], 1).reshape(-1)
 
 
 def _clusters(d: torch.Tensor, size: int) -> list[torch.Tensor]:
