@@ -35,3 +35,30 @@ def test_cli_target_fit_eval(tmp_path, capsys):
     assert main(["diffsim", "eval", str(tmp_path / "missing.pt"), t]) == 2
     assert main(["diffsim", "fit", str(out / "potential.npz"), "-o", str(tmp_path / "x")]) == 2
     assert "not a diffsim target file" in capsys.readouterr().err
+
+
+def test_cli_mixture_partial_and_temperature_dependent(tmp_path, capsys):
+    """Mixture targets (partial RDFs -> one potential per type pair) and two temperatures (u(r; T))."""
+    t = str(tmp_path / "mix.npz")
+    assert main(["diffsim", "target", "-o", t, "--state", "0.3:1.2", "--mixture", "1,1;0.7,1.15;0.5,1.3",
+                 "--composition", "0.5,0.5", "--partial", "--particles", "100", "--replicas", "1", "--equil", "50",
+                 "--steps", "100", "-q"]) == 0
+    d = np.load(t, allow_pickle=False)
+    assert d["g"].shape == (1, 3, 100) and d["composition"].tolist() == [[0.5, 0.5]]
+    out = tmp_path / "mixfit"
+    assert main(["diffsim", "fit", t, "-o", str(out), "--steps", "1", "--tau", "20", "--replicas", "1",
+                 "--eval-steps", "50", "-q"]) == 0
+    for f in ("potential.pt", "potential_0-1.csv", "potential_1-1.npz", "u.png", "rdf.png"):
+        assert (out / f).stat().st_size > 0, f
+    assert main(["diffsim", "eval", str(out / "potential.pt"), t, "--steps", "50", "--replicas", "1", "-q"]) == 0
+    assert main(["diffsim", "fit", t, "-o", str(tmp_path / "x"), "--method", "ibi"]) == 2
+    t2 = str(tmp_path / "twoT.npz")
+    assert main(["diffsim", "target", "-o", t2, "--state", "0.3:1.2", "--state", "0.3:2.0", "--particles", "100",
+                 "--replicas", "1", "--equil", "50", "--steps", "100", "-q"]) == 0
+    out2 = tmp_path / "ent"
+    assert main(["diffsim", "fit", t2, "-o", str(out2), "--steps", "1", "--tau", "20", "--replicas", "1",
+                 "--eval-steps", "50", "--temperature-dependent", "-q"]) == 0
+    assert (out2 / "potential_T2.csv").stat().st_size > 0 and (out2 / "potential_T1.2.npz").stat().st_size > 0
+    assert main(["diffsim", "eval", str(out2 / "potential.pt"), t2, "--steps", "50", "--replicas", "1", "-q"]) == 0
+    assert "rho0.3_T2: g(r) MAE" in capsys.readouterr().out
+    assert main(["diffsim", "fit", t, "-o", str(tmp_path / "y"), "--temperature-dependent"]) == 2

@@ -22,6 +22,23 @@ def _state(text: str) -> tuple[float, float]:
     return rho, T
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from e
+
+
+def _mixture(text: str) -> list[tuple[float, float]]:
+    try:
+        pairs = [tuple(float(v) for v in part.split(",")) for part in text.split(";")]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"mixture {text!r}: expected EPS,SIGMA;EPS,SIGMA;... per type pair") from e
+    if any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"mixture {text!r}: each type pair needs EPS,SIGMA")
+    return pairs
+
+
 def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     g = add_group(sub, name, help_)
 
@@ -41,6 +58,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--bins", type=int, default=100, help="RDF bins (default: %(default)s)")
     p.add_argument("--vacf-lag", type=int, default=0, help="also store the velocity autocorrelation up to this "
                                                           "many frames (10 steps apart; default: none)")
+    p.add_argument("--mixture", type=_mixture, default=None, metavar="EPS,SIG;EPS,SIG;...",
+                   help="simulate a mixture: LJ (epsilon, sigma) per type pair in the order 0-0;0-1;...;0-(n-1);1-1;"
+                        "1-2;... (e.g. '1,1;0.7,1.15;0.5,1.3' for two types); needs --composition")
+    p.add_argument("--composition", type=_floats, default=None, metavar="X0,X1,...",
+                   help="mole fractions of the mixture's types (e.g. 0.5,0.5)")
+    p.add_argument("--partial", action="store_true",
+                   help="store the partial RDFs g_ab(r) (fitted with one potential per type pair) instead of the "
+                        "total g(r) of all particles seen as one type")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_quiet(p)
@@ -60,6 +85,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--lr", type=float, default=0.02, help="DiffSim: learning rate of the prior; the network "
                                                           "uses lr/10 (default: %(default)s)")
     p.add_argument("--prior", choices=["lj", "repulsive", "none"], default="lj", help="DiffSim prior")
+    p.add_argument("--temperature-dependent", action="store_true",
+                   help="DiffSim: learn u(r; T) = e(r) - T s(r) (energy/entropy split) from states at several "
+                        "temperatures at once (tables are written per temperature)")
     p.add_argument("--hidden", type=int, default=64, help="DiffSim: MLP width (default: %(default)s)")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="per-state loss weights")
     p.add_argument("--vacf-weight", type=float, default=0.0, help="DiffSim: weight of a VACF loss (needs a target "
@@ -95,18 +123,31 @@ def _load_potential(path: str):
 
 
 def _target(a: argparse.Namespace) -> int:
-    from cg.diffsim.ensemble import State, sample_observables, save_targets
-    from cg.diffsim.observables import RDF
-    from cg.diffsim.potentials import LennardJones
+    from cg.diffsim.ensemble import State, sample_all, save_targets
+    from cg.diffsim.observables import RDF, type_pairs
+    from cg.diffsim.potentials import LennardJones, TypedPairPotential
 
-    states = [State(rho, T, n_particles=a.particles, replicas=a.replicas) for rho, T in (a.state or [(0.3, 1.2)])]
+    comp = None
+    if a.mixture is not None or a.composition is not None or a.partial:
+        if a.mixture is None or a.composition is None:
+            raise InputError("--mixture and --composition go together (and --partial needs both)")
+        nt = len(a.composition)
+        keys = type_pairs(nt)
+        if len(a.mixture) != len(keys):
+            raise InputError(f"--mixture: {nt} types need {len(keys)} type pairs (EPS,SIGMA each), got {len(a.mixture)}")
+        pot = TypedPairPotential({k: LennardJones(e, sg, learnable=False) for k, (e, sg) in zip(keys, a.mixture)})
+        comp = a.composition
+    else:
+        pot = LennardJones(a.epsilon, a.sigma, learnable=False)
+    states = [State(rho, T, n_particles=a.particles, replicas=a.replicas, composition=comp)
+              for rho, T in (a.state or [(0.3, 1.2)])]
     rdf = RDF(a.r_max, a.bins)
     t0 = time.perf_counter()
-    g, c = sample_observables(LennardJones(a.epsilon, a.sigma, learnable=False).table(create_graph=False), states,
-                              rdf, a.equil, a.steps, seed=a.seed, device=pick_device(a.device), progress=not a.quiet,
-                              vacf_lag=a.vacf_lag)
-    save_targets(a.out, rdf, states, g, c)
-    print(f"wrote {a.out}: g(r) of {len(states)} state(s) ({', '.join(s.name for s in states)}) "
+    out = sample_all(pot.table(create_graph=False), states, rdf, a.equil, a.steps, seed=a.seed,
+                     device=pick_device(a.device), progress=not a.quiet, vacf_lag=a.vacf_lag, partial=a.partial)
+    save_targets(a.out, rdf, states, out["g_partial"] if a.partial else out["g"], out["vacf"])
+    kind = "partial g_ab(r)" if a.partial else "g(r)"
+    print(f"wrote {a.out}: {kind} of {len(states)} state(s) ({', '.join(s.name for s in states)}) "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -114,11 +155,13 @@ def _target(a: argparse.Namespace) -> int:
 def _fit(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from cg.diffsim.ensemble import load_targets, sample_rdf
+    from cg.diffsim.ensemble import load_targets, sample_all
     from cg.diffsim.fit import DiffSimFitter, lj_guess_from_rdf
     from cg.diffsim.ibi import ibi
     from cg.diffsim.plots import plot_potentials, plot_rdfs
-    from cg.diffsim.potentials import NeuralPairPotential, save_model, well, write_table
+    from cg.diffsim.observables import type_pairs
+    from cg.diffsim.potentials import (EntropicPairPotential, NeuralPairPotential, TabulatedPotential,
+                                       TypedPairPotential, save_model, well, write_table)
 
     dev = pick_device(a.device)
     rdf, states = load_targets(a.target)
@@ -132,9 +175,28 @@ def _fit(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    partial = states[0].target.ndim == 2
+    temps = sorted({s.temperature for s in states})
+    if a.temperature_dependent and (a.method != "diffsim" or len(temps) < 2):
+        raise InputError("--temperature-dependent needs --method diffsim and states at two or more temperatures")
+    if partial and a.method != "diffsim":
+        raise InputError("partial RDF targets (mixtures) are fitted with --method diffsim only")
     if a.method == "diffsim":
-        eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
-        pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
+        if partial:
+            nt = states[0].n_types
+            pots = {}
+            for ch, (i, j) in enumerate(type_pairs(nt)):
+                gch = np.mean([s.target[ch] for s in states], axis=0)
+                eps, sig = lj_guess_from_rdf(rdf.r, gch, states[0].temperature)
+                pots[(i, j)] = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
+            pot = TypedPairPotential(pots)
+        elif a.temperature_dependent:
+            eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
+            pot = EntropicPairPotential(t_ref=float(np.mean(temps)), prior=a.prior, epsilon=eps, sigma=sig,
+                                        hidden=a.hidden)
+        else:
+            eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
+            pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
         fitter = DiffSimFitter(pot, states, rdf, tau=a.tau, lr=a.lr, lr_decay=0.1 ** (1 / max(1, a.steps)),
                                residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev,
                                vacf_weight=a.vacf_weight, observe_every=10 if a.vacf_weight > 0 else 5)
@@ -146,34 +208,72 @@ def _fit(a: argparse.Namespace) -> int:
         pot = res.potential
         info = {"method": "ibi", "history": res.history}
     info["fit_s"] = time.perf_counter() - t0
-    info["well"] = well(pot)
     save_model(pot, out / "potential.pt")
-    write_table(pot, out / "potential.npz")
-    write_table(pot, out / "potential.csv")
     r = np.linspace(0.85, pot.r_cut, 400)
-    plot_potentials(out / "u.png", r, {a.method: pot.evaluate(r)[0]}, title=f"{a.method} potential")
+    written = ["potential.pt"]
+    if partial:  # one table per type pair
+        info["well"] = {}
+        curves = {}
+        for i, j in pot.type_keys:
+            pp = pot.pair(i, j)
+            info["well"][f"{i}-{j}"] = well(pp)
+            for ext in ("npz", "csv"):
+                write_table(pp, out / f"potential_{i}-{j}.{ext}")
+                written.append(f"potential_{i}-{j}.{ext}")
+            curves[f"{i}-{j}"] = pp.evaluate(r)[0]
+        plot_potentials(out / "u.png", r, curves, title="DiffSim type-pair potentials")
+    elif pot.temperature_dependent:  # one table per temperature of the targets
+        info["well"] = {}
+        curves = {}
+        for T in temps:
+            tab = TabulatedPotential(r_fine := np.linspace(pot.r_table_min, pot.r_cut, 1001),
+                                     pot.evaluate(r_fine, T)[0], apply_switch=False, r_cut=pot.r_cut, r_on=pot.r_on)
+            info["well"][f"T{T:g}"] = well(tab)
+            for ext in ("npz", "csv"):
+                write_table(tab, out / f"potential_T{T:g}.{ext}")
+                written.append(f"potential_T{T:g}.{ext}")
+            curves[f"u(r; T={T:g})"] = pot.evaluate(r, T)[0]
+        plot_potentials(out / "u.png", r, curves, title="DiffSim u(r; T) = e(r) - T s(r)")
+    else:
+        info["well"] = well(pot)
+        write_table(pot, out / "potential.npz")
+        write_table(pot, out / "potential.csv")
+        written += ["potential.npz", "potential.csv"]
+        plot_potentials(out / "u.png", r, {a.method: pot.evaluate(r)[0]}, title=f"{a.method} potential")
+    written.append("u.png")
     if a.eval_steps > 0:
-        g = sample_rdf(pot.table(create_graph=False, device=dev), states, rdf, 500, a.eval_steps, seed=a.seed + 1,
-                       device=dev, progress=not a.quiet)
+        tab = pot.state_tables([s.temperature for s in states], create_graph=False, device=dev)
+        o = sample_all(tab, states, rdf, 500, a.eval_steps, seed=a.seed + 1, device=dev, progress=not a.quiet,
+                       partial=partial)
+        g = o["g_partial"] if partial else o["g"]
         info["rdf_mae"] = {s.name: float(np.abs(g[i] - s.target).mean()) for i, s in enumerate(states)}
-        plot_rdfs(out / "rdf.png", rdf.r, {s.name: {"target": s.target, a.method: g[i]} for i, s in enumerate(states)})
+        if partial:
+            curves = {f"{s.name} {i}-{j}": {"target": s.target[ch], a.method: g[k][ch]}
+                      for k, s in enumerate(states) for ch, (i, j) in enumerate(type_pairs(states[0].n_types))}
+        else:
+            curves = {s.name: {"target": s.target, a.method: g[i]} for i, s in enumerate(states)}
+        plot_rdfs(out / "rdf.png", rdf.r, curves)
+        written.append("rdf.png")
     from forcefield.fileio import atomic_path
 
     with atomic_path(out / "fit.json") as tmp:
         tmp.write_text(json.dumps(info, indent=1))
     w = info["well"]
-    print(f"{a.method}: fitted in {info['fit_s']:.1f} s; minimum u = {w['u_min']:.4f} at r = {w['r_min']:.4f}")
+    if "u_min" in w:
+        print(f"{a.method}: fitted in {info['fit_s']:.1f} s; minimum u = {w['u_min']:.4f} at r = {w['r_min']:.4f}")
+    else:
+        print(f"{a.method}: fitted in {info['fit_s']:.1f} s; minima: " + ", ".join(
+            f"{k}: u = {v['u_min']:.4f} at r = {v['r_min']:.4f}" for k, v in w.items()))
     for k, v in info.get("rdf_mae", {}).items():
         print(f"  g(r) MAE {k}: {v:.4f}")
-    print(f"wrote {out}/potential.pt, potential.npz, potential.csv, u.png" + (", rdf.png" if a.eval_steps else "")
-          + ", fit.json")
+    print(f"wrote {out}/: {', '.join(written + ['fit.json'])}")
     return 0
 
 
 def _eval(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from cg.diffsim.ensemble import load_targets, sample_rdf
+    from cg.diffsim.ensemble import load_targets, sample_all
     from cg.diffsim.plots import plot_rdfs
 
     pot = _load_potential(a.potential)
@@ -181,12 +281,22 @@ def _eval(a: argparse.Namespace) -> int:
     for s in states:
         s.replicas = a.replicas
     dev = pick_device(a.device)
-    g = sample_rdf(pot.table(create_graph=False, device=dev), states, rdf, 500, a.steps, seed=a.seed, device=dev,
-                   progress=not a.quiet)
+    partial = states[0].target.ndim == 2
+    if partial and pot.n_types != states[0].n_types:
+        raise InputError(f"{a.target} holds partial RDFs of {states[0].n_types} types; {a.potential} has "
+                         f"{pot.n_types} (fit one with `cgwb diffsim fit` on this target)")
+    tab = pot.state_tables([s.temperature for s in states], create_graph=False, device=dev)
+    o = sample_all(tab, states, rdf, 500, a.steps, seed=a.seed, device=dev, progress=not a.quiet, partial=partial)
+    g = o["g_partial"] if partial else o["g"]
     for i, s in enumerate(states):
         print(f"{s.name}: g(r) MAE {np.abs(g[i] - s.target).mean():.4f}")
     if a.plot:
-        plot_rdfs(a.plot, rdf.r, {s.name: {"target": s.target, Path(a.potential).name: g[i]}
-                                  for i, s in enumerate(states)})
+        name = Path(a.potential).name
+        if partial:
+            curves = {f"{s.name} ch{ch}": {"target": s.target[ch], name: g[i][ch]} for i, s in enumerate(states)
+                      for ch in range(len(s.target))}
+        else:
+            curves = {s.name: {"target": s.target, name: g[i]} for i, s in enumerate(states)}
+        plot_rdfs(a.plot, rdf.r, curves)
         print(f"wrote {a.plot}")
     return 0

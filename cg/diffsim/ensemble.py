@@ -264,14 +264,23 @@ def sample_all(table, states: list[State], rdf: RDF, n_equil: int = 1000, n_prod
 
 
 def save_targets(path, rdf: RDF, states: list[State], g: np.ndarray, vacf: np.ndarray | None = None) -> None:
-    """Write target RDFs ``g`` (S, n_bins) of ``states`` with the RDF grid (and optional VACFs (S, lag))
-    to an ``.npz`` file (atomic)."""
+    """Write target RDFs of ``states`` with the RDF grid (and optional VACFs (S, lag)) to an ``.npz`` file
+    (atomic). ``g`` is (S, n_bins) (total g(r)) or (S, channels, n_bins) (partial RDFs of mixtures; every
+    state then needs a ``composition`` with the same number of types)."""
     from forcefield.fileio import save_npz
 
     g = np.asarray(g, float)
-    if g.shape != (len(states), rdf.n_bins):
-        raise InputError(f"{path}: g must have shape ({len(states)}, {rdf.n_bins}), got {g.shape}")
+    nt = max(s.n_types for s in states)
+    nch = nt * (nt + 1) // 2
+    if g.shape not in ((len(states), rdf.n_bins), (len(states), nch, rdf.n_bins)):
+        raise InputError(f"{path}: g must have shape ({len(states)}, {rdf.n_bins}) or ({len(states)}, {nch}, "
+                         f"{rdf.n_bins}), got {g.shape}")
     extra = {} if vacf is None else {"vacf": np.asarray(vacf, float)}
+    if nt > 1:
+        comp = np.zeros((len(states), nt))
+        for i, s in enumerate(states):
+            comp[i, :s.n_types] = s.composition if s.composition is not None else (1.0,)
+        extra["composition"] = comp
     save_npz(path, **extra, r=rdf.r, g=g, density=np.array([s.density for s in states]),
              temperature=np.array([s.temperature for s in states]),
              n_particles=np.array([s.n_particles for s in states]), r_max=np.array(rdf.r_max),
@@ -289,12 +298,21 @@ def load_targets(path) -> tuple[RDF, list[State]]:
         raise InputError(f"{path}: not a diffsim target file (missing {', '.join(missing)}); "
                          f"make one with `cgwb diffsim target`")
     rdf = RDF(float(d["r_max"]), int(d["n_bins"]), float(d["rdf_sigma"]))
-    g = np.atleast_2d(d["g"])
-    if g.shape != (len(d["density"]), rdf.n_bins):
-        raise InputError(f"{path}: g has shape {g.shape}, expected ({len(d['density'])}, {rdf.n_bins})")
+    g = np.asarray(d["g"], float)
+    if g.ndim == 1:
+        g = g[None]
+    S = len(np.atleast_1d(d["density"]))
+    if g.shape[0] != S or g.shape[-1] != rdf.n_bins or g.ndim > 3:
+        raise InputError(f"{path}: g has shape {g.shape}, expected ({S}, {rdf.n_bins}) or ({S}, channels, "
+                         f"{rdf.n_bins})")
+    comp = np.atleast_2d(d["composition"]) if "composition" in d else None
+    if g.ndim == 3 and comp is None:
+        raise InputError(f"{path}: partial RDF targets need a 'composition' array")
     c = np.atleast_2d(d["vacf"]) if "vacf" in d else None
     if c is not None and len(c) != len(g):
         raise InputError(f"{path}: vacf has {len(c)} rows for {len(g)} states")
-    states = [State(float(rho), float(T), target=g[i], n_particles=int(n), target_vacf=None if c is None else c[i])
-              for i, (rho, T, n) in enumerate(zip(d["density"], d["temperature"], d["n_particles"]))]
+    states = [State(float(rho), float(T), target=g[i], n_particles=int(n), target_vacf=None if c is None else c[i],
+                    composition=None if comp is None else tuple(comp[i]))
+              for i, (rho, T, n) in enumerate(zip(np.atleast_1d(d["density"]), np.atleast_1d(d["temperature"]),
+                                                  np.atleast_1d(d["n_particles"])))]
     return rdf, states

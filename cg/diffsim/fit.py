@@ -171,30 +171,45 @@ class DiffSimFitter:
 
     def fit(self, n_steps: int, checkpoint: str | Path | None = None, checkpoint_every: int = 20,
             progress: bool = True, callback: Callable[[dict], None] | None = None,
-            average_last: float = 0.5) -> list[dict]:
+            average_last: float = 0.5, final_steps: int = 0, final_tau: int | None = None,
+            final_momentum: float | None = None) -> list[dict]:
         """Run optimisation steps until ``n_steps`` in total (resuming counts earlier ones).
 
         The parameters of the last ``average_last`` fraction of the steps are averaged (stochastic
         weight averaging, which removes most of the step-to-step noise of the stochastic RDF
         gradients); the averaged parameters are loaded into the potential at the end.
+
+        Fine-tuning phase: the last ``final_steps`` steps use windows of ``final_tau`` MD steps (longer
+        windows: less noisy g(r) and gradients, and a backpropagation horizon closer to the structural
+        relaxation time) and, if given, the residual momentum ``final_momentum``.
         """
         from tqdm.auto import tqdm
 
         if checkpoint is not None and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         start_avg = int(round(n_steps * (1.0 - average_last))) if average_last > 0 else n_steps + 1
+        start_final = n_steps - int(final_steps) if final_steps > 0 else n_steps + 1
+        tau0, mom0 = self.tau, self.residual_momentum
         bar = tqdm(total=n_steps, initial=self.step_count, desc="DiffSim", disable=not progress, mininterval=1.0)
-        while self.step_count < n_steps:
-            rec = self.step()
-            if self.step_count > start_avg:
-                self._accumulate_average()
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.2e}")
-            if callback is not None:
-                callback(rec)
-            if checkpoint is not None and (self.step_count % checkpoint_every == 0 or self.step_count == n_steps):
-                self.save_checkpoint(checkpoint)
-        bar.close()
+        try:
+            while self.step_count < n_steps:
+                if self.step_count >= start_final:
+                    self.tau = int(final_tau or tau0)
+                    if final_momentum is not None:
+                        self.residual_momentum = float(final_momentum)
+                rec = self.step()
+                rec["tau"] = self.tau
+                if self.step_count > start_avg:
+                    self._accumulate_average()
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.2e}")
+                if callback is not None:
+                    callback(rec)
+                if checkpoint is not None and (self.step_count % checkpoint_every == 0 or self.step_count == n_steps):
+                    self.save_checkpoint(checkpoint)
+        finally:
+            self.tau, self.residual_momentum = tau0, mom0
+            bar.close()
         if self._n_avg > 0:
             self.potential.load_state_dict({**self.potential.state_dict(), **self._avg}, strict=True)
         return self.history
