@@ -145,3 +145,28 @@ def test_vacf_loss_term():
     assert pot.log_eps.grad is not None and float(pot.log_eps.grad.abs()) > 0
     with pytest.raises(InputError, match="target_vacf"):
         DiffSimFitter(LennardJones(), [State(0.5, 1.2, target=g[0])], rdf, vacf_weight=1.0)
+
+
+def test_fit_to_pmf_initialises_to_boltzmann_inversion():
+    """Dilute limit g = exp(-u/kT): the PMF initialisation (no MD) recovers u, and for u(r; T) = e - T s the
+    entropy part from two temperatures."""
+    from cg.diffsim.fit import boltzmann_inversion, fit_to_pmf
+    from cg.diffsim.potentials import EntropicPairPotential
+
+    rdf = RDF(2.5, 100)
+    r = rdf.r
+    u_lj, _ = LennardJones(learnable=False).evaluate(r)
+    r_b, pmf = boltzmann_inversion(r, np.exp(-u_lj / 1.5), 1.5)
+    well = (r_b > 1.0) & (r_b < 2.0)
+    assert np.allclose(pmf[well], u_lj[r < 2.5][well], atol=1e-6) and pmf.max() <= 9.0 + 1e-12
+    torch.manual_seed(0)
+    pot = NeuralPairPotential(prior="lj", epsilon=0.6, sigma=1.05, hidden=16)
+    rms = fit_to_pmf(pot, r, {1.5: np.exp(-u_lj / 1.5)}, steps=300)
+    sel = (r > 1.0) & (r < 2.3)
+    assert rms < 0.1 and np.abs(pot.evaluate(r[sel])[0] - u_lj[sel]).max() < 0.15
+    s_true = 0.5 * np.exp(-((r - 1.4) / 0.2) ** 2)  # u(r; T) = u_LJ - T s
+    g = {T: np.exp(-(u_lj - T * s_true) / T) for T in (1.0, 2.0)}
+    ent = EntropicPairPotential(t_ref=1.5, epsilon=0.9, sigma=1.0, hidden=16, s_hidden=16)
+    fit_to_pmf(ent, r, g, steps=400)
+    sel = (r > 1.05) & (r < 2.0)
+    assert np.abs(ent.s(r[sel]) - s_true[sel]).max() < 0.15, np.abs(ent.s(r[sel]) - s_true[sel]).max()

@@ -5,7 +5,12 @@ Each optimisation step tabulates the potential (keeping the autograd graph to it
 backpropagation through time), averages the smoothed g(r) observed in that window per state, and
 takes an Adam step on
 
-    L = sum_s w_s mean_k (g_s(r_k) - g_s^target(r_k))^2 / sum_s w_s.
+    L = sum_s w_s mean_k (g_s(r_k) - g_s^target(r_k))^2 / sum_s w_s,
+
+where g_s is the total g(r) of state s, or its partial RDFs g_ab(r) when the target is 2-D (mixtures
+with a :class:`~cg.diffsim.potentials.TypedPairPotential`, several compositions at once). A
+temperature-dependent potential (:class:`~cg.diffsim.potentials.EntropicPairPotential`) is
+tabulated once per state, so all temperatures are simulated and fitted together.
 
 The simulation continues from where the window ended, so the systems stay equilibrated with the
 slowly changing potential. Checkpoints (potential, optimiser, scheduler, MD state, RNG, history)
@@ -45,6 +50,60 @@ def lj_guess_from_rdf(r: np.ndarray, g: np.ndarray, temperature: float) -> tuple
     return eps, float(r[k]) / 2 ** (1 / 6)
 
 
+def boltzmann_inversion(r: np.ndarray, g: np.ndarray, temperature: float, r_cut: float = 2.5,
+                        g_floor: float = 1e-2, u_max: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """(r, PMF) with PMF = -kT ln g on the bins below ``r_cut`` where g > ``g_floor``, continued into the core
+    by a steep linear repulsion (as IBI starts) and capped at ``u_max`` kT."""
+    keep = r < r_cut
+    r, g = np.asarray(r)[keep], np.asarray(g)[keep]
+    ok = g > g_floor
+    if ok.sum() < 4:
+        raise InputError("boltzmann_inversion: fewer than 4 bins with g above g_floor")
+    k = int(np.argmax(ok))
+    u = -temperature * np.log(np.maximum(g, g_floor))
+    if k + 1 < len(r):
+        slope = min((u[k + 1] - u[k]) / (r[k + 1] - r[k]), -10 * temperature)
+        u[:k] = u[k] + slope * (r[:k] - r[k])
+    return r, np.minimum(u, u_max * temperature)
+
+
+def fit_to_pmf(potential: PairPotential, r: np.ndarray, g: dict[float, np.ndarray], steps: int = 400,
+               lr: float = 0.01, r_min: float | None = None) -> float:
+    """Initialise a learnable potential to the Boltzmann-inverted targets (the start IBI uses), with no MD.
+
+    ``g`` maps temperatures to target g(r) on the grid ``r``: the potential (at each temperature for a
+    temperature-dependent one, so u(r; T) starts from the PMF of every training temperature) is fitted
+    by least squares to -kT ln g (see :func:`boltzmann_inversion`) on [r_min, r_cut) (default: from 0.1
+    below the first bin where g > 0.01), with the cutoff switch applied to the PMF too. Returns the
+    final RMS difference.
+    """
+    from .potentials import smooth_switch
+
+    params = [p for p in potential.parameters() if p.requires_grad]
+    if not params:
+        return float("nan")
+    dt = params[0].dtype
+    data = []
+    for T, gt in g.items():
+        rr, u = boltzmann_inversion(r, gt, T, potential.r_cut)
+        lo = r_min if r_min is not None else rr[int(np.argmax(np.asarray(gt)[:len(rr)] > 1e-2))] - 0.1
+        sel = rr >= lo
+        rt = torch.tensor(rr[sel], dtype=torch.float64)
+        ut = torch.tensor(u[sel], dtype=torch.float64) * smooth_switch(rt, potential.r_on, potential.r_cut)
+        data.append((float(T), rt, ut))
+    opt = torch.optim.Adam(params, lr=lr)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = 0.0
+        for T, rt, ut in data:
+            pred = potential(rt.to(dt), T) if potential.temperature_dependent else potential(rt.to(dt))
+            loss = loss + ((pred.double() - ut) ** 2).mean() / len(data)
+        loss.backward()
+        opt.step()
+    return float(loss.detach()) ** 0.5
+
+
 class DiffSimFitter:
     """Fit ``potential`` to the targets of ``states`` with differentiable simulation.
 
@@ -56,6 +115,7 @@ class DiffSimFitter:
     tau : MD steps per optimisation step (the backpropagation window).
     observe_every : steps between RDF frames inside a window.
     lr, lr_decay : Adam learning rate (of the physical prior's parameters) and per-step decay factor.
+    lr_hold : steps at the full learning rate before the decay starts (default 0).
     net_lr_scale : the network's learning rate is ``lr * net_lr_scale``.
     vacf_weight : weight of an extra loss on the velocity autocorrelation (needs ``target_vacf`` on every
         state; lag k of the target is k * ``observe_every`` steps). 0 (default): RDF only.
@@ -73,7 +133,8 @@ class DiffSimFitter:
                  observe_every: int = 5, lr: float = 5e-3, lr_decay: float = 1.0, dt: float = 0.005,
                  friction: float = 1.0, equil_steps: int = 500, table_points: int = 2048, seed: int = 0,
                  device=None, grad_clip: float | None = 1.0, residual_momentum: float = 0.0,
-                 net_lr_scale: float = 0.2, vacf_weight: float = 0.0, thermostat: str = "langevin"):
+                 net_lr_scale: float = 0.2, vacf_weight: float = 0.0, thermostat: str = "langevin",
+                 lr_hold: int = 0):
         for s in states:
             t = None if s.target is None else np.asarray(s.target)
             nch = s.n_types * (s.n_types + 1) // 2
@@ -110,7 +171,9 @@ class DiffSimFitter:
         rest = [p for p in self.potential.parameters() if id(p) not in ids]
         groups = [g for g in ({"params": prior, "lr": lr}, {"params": rest, "lr": lr * net_lr_scale}) if g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=lr)
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=lr_decay)
+        hold, decay = int(lr_hold), float(lr_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda k: decay ** max(0, k - hold))
         self.step_count = 0
         self.history: list[dict] = []
         self.equil_steps = int(equil_steps)
