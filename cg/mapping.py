@@ -37,6 +37,8 @@ class Mapping:
     atom_bonds : (n_bonds, 2) atomic bond graph; bead bonds are derived from it.
     atom_names : optional atom names (for reports and universes).
     source : free-text provenance ("preset backbone", "learned 6 beads", ...).
+    force_weights : optional (n_beads, N) force map W replacing the plain per-bead sum (it must satisfy
+        ``W @ C.T = I``); see :meth:`with_optimal_forces`.
     """
 
     beads: list[np.ndarray]
@@ -46,6 +48,7 @@ class Mapping:
     atom_bonds: np.ndarray | None = None
     atom_names: list[str] | None = None
     source: str = "indices"
+    force_weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.atom_masses = np.asarray(self.atom_masses, dtype=float)
@@ -59,6 +62,16 @@ class Mapping:
         if self.atom_bonds is not None:
             self.atom_bonds = np.asarray(self.atom_bonds, dtype=int).reshape(-1, 2)
         self.validate()
+        if self.force_weights is not None:
+            W = np.asarray(self.force_weights, dtype=float)
+            if W.shape != (self.n_beads, self.n_atoms) or not np.isfinite(W).all():
+                raise InputError(f"force_weights must be a finite ({self.n_beads}, {self.n_atoms}) matrix, "
+                                 f"got shape {W.shape}")
+            err = float(np.abs(W @ self.matrix().T - np.eye(self.n_beads)).max())
+            if err > 1e-6:
+                raise InputError(f"force_weights are not consistent with the position map: |W C^T - I| = {err:.1e} "
+                                 "(expected 0; mapped forces would not be mean forces)")
+            self.force_weights = W
 
     # ---------------------------------------------------------------- checks
     def validate(self, require_all: bool = False) -> None:
@@ -110,7 +123,10 @@ class Mapping:
         return C
 
     def force_matrix(self) -> np.ndarray:
-        """Force map W (n_beads, N) with ``W @ C.T = I``: 1 for every atom of a bead (sum of its forces)."""
+        """Force map W (n_beads, N) with ``W @ C.T = I``: ``force_weights`` if set, else 1 for every atom of
+        a bead (the sum of its forces)."""
+        if self.force_weights is not None:
+            return self.force_weights.copy()
         W = np.zeros((self.n_beads, self.n_atoms))
         for k, b in enumerate(self.beads):
             W[k, b] = 1.0
@@ -123,6 +139,20 @@ class Mapping:
     def map_forces(self, F: np.ndarray) -> np.ndarray:
         """Bead forces (..., n_beads, 3) of atom forces (..., N, 3) (kcal/mol/Å)."""
         return np.einsum("bn,...nd->...bd", self.force_matrix(), np.asarray(F, dtype=float))
+
+    def with_optimal_forces(self, F: np.ndarray, ridge: float = 1e-6) -> "Mapping":
+        """A copy whose force map has the least mapped-force noise on reference forces F (M, N, 3).
+
+        Same beads and bead positions; the mapped forces are the same mean forces with less variance
+        (:func:`cg.forces.optimal_force_map`), so force matching needs fewer frames. For reference data
+        without bond constraints (OpenMM runs here use none by default).
+        """
+        from dataclasses import replace
+
+        from .forces import optimal_force_map
+
+        W = optimal_force_map(self.matrix(), F, ridge)
+        return replace(self, force_weights=W, source=f"{self.source}; optimal force map")
 
     @property
     def bonds(self) -> np.ndarray:
@@ -143,6 +173,7 @@ class Mapping:
             "atom_masses": self.atom_masses.tolist(),
             "atom_bonds": None if self.atom_bonds is None else self.atom_bonds.tolist(),
             "atom_names": None if self.atom_names is None else list(self.atom_names),
+            "force_weights": None if self.force_weights is None else self.force_weights.tolist(),
         }
 
     @classmethod
@@ -151,7 +182,8 @@ class Mapping:
             raise InputError(f"{where(source)}not a cgworkbench mapping (format {d.get('format')!r})")
         try:
             m = cls(beads=d["beads"], atom_masses=d["atom_masses"], weighting=d["weighting"], names=d["names"],
-                    atom_bonds=d.get("atom_bonds"), atom_names=d.get("atom_names"), source=d.get("source", "file"))
+                    atom_bonds=d.get("atom_bonds"), atom_names=d.get("atom_names"), source=d.get("source", "file"),
+                    force_weights=d.get("force_weights"))
         except KeyError as e:
             raise InputError(f"{where(source)}mapping file lacks the field {e.args[0]!r}") from None
         if m.n_atoms != d.get("n_atoms", m.n_atoms):

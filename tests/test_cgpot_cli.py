@@ -36,7 +36,7 @@ def test_train_simulate_evaluate(ala_md, tmp_path, capsys):
     assert pot.n_beads == 10 and len(pot.bonds) == 9 and pot.net.config.get("kind", "schnet") == "schnet"
     fmodel = tmp_path / "fpot.pt"
     assert main(["cg", "train", str(data), "-m", str(tmp_path / "map.json"), "-o", str(fmodel), "--epochs", "1",
-                 "--hidden", "16", "-q"]) == 0
+                 "--hidden", "16", "-q", "--force-map", "optimal", "--no-resume"]) == 0
     assert CGPotential.load(fmodel).net.config["kind"] == "features"
     assert (tmp_path / "curve.png").exists() and (tmp_path / "pot.pt.ckpt").exists()
     run = tmp_path / "run.npz"

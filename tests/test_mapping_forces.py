@@ -12,6 +12,7 @@ import pytest
 
 import cg
 from cg.forces import as_force_provider, consistency_error
+from forcefield.errors import InputError
 from forcefield.units import kT
 
 N = 7
@@ -105,3 +106,29 @@ def test_force_provider_forms():
         assert np.allclose(as_force_provider(obj)(R), -2.0 * R)
     with pytest.raises(ValueError, match="shape"):
         as_force_provider(lambda R: R[:, :2])(R)
+
+
+@pytest.mark.parametrize("beads", [[[0, 1, 2], [3, 4], [5, 6]], [[0, 2], [3], [6]]])
+def test_optimal_force_map_is_mean_force_with_less_noise(beads, tmp_path):
+    """The statistically optimal force map (fitted on one sample) keeps the exact mean force on a fresh
+    sample and lowers the noise around it below that of the plain per-bead sum."""
+    rng = np.random.default_rng(5)
+    K = spring_matrix(rng)
+    m = cg.Mapping.from_indices(beads, MASSES, weighting="com")
+    r_fit, F_fit = sample(K, 20000, 300.0, rng)
+    mo = m.with_optimal_forces(F_fit)
+    C, W = mo.matrix(), mo.force_matrix()
+    assert consistency_error(C, W) < 1e-9
+    assert np.allclose(mo.map_positions(r_fit), m.map_positions(r_fit))  # same beads
+    want = exact_mean_force_matrix(C, K)
+    r, F = sample(K, 40000, 300.0, rng)
+    X = m.map_positions(r)
+    B = regress(X, mo.map_forces(F))
+    assert np.abs(B - want).max() < 0.05 * np.abs(want).max(), (B, want)
+    noise = lambda f: np.sqrt(((f - np.einsum("kl,mld->mkd", want, X)) ** 2).mean())  # noqa: E731
+    assert noise(mo.map_forces(F)) < 0.9 * noise(m.map_forces(F))
+    # saved with the mapping; an inconsistent force map is refused with a clear error
+    back = cg.Mapping.load(mo.save(tmp_path / "m.json"))
+    assert np.allclose(back.force_matrix(), W)
+    with pytest.raises(InputError, match="not consistent"):
+        cg.Mapping(beads=m.beads, atom_masses=MASSES, force_weights=np.ones((3, N)))

@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--cutoff", type=float, default=10.0, help="Å (schnet)")
     p.add_argument("--fourier", type=int, default=6, help="Fourier terms per dihedral prior")
     p.add_argument("--priors-only", action="store_true", help="no network: Boltzmann-inversion priors only")
+    p.add_argument("--force-map", choices=["sum", "optimal"], default="sum",
+                   help="sum: each bead's atom forces summed; optimal: the consistent force map with the least "
+                        "noise on this dataset (Krämer et al. 2023; only for data without bond constraints) "
+                        "(default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--plot", default=None, help="PNG of the learning curves")
     p.add_argument("--seed", type=int, default=0)
@@ -137,6 +141,13 @@ def _train(a: argparse.Namespace) -> int:
 
     torch.manual_seed(a.seed)
     mp = _mapping(a.mapping, a.dataset)
+    if a.force_map == "optimal":
+        from forcefield.fileio import load_npz
+
+        d = load_npz(a.dataset)
+        if "F" not in d or d["F"].ndim != 3 or d["F"].shape[1] != mp.n_atoms:
+            raise InputError(f"{a.dataset}: --force-map optimal needs all-atom forces 'F' ({mp.n_atoms} atoms)")
+        mp = mp.with_optimal_forces(np.asarray(d["F"], dtype=float))
     R, F, *_ = _frames(a.dataset, mp)
     if F is None:
         raise InputError(f"{a.dataset}: no forces 'F'; force matching needs them")

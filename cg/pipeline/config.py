@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
                 "epochs": 100},
     "cg": {"epochs": 200, "replicas": 16, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features",
-           "patience": 25},
+           "patience": 25, "force_map": "auto"},
     "backmap": {"epochs": 30, "samples": 4, "frames": 200, "train_frames": 3000},
 }
 
@@ -168,6 +168,8 @@ def validate(cfg: RunConfig) -> None:
         raise InputError(f"{src}: mapping.file = {mp['file']!r}: no such file")
     if cfg["cg"]["network"] not in ("features", "schnet"):
         raise InputError(f"{src}: cg.network = {cfg['cg']['network']!r}; expected 'features' or 'schnet'")
+    if cfg["cg"]["force_map"] not in ("auto", "sum", "optimal"):
+        raise InputError(f"{src}: cg.force_map = {cfg['cg']['force_map']!r}; expected 'auto', 'sum' or 'optimal'")
     n_atoms = count_atoms(cfg)
     if mp["kind"] == "learned":
         nb = mp["n_beads"]

@@ -102,6 +102,12 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     m = Mapping.load(ctx.file("mapping.json"))
     train, _ = _reference(ctx)
+    fmap = cfg["cg"]["force_map"]
+    if fmap == "auto":  # our own engines run without bond constraints; a user's trajectory may have them
+        fmap = "sum" if cfg["reference"]["forces"] == "trajectory" else "optimal"
+    if fmap == "optimal" and len(train.F) >= 2:
+        m = m.with_optimal_forces(train.F)
+        ctx.log("[cg_train] optimal (least-noise) force map")
     Rcg, Fcg = m.map_positions(train.R), m.map_forces(train.F)
     T = cfg["system"]["temperature"]
     if len(Rcg) >= MIN_PRIOR_FRAMES:
@@ -120,7 +126,8 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
 
     plot_training(hist, ctx.file("cg_training.png"))
     return {"cg_force_rmse_val": float(hist.best_val_rmse), "cg_prior_only_rmse_val": float(hist.prior_val_rmse),
-            "cg_epochs": len(hist.val_rmse), "cg_seconds_per_epoch": float(np.mean(hist.epoch_seconds))}
+            "cg_epochs": len(hist.val_rmse), "cg_seconds_per_epoch": float(np.mean(hist.epoch_seconds)),
+            "cg_force_map": fmap}
 
 
 # --------------------------------------------------------------------------- 5. CG MD
