@@ -9,7 +9,8 @@ sgdml runs in its own venv (numpy<2.4; ``--sgdml-python``) through ``kernel_sgdm
 at 200 points; at 1,000 points only with ``--sgdml-1000`` (capped at ``--sgdml-max-memory`` GB, default 6,
 because with default settings it took 24 GB here); otherwise the figures measured earlier on this machine
 (ANCHORS.md) are quoted and labelled as such. Every run of ours is a fresh subprocess so that its peak
-resident memory (ru_maxrss) is its own.
+resident memory (ru_maxrss) is its own. At 200 points ours also trains with energy constraints
+(``energy_constraints=True``, sGDML's use_E_cstr) to compare energy errors with and without them.
 
     python benchmarks/kernel_vs_sgdml.py [--quick] [--json FILE] [--threads 2] [--sgdml-1000]
 
@@ -67,7 +68,8 @@ def worker(a: argparse.Namespace) -> None:
         sub, _ = stratified_split(ds.E[pool], M, 0, seed=1)
         tr = pool[sub]
     maxiter = a.maxiter_2000 if M >= len(ds) else 5000
-    ff = KernelForceField(sigma=a.sigma, rtol=a.rtol, maxiter=maxiter, progress=False)
+    ff = KernelForceField(sigma=a.sigma, rtol=a.rtol, maxiter=maxiter, progress=False,
+                          energy_constraints=a.ecstr)
     t0 = time.perf_counter()
     ff.fit(ds.R[tr], ds.z, F=ds.F[tr], E=ds.E[tr])
     out = {"n_train": int(len(tr)), "train_s": time.perf_counter() - t0, "n_perms": int(len(ff.perms))}
@@ -79,15 +81,19 @@ def worker(a: argparse.Namespace) -> None:
         out["predict_gps"] = len(test) / (time.perf_counter() - t1)
         out["force_mae"] = float(np.abs(F - ds.F[test]).mean())
         out["energy_mae"] = float(np.abs(E - ds.E[test]).mean())
+        Etr, _ = ff.predict(ds.R[tr])
+        out["train_energy_mae"] = float(np.abs(Etr - ds.E[tr]).mean())
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     if a.save_train_idx:
         np.save(a.save_train_idx, tr)
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_ours(a, M: int, save_idx: Path | None = None) -> dict:
+def run_ours(a, M: int, save_idx: Path | None = None, ecstr: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(M), "--dataset", str(a.dataset), "--sigma", str(a.sigma),
            "--threads", str(a.threads), "--rtol", str(a.rtol), "--maxiter-2000", str(a.maxiter_2000)]
+    if ecstr:
+        cmd += ["--ecstr"]
     if save_idx:
         cmd += ["--save-train-idx", str(save_idx)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
@@ -138,6 +144,8 @@ def main() -> None:
     ap.add_argument("--sgdml-python", default="/tmp/sgdml-venv/bin/python")
     ap.add_argument("--sgdml-1000", action="store_true", help="also run sgdml at 1,000 points (capped memory)")
     ap.add_argument("--sgdml-max-memory", type=int, default=6)
+    ap.add_argument("--no-ecstr", action="store_true", help="skip our energy-constrained run at 200 points")
+    ap.add_argument("--ecstr", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--save-train-idx", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -150,9 +158,10 @@ def main() -> None:
 
     ds = make_aspirin(a.dataset)
     test, pool = split(ds)
+    load0 = os.getloadavg()
     print(f"aspirin: {len(ds)} frames x {ds.n_atoms} atoms; test {len(test)} frames; sigma {a.sigma:g}; "
-          f"our torch threads {a.threads}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    res: dict = {"ours": {}, "sgdml": {}, "anchor_sgdml": ANCHOR}
+          f"our torch threads {a.threads}; load average {load0[0]:.1f} on {os.cpu_count()} cores")
+    res: dict = {"ours": {}, "sgdml": {}, "anchor_sgdml": ANCHOR, "load_start": load0}
     sizes = [200] if a.quick else [200, 1000, 2000]
     with tempfile.TemporaryDirectory() as tmp:
         idx200 = Path(tmp) / "tr200.npy"
@@ -160,6 +169,10 @@ def main() -> None:
             r = run_ours(a, M, idx200 if M == 200 else None)
             res["ours"][M] = r
             print(f"ours  M={M}: {json.dumps(r)}", flush=True)
+            if M == 200 and not a.no_ecstr:
+                r = run_ours(a, M, ecstr=True)
+                res["ours_ecstr_200"] = r
+                print(f"ours  M={M} energy constraints: {json.dumps(r)}", flush=True)
         tr200 = np.load(idx200)
     res["sgdml"][200] = run_sgdml(a, ds, tr200, test, None)
     print(f"sgdml M=200: {json.dumps(res['sgdml'][200])}", flush=True)
@@ -179,7 +192,19 @@ def main() -> None:
         ("prediction throughput, 200-point model (geom/s)", fmt(o[200].get("predict_gps"), "{:.0f}"),
          fmt(s200.get("predict_gps"), "{:.0f}"), f"~{ANCHOR['predict_gps']:.0f}"),
         ("peak memory, 200 points (GiB)", fmt(o[200]["peak_rss_gib"]), fmt(s200.get("peak_rss_gib")), "n/a"),
+        ("energy MAE, 200 train, test frames (kcal/mol)", fmt(o[200].get("energy_mae"), "{:.3f}"),
+         fmt(s200.get("energy_mae"), "{:.3f}"), "n/a"),
     ]
+    oe = res.get("ours_ecstr_200")
+    if oe:
+        rows += [
+            ("  with energy constraints: energy MAE test / train", fmt(oe.get("energy_mae"), "{:.3f}")
+             + " / " + fmt(oe.get("train_energy_mae"), "{:.3f}"), "(without: "
+             + fmt(o[200].get("energy_mae"), "{:.3f}") + " / " + fmt(o[200].get("train_energy_mae"), "{:.3f}") + ")",
+             "n/a"),
+            ("  with energy constraints: force MAE, train time (s)", fmt(oe.get("force_mae"), "{:.3f}") + ", "
+             + fmt(oe.get("train_s"), "{:.1f}"), "", "n/a"),
+        ]
     if 1000 in o:
         rows += [
             ("force MAE, 1,000 train (kcal/mol/Å)", fmt(o[1000].get("force_mae"), "{:.3f}"),
@@ -209,6 +234,10 @@ def main() -> None:
     if 1000 in o:
         ref = (s1000 or {}).get("train_s", ANCHOR["train_s_1000"])
         print(f"speed-up at 1,000 points (sgdml from {src1000}): {ref / o[1000]['train_s']:.1f}x training")
+    load1 = os.getloadavg()
+    res["load_end"] = load1
+    print(f"Load average (1/5/15 min) at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, at end "
+          f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} on {os.cpu_count()} cores.")
     print("Timings: shared 2-core machine under load from other jobs; expect tens of per cent of noise.")
     if a.json:
         with open(a.json, "w") as fh:

@@ -33,6 +33,10 @@ def test_kernel_cli(tmp_path):
                  "-o", str(md), "--device", "cpu"]) == 0
     assert len(load_dataset(md)) == 8
     assert main(["kernel", "test", str(tmp_path / "missing.npz"), str(DATA)]) == 2
+    me = tmp_path / "me.npz"
+    assert main(["kernel", "train", str(DATA), "-n", "12", "--sigma", "10", "--energy-constraints", "-o", str(me),
+                 "-q", "--device", "cpu"]) == 0
+    assert KernelForceField.load(me).energy_constraints
 
 
 @pytest.mark.parametrize("sub", ["train", "test", "label", "md"])

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--lam", type=float, default=1e-10, help="regulariser (default: %(default)s)")
     p.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto")
     p.add_argument("--rtol", type=float, default=1e-4, help="PCG relative residual (default: %(default)s)")
+    p.add_argument("--energy-constraints", action="store_true",
+                   help="also fit the training energies (sGDML's use_E_cstr; needs E in the dataset)")
     p.add_argument("--no-sym", action="store_true", help="do not detect permutational symmetries")
     p.add_argument("--checkpoint", default=None, help="PCG checkpoint file (resumed from if present)")
     p.add_argument("--seed", type=int, default=0)
@@ -92,6 +94,7 @@ def _train(a: argparse.Namespace) -> int:
         tr, va = np.sort(p[:a.n_train]), np.sort(p[a.n_train:a.n_train + n_valid])
     ff = KernelForceField(sigma=a.sigma if len(a.sigma) > 1 else a.sigma[0], lam=a.lam,
                           perms=None if a.no_sym else "auto", solver=a.solver, rtol=a.rtol,
+                          energy_constraints=a.energy_constraints,
                           device=pick_device(a.device), checkpoint=a.checkpoint, progress=not a.quiet)
     t0 = time.perf_counter()
     ff.fit(ds.R[tr], ds.z, F=ds.F[tr], E=None if ds.E is None else ds.E[tr],
@@ -99,6 +102,7 @@ def _train(a: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     ff.save(a.out)
     print(f"{ff!r}\ntrained in {dt:.1f} s, solver {ff.info.get('solver')}"
+          + (", energy constraints" if a.energy_constraints else "")
           + (f", {ff.info['cg_iterations']} PCG iterations" if "cg_iterations" in ff.info else ""))
     if "sigma_scores" in ff.info:
         for s, v in ff.info["sigma_scores"].items():

@@ -201,7 +201,7 @@ class KernelForceField:
             m = self.n_inducing or n_inducing_points(M, n, len(perms))
             t1 = time.perf_counter()
             P = NystromPreconditioner(kern, self.lam, m, max_bytes=self.max_memory_gb * 2 ** 30,
-                                      progress=self.progress)
+                                      pivot_block=max(1, min(8, m // 4)), progress=self.progress)
             info.update(n_inducing=len(P.points), n_columns=P.n_columns, precond_s=time.perf_counter() - t1)
             tag = f"{sigma}-{self.lam}-{M}-{perms.tobytes().hex()[:64]}-{R[:2].tobytes().hex()[:64]}"
             res = pcg(lambda v: kern.matvec(v, self.lam), y, P, rtol=self.rtol, maxiter=self.maxiter,
@@ -354,4 +354,5 @@ class KernelForceField:
         if not self._fitted:
             return f"KernelForceField(sigma={self.sigma}, unfitted)"
         return (f"KernelForceField({self.n_atoms} atoms, {self._d.shape[0]} training points, "
-                f"{len(self.perms)} permutations, sigma={self.sigma_:g})")
+                f"{len(self.perms)} permutations, sigma={self.sigma_:g}"
+                + (", energy constraints)" if self._alpha is not None else ")"))

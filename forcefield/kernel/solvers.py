@@ -87,11 +87,13 @@ class NystromPreconditioner:
     rank_per_point : keep only this many leading directions of each pivot's residual block (all if None);
         the cost of the Woodbury factor grows with the square of the kept columns.
     max_bytes : memory allowed for the n x k factor; fewer points are used if it would not fit.
+    pivot_block : training points taken per pivoting step (the ones with the largest residual traces);
+        more than one turns the updates into matrix-matrix products (faster for large problems).
     """
 
     def __init__(self, kernel, lam: float, n_points: int, max_bytes: float = 2e9,
                  block_diagonal: bool = True, rank_per_point: int | None = None, cluster_size: int = 1,
-                 progress: bool = False) -> None:
+                 pivot_block: int = 1, progress: bool = False) -> None:
         from tqdm.auto import tqdm
 
         tr = kernel.train
@@ -100,6 +102,7 @@ class NystromPreconditioner:
         n_points = int(max(1, min(n_points, M, max_bytes // ((2 if block_diagonal else 1) * 8 * n * w))))
         dev, dt = tr.d.device, tr.d.dtype
         self.cluster_size = max(1, int(cluster_size))
+        self.pivot_block = max(1, int(pivot_block))
         self.n = n
         rows_of = kernel.point_rows(torch.arange(M, device=dev))  # (M, w)
         diag = kernel.diag_blocks() if block_diagonal and self.cluster_size == 1 else None
@@ -111,25 +114,30 @@ class NystromPreconditioner:
         L = torch.empty(n, n_points * w, dtype=dt, device=dev)
         k = 0
         points: list[int] = []
-        for _ in tqdm(range(n_points), desc="Nyström pivots", disable=not progress, mininterval=1.0):
-            j = int(torch.argmax(resid))
-            if float(resid[j]) <= 1e-12 * total:
+        bar = tqdm(total=n_points, desc="Nyström pivots", disable=not progress, mininterval=1.0)
+        while len(points) < n_points:
+            nb = min(self.pivot_block, n_points - len(points))
+            js = torch.topk(resid, nb).indices
+            js = js[resid[js] > 1e-12 * total]
+            if not len(js):
                 break
-            C = kernel.columns(j)  # (n, w)
-            rj = rows_of[j]
+            C = kernel.columns(js)  # (n, nb*w)
+            rj = rows_of[js].reshape(-1)
             if k:
                 C -= L[:, :k] @ L[rj, :k].T
             S = C[rj]
             s, V = torch.linalg.eigh(0.5 * (S + S.T))
             keep = s > 1e-10 * float(s.max())
-            if rank_per_point:  # the leading directions of the pivot's residual block only
-                keep &= torch.arange(len(s), device=s.device) >= len(s) - rank_per_point
+            if rank_per_point:  # the leading directions of the pivots' residual block only
+                keep &= torch.arange(len(s), device=s.device) >= len(s) - rank_per_point * len(js)
             Lnew = C @ (V[:, keep] / s[keep].sqrt())
             L[:, k:k + Lnew.shape[1]] = Lnew
             k += Lnew.shape[1]
             resid -= (Lnew * Lnew).sum(1)[rows_of].sum(1)
-            resid[j] = -math.inf
-            points.append(j)
+            resid[js] = -math.inf
+            points += js.tolist()
+            bar.update(len(js))
+        bar.close()
         L = L[:, :k]
         self.lam = float(lam)
         self.points = np.array(points)
@@ -188,17 +196,19 @@ class NystromPreconditioner:
                         break
                     jitter = jitter * 10 if jitter else self.lam
                     Lam.diagonal(dim1=1, dim2=2).add_(jitter)
-                Z[rows.reshape(-1)] = torch.cholesky_solve(Lc, C).reshape(-1, k)
+                G = torch.linalg.solve_triangular(C, Lc, upper=False)  # C⁻¹ L, Λ = C Cᵀ
+                Z[rows.reshape(-1)] = torch.linalg.solve_triangular(C.mT, G, upper=True).reshape(-1, k)
+                L[rows.reshape(-1)] = G.reshape(-1, k)  # L becomes G = blockdiag(C)⁻¹ L
                 rows_g.append(rows)
                 inv_g.append(torch.cholesky_inverse(C))
                 del Kc, Lc, Lam
             self._groups.append((torch.cat(rows_g), torch.cat(inv_g)))
-        S = L.T @ Z
-        S = 0.5 * (S + S.T)
+        S = _gram(L)  # Lᵀ Λ⁻¹ L = Gᵀ G
         S.diagonal().add_(1.0)
         self._S_chol = torch.linalg.cholesky(S)
         del S
         # P⁻¹ = Λ⁻¹ - Z S⁻¹ Zᵀ (Z = Λ⁻¹ L); L is no longer needed
+        # (a float32 copy of Z for the products was tried: the two terms cancel to ~1e-10, so it diverges)
         self._Z = Z
 
     def _block_solve(self, r: torch.Tensor) -> torch.Tensor:
@@ -228,6 +238,21 @@ def kernel_order(size: int, n3: int, energy: bool, device=None) -> torch.Tensor:
     f = torch.arange(size * n3, device=device).reshape(size, n3)
     e = (size * n3 + torch.arange(size, device=device))[:, None]
     return torch.cat([f, e], 1).reshape(-1)
+
+
+def _gram(G: torch.Tensor, n_blocks: int = 4) -> torch.Tensor:
+    """Gᵀ G from the upper triangle of column blocks (about 5/8 of the products of a plain Gᵀ G)."""
+    k = G.shape[1]
+    edges = [round(i * k / n_blocks) for i in range(n_blocks + 1)]
+    S = torch.empty(k, k, dtype=G.dtype, device=G.device)
+    for i in range(n_blocks):
+        a0, a1 = edges[i], edges[i + 1]
+        for j in range(i, n_blocks):
+            b0, b1 = edges[j], edges[j + 1]
+            S[a0:a1, b0:b1] = G[:, a0:a1].T @ G[:, b0:b1]
+            if j != i:
+                S[b0:b1, a0:a1] = S[a0:a1, b0:b1].T
+    return S
 
 
 def _clusters(d: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -265,8 +290,12 @@ def _fingerprint(b: torch.Tensor, extra: str) -> str:
 def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
         precond: Callable[[torch.Tensor], torch.Tensor] | None = None, rtol: float = 1e-6,
         maxiter: int = 5000, x0: torch.Tensor | None = None, checkpoint: str | os.PathLike | None = None,
-        checkpoint_every_s: float = 60.0, tag: str = "", progress: bool = False) -> CGResult:
+        checkpoint_every_s: float = 60.0, tag: str = "", progress: bool = False,
+        flexible: bool = False) -> CGResult:
     """Preconditioned conjugate gradient for a symmetric positive definite operator.
+
+    ``flexible`` uses the Polak-Ribière update β = zᵀ(r - r_old) / (z_oldᵀ r_old), robust to a
+    preconditioner that varies slightly between applications.
 
     Stops when |b - A x| <= rtol |b|. With ``checkpoint`` the iterate is written there atomically every
     ``checkpoint_every_s`` seconds, and an existing checkpoint for the same right-hand side and ``tag``
@@ -300,6 +329,8 @@ def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
         Ap = matvec(p)
         alpha = rz / float((p * Ap).sum())
         x.add_(p, alpha=alpha)
+        if flexible:
+            r_old = r.clone()
         r.sub_(Ap, alpha=alpha)
         res = float(torch.linalg.vector_norm(r)) / bnorm
         it += 1
@@ -309,7 +340,8 @@ def pcg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
             break
         z = precond(r)
         rz_new = float((r * z).sum())
-        p.mul_(rz_new / rz).add_(z)
+        beta = (rz_new - float((r_old * z).sum())) / rz if flexible else rz_new / rz
+        p.mul_(beta).add_(z)
         rz = rz_new
         if checkpoint is not None and time.perf_counter() - last_ck > checkpoint_every_s:
             save_npz(checkpoint, x=x.cpu().numpy(), n_iter=np.array(it), fingerprint=np.array(fp))
