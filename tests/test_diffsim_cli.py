@@ -57,7 +57,7 @@ def test_cli_mixture_partial_and_temperature_dependent(tmp_path, capsys):
                  "--replicas", "1", "--equil", "50", "--steps", "100", "-q"]) == 0
     out2 = tmp_path / "ent"
     assert main(["diffsim", "fit", t2, "-o", str(out2), "--steps", "1", "--tau", "20", "--replicas", "1",
-                 "--eval-steps", "50", "--temperature-dependent", "-q"]) == 0
+                 "--eval-steps", "50", "--temperature-dependent", "--init", "pmf", "-q"]) == 0
     assert (out2 / "potential_T2.csv").stat().st_size > 0 and (out2 / "potential_T1.2.npz").stat().st_size > 0
     assert main(["diffsim", "eval", str(out2 / "potential.pt"), t2, "--steps", "50", "--replicas", "1", "-q"]) == 0
     assert "rho0.3_T2: g(r) MAE" in capsys.readouterr().out

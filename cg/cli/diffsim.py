@@ -85,6 +85,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--lr", type=float, default=0.02, help="DiffSim: learning rate of the prior; the network "
                                                           "uses lr/10 (default: %(default)s)")
     p.add_argument("--prior", choices=["lj", "repulsive", "none"], default="lj", help="DiffSim prior")
+    p.add_argument("--init", choices=["lj", "pmf"], default="lj",
+                   help="DiffSim start: LJ prior matched to the minimum of -kT ln g (lj), or the whole potential fitted "
+                        "to -kT ln g of the targets like IBI's first iterate (pmf; per temperature for "
+                        "--temperature-dependent) (default: %(default)s)")
     p.add_argument("--temperature-dependent", action="store_true",
                    help="DiffSim: learn u(r; T) = e(r) - T s(r) (energy/entropy split) from states at several "
                         "temperatures at once (tables are written per temperature)")
@@ -197,6 +201,13 @@ def _fit(a: argparse.Namespace) -> int:
         else:
             eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
             pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
+        if a.init == "pmf":
+            from cg.diffsim.fit import fit_to_pmf
+
+            if partial:
+                raise InputError("--init pmf is for total-g(r) targets (not partial RDFs)")
+            by_t = {T: np.mean([s.target for s in states if s.temperature == T], axis=0) for T in temps}
+            fit_to_pmf(pot, rdf.r, by_t)
         fitter = DiffSimFitter(pot, states, rdf, tau=a.tau, lr=a.lr, lr_decay=0.1 ** (1 / max(1, a.steps)),
                                residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev,
                                vacf_weight=a.vacf_weight, observe_every=10 if a.vacf_weight > 0 else 5)

@@ -116,6 +116,8 @@ class DiffSimFitter:
     observe_every : steps between RDF frames inside a window.
     lr, lr_decay : Adam learning rate (of the physical prior's parameters) and per-step decay factor.
     lr_hold : steps at the full learning rate before the decay starts (default 0).
+    net_start : the network's parameters stay fixed for the first ``net_start`` steps (the physical prior
+        converges first; the network then corrects what the prior cannot express). Default 0.
     net_lr_scale : the network's learning rate is ``lr * net_lr_scale``.
     vacf_weight : weight of an extra loss on the velocity autocorrelation (needs ``target_vacf`` on every
         state; lag k of the target is k * ``observe_every`` steps). 0 (default): RDF only.
@@ -134,7 +136,7 @@ class DiffSimFitter:
                  friction: float = 1.0, equil_steps: int = 500, table_points: int = 2048, seed: int = 0,
                  device=None, grad_clip: float | None = 1.0, residual_momentum: float = 0.0,
                  net_lr_scale: float = 0.2, vacf_weight: float = 0.0, thermostat: str = "langevin",
-                 lr_hold: int = 0):
+                 lr_hold: int = 0, net_start: int = 0):
         for s in states:
             t = None if s.target is None else np.asarray(s.target)
             nch = s.n_types * (s.n_types + 1) // 2
@@ -171,9 +173,11 @@ class DiffSimFitter:
         rest = [p for p in self.potential.parameters() if id(p) not in ids]
         groups = [g for g in ({"params": prior, "lr": lr}, {"params": rest, "lr": lr * net_lr_scale}) if g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=lr)
-        hold, decay = int(lr_hold), float(lr_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda k: decay ** max(0, k - hold))
+        hold, decay, start = int(lr_hold), float(lr_decay), int(net_start)
+        lambdas = [lambda k: decay ** max(0, k - hold)]
+        if len(groups) == 2 or not prior:  # the network's group: frozen for the first net_start steps
+            lambdas.append(lambda k: 0.0 if k < start else decay ** max(0, k - hold))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas[-len(groups):])
         self.step_count = 0
         self.history: list[dict] = []
         self.equil_steps = int(equil_steps)
