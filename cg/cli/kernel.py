@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
                    help="length scale(s); several are compared on the validation set (default: 50)")
     p.add_argument("--lam", type=float, default=1e-10, help="regulariser (default: %(default)s)")
     p.add_argument("--solver", choices=["auto", "cholesky", "cg"], default="auto")
-    p.add_argument("--rtol", type=float, default=1e-4, help="PCG relative residual (default: %(default)s)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="PCG relative residual (default: %(default)s)")
     p.add_argument("--energy-constraints", action="store_true",
                    help="also fit the training energies (sGDML's use_E_cstr; needs E in the dataset)")
     p.add_argument("--no-sym", action="store_true", help="do not detect permutational symmetries")

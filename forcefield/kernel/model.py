@@ -78,7 +78,10 @@ class KernelForceField:
     lam : regulariser λ of (K + λI) β = F/std (sGDML's default 1e-10).
     perms : ``"auto"`` (detect from the training geometries), None/False (no symmetries) or a (P, N) array.
     solver : ``"auto"`` (Cholesky up to ``cholesky_max`` unknowns, else PCG), ``"cholesky"`` or ``"cg"``.
-    rtol, maxiter : PCG stopping rule |r| <= rtol |y| and iteration cap.
+    rtol, maxiter : PCG stopping rule |r| <= rtol |y| and iteration cap. The default 1e-3 reproduces the
+        training forces to 0.1 % of their norm (~0.03 kcal/mol/Å on aspirin), far below the test error; on
+        aspirin (σ = 50) the test force MAE at 200 and 1,000 points matched rtol 1e-4 to 1e-3 relative
+        with 25-30 % fewer iterations.
     n_inducing : inducing training points of the PCG preconditioner (default: from the problem size).
     max_memory_gb : memory budget for the preconditioner factors (they hold 2 x 3NM x k numbers).
     cache_gb : the PCG keeps the kernel profile (16 M² P bytes) when it fits this budget, else it is
@@ -92,7 +95,7 @@ class KernelForceField:
     """
 
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
-                 solver: str = "auto", rtol: float = 1e-4, maxiter: int = 3000, n_inducing: int | None = None,
+                 solver: str = "auto", rtol: float = 1e-3, maxiter: int = 3000, n_inducing: int | None = None,
                  cholesky_max: int = 8000, max_memory_gb: float = 2.0, cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
