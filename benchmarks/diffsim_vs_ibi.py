@@ -8,9 +8,17 @@ Anchor: Wang et al., "Learning pair potentials using differentiable simulations"
    guess that also starts IBI) and IBI trained on rho=0.3, T=1.2; every learnt potential is then
    simulated afresh at rho=0.3, 0.5, 0.7 (T=1.2). Reports g(r) MAE per state, the well position and
    depth, and the mean |u - u_LJ| on [0.95, 2.5].
-3. Two temperatures at once (rho=0.3, T=1.2 and T=2.0): DiffSim fitted jointly, against single-state
-   IBI tables (each fitted at one temperature, run at both) and multistate IBI.
-4. Wall time per DiffSim optimisation step and per IBI iteration (CPU unless --device).
+   The training-state target and its evaluation use more sampling than the validation states, and the
+   noise floor (the true potential re-simulated with two seeds) is reported next to every figure.
+3. Two temperatures at once, with a state-dependent effective pair potential: the reference is a binary
+   LJ mixture (50:50; sigma_AA=1, sigma_BB=1.3, eps_AA=1, eps_BB=0.5, AB by Lorentz-Berthelot-like
+   rules) seen as ONE particle type (total g(r)); its effective pair potential is a free energy that
+   changes with T. DiffSim fits a temperature-dependent u(r; T) = e(r) - T s(r) to T=1.2 and T=2.0 at
+   once (and, as an ablation, one T-independent potential); against single-state IBI tables (each
+   fitted at one temperature, run at all) and multistate IBI (one table for both). Validation at T=1.6.
+4. Mixtures with particle types: the three LJ type-pair potentials of that mixture recovered by DiffSim
+   from the partial RDFs of two compositions (x_A = 0.25 and 0.75) simulated and fitted at once.
+5. Wall time per DiffSim optimisation step and per IBI iteration (CPU unless --device).
 
 Usage: python benchmarks/diffsim_vs_ibi.py [--quick] [--json FILE] [--plots DIR] [--device cpu]
 """
@@ -27,27 +35,44 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cg.diffsim.ensemble import State, sample_rdf  # noqa: E402
-from cg.diffsim.fit import DiffSimFitter, lj_guess_from_rdf  # noqa: E402
+from cg.diffsim.ensemble import State, sample_all  # noqa: E402
+from cg.diffsim.fit import DiffSimFitter, fit_to_pmf, lj_guess_from_rdf  # noqa: E402
 from cg.diffsim.ibi import ibi  # noqa: E402
-from cg.diffsim.observables import RDF  # noqa: E402
-from cg.diffsim.potentials import (LennardJones, NeuralPairPotential, TabulatedPotential,  # noqa: E402
-                                   potential_error)
+from cg.diffsim.observables import RDF, type_pairs  # noqa: E402
+from cg.diffsim.potentials import (EntropicPairPotential, LennardJones, NeuralPairPotential,  # noqa: E402
+                                   TabulatedPotential, TypedPairPotential, potential_error)
 
 CONFIGS = {
-    # n: particles per state; replicas for targets/evaluation; DiffSim steps/tau/replicas; IBI iterations/steps
-    "quick": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=300, target_prod=2000, target_reps=2,
-                  eval_equil=300, eval_prod=1500, eval_reps=1, ds_steps=50, ds_tau=100, ds_reps=2,
-                  ibi_iter=10, ibi_equil=200, ibi_prod=800, ibi_reps=2, mt_ds_steps=40, mt_ibi_iter=6),
-    "full": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=500, target_prod=8000, target_reps=4,
-                 eval_equil=500, eval_prod=4000, eval_reps=4, ds_steps=150, ds_tau=100, ds_reps=3,
-                 ibi_iter=20, ibi_equil=300, ibi_prod=2000, ibi_reps=3, mt_ds_steps=100, mt_ibi_iter=15),
+    # n: particles per state; replicas for targets/evaluation (train_*: the training state, sampled more);
+    # DiffSim steps/tau/replicas (+ a final phase of longer windows); IBI iterations/steps; mt_*: two temperatures;
+    # mix_*: typed mixture recovery
+    "quick": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=500, target_prod=2000, target_reps=2,
+                  train_target_reps=4, train_target_prod=4000, eval_equil=500, eval_prod=1500, eval_reps=1,
+                  train_eval_reps=4, train_eval_prod=2000, ds_steps=100, ds_tau=100, ds_reps=2, ds_final=0,
+                  ds_final_tau=250, ibi_iter=10, ibi_equil=200, ibi_prod=800, ibi_reps=2, mt_ds_steps=60,
+                  mt_ds_final=10, mt_ibi_iter=8, mt_target_reps=3, mt_target_prod=3000, mt_eval_reps=2,
+                  mt_eval_prod=1500, mix_steps=40, mix_reps=2),
+    "full": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=1000, target_prod=8000, target_reps=4,
+                 train_target_reps=8, train_target_prod=12000, eval_equil=1000, eval_prod=4000, eval_reps=4,
+                 train_eval_reps=8, train_eval_prod=6000, ds_steps=150, ds_tau=100, ds_reps=3, ds_final=0,
+                 ds_final_tau=300, ibi_iter=20, ibi_equil=300, ibi_prod=2000, ibi_reps=3, mt_ds_steps=150,
+                 mt_ds_final=40, mt_ibi_iter=15, mt_target_reps=6, mt_target_prod=8000, mt_eval_reps=4,
+                 mt_eval_prod=4000, mix_steps=100, mix_reps=2),
 }
-T_TRAIN, RHO_TRAIN, RHO_VAL, T_MULTI = 1.2, 0.3, (0.5, 0.7), (1.2, 2.0)
+T_TRAIN, RHO_TRAIN, RHO_VAL = 1.2, 0.3, (0.5, 0.7)
+T_MULTI, T_MULTI_VAL = (1.2, 2.0), 1.6
+# binary mixture (type-pair (eps, sigma)) seen as one type in the two-temperature experiment
+MIXTURE = {(0, 0): (1.0, 1.0), (0, 1): (0.7, 1.15), (1, 1): (0.5, 1.3)}
+X_MIX = (0.5, 0.5)
 
 
 def mae(a, b) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).mean())
+
+
+def ibi_averaged(res, n_last: int) -> TabulatedPotential:
+    """IBI with its noise damped like DiffSim's weight averaging: the mean of the last tables."""
+    return TabulatedPotential(res.r, np.mean(res.tables[-max(1, n_last):], axis=0), r_table_min=float(res.r[0]))
 
 
 def main(argv=None) -> int:
@@ -59,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-multi", action="store_true", help="skip the two-temperature experiment")
+    ap.add_argument("--skip-mixture", action="store_true", help="skip the typed-mixture recovery")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     c = CONFIGS["quick" if a.quick else "full"]
@@ -69,38 +95,50 @@ def main(argv=None) -> int:
     true_tab = true.table(create_graph=False)
     n_of = {RHO_TRAIN: c["n_train"], **c["n_val"]}
 
+    def sample(pot, states, equil, prod, seed, **kw):
+        """g(r) per state name with ``pot`` (one table per state for temperature-dependent potentials)."""
+        tab = pot.state_tables([s.temperature for s in states], create_graph=False, device=dev)
+        out = sample_all(tab, states, rdf, equil, prod, seed=seed, device=dev, **kw)
+        return {s.name: out["g"][i] for i, s in enumerate(states)}, out
+
     # ---- targets -----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    tgt_states = [State(rho, T_TRAIN, n_particles=n_of[rho], replicas=c["target_reps"]) for rho in (RHO_TRAIN, *RHO_VAL)]
-    if not a.skip_multi:
-        tgt_states.append(State(RHO_TRAIN, T_MULTI[1], n_particles=c["n_train"], replicas=c["target_reps"]))
-    G = sample_rdf(true_tab, tgt_states, rdf, c["target_equil"], c["target_prod"], seed=a.seed + 1, device=dev)
-    target = {s.name: G[i] for i, s in enumerate(tgt_states)}
-    print(f"targets: {len(tgt_states)} states in {time.perf_counter() - t0:.1f} s", flush=True)
+    target, _ = sample(true, [State(RHO_TRAIN, T_TRAIN, n_particles=c["n_train"], replicas=c["train_target_reps"])],
+                       c["target_equil"], c["train_target_prod"], a.seed + 1)
+    val_states = [State(rho, T_TRAIN, n_particles=n_of[rho], replicas=c["target_reps"]) for rho in RHO_VAL]
+    target.update(sample(true, val_states, c["target_equil"], c["target_prod"], a.seed + 2)[0])
+    print(f"LJ targets: {len(target)} states in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    def st(rho, T, reps, weight=1.0):
+    def st(rho, T, reps, weight=1.0, tgt=None):
         name = f"rho{rho:g}_T{T:g}"
-        return State(rho, T, target=target[name], weight=weight, n_particles=n_of[rho], replicas=reps)
+        return State(rho, T, target=(tgt or target)[name], weight=weight, n_particles=n_of[rho], replicas=reps)
 
-    def evaluate(pot, states, seed):
-        g = sample_rdf(pot.table(create_graph=False, device=dev), states, rdf, c["eval_equil"], c["eval_prod"],
-                       seed=seed, device=dev)
-        return {s.name: g[i] for i, s in enumerate(states)}
+    train_name = f"rho{RHO_TRAIN:g}_T{T_TRAIN:g}"
 
-    eval_states = [st(rho, T_TRAIN, c["eval_reps"]) for rho in (RHO_TRAIN, *RHO_VAL)]
+    def evaluate(pot, seed):
+        """Fresh simulations at the training state (more sampling) and the validation states."""
+        g, _ = sample(pot, [st(RHO_TRAIN, T_TRAIN, c["train_eval_reps"])], c["eval_equil"], c["train_eval_prod"], seed)
+        g.update(sample(pot, [st(rho, T_TRAIN, c["eval_reps"]) for rho in RHO_VAL], c["eval_equil"], c["eval_prod"],
+                        seed)[0])
+        return g
+
     train = [st(RHO_TRAIN, T_TRAIN, c["ds_reps"])]
 
     # ---- DiffSim at rho=0.3, T=1.2 -------------------------------------------------------------
-    eps0, sig0 = lj_guess_from_rdf(rdf.r, target[train[0].name], T_TRAIN)
+    eps0, sig0 = lj_guess_from_rdf(rdf.r, target[train_name], T_TRAIN)
     torch.manual_seed(a.seed)
     pot = NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0)
     t0 = time.perf_counter()
+    # the LJ prior converges first (network frozen for 60 % of the steps), then the network corrects what the
+    # prior cannot express; the parameters of the last 30 % of the steps are averaged
     fitter = DiffSimFitter(pot, train, rdf, tau=c["ds_tau"], lr=0.02, lr_decay=0.1 ** (1 / c["ds_steps"]),
-                           residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed + 2, device=dev)
-    fitter.fit(c["ds_steps"], progress=False)
+                           residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed + 2, device=dev,
+                           net_start=int(0.6 * c["ds_steps"]))
+    fitter.fit(c["ds_steps"], progress=False, final_steps=c["ds_final"], final_tau=c["ds_final_tau"],
+               final_momentum=0.8, average_last=0.3)
     t_ds = time.perf_counter() - t0
-    step_s = DiffSimFitter.step_time(fitter.history)
-    print(f"DiffSim: {c['ds_steps']} steps in {t_ds:.1f} s ({step_s:.3f} s/step, tau={c['ds_tau']}, "
+    step_s = float(np.mean([h["time_s"] for h in fitter.history[1:] if h["tau"] == c["ds_tau"]]))
+    print(f"DiffSim: {c['ds_steps']} steps in {t_ds:.1f} s ({step_s:.3f} s/step at tau={c['ds_tau']}, "
           f"{c['ds_reps']} replicas x {c['n_train']} particles)", flush=True)
 
     # ---- IBI at rho=0.3, T=1.2 -----------------------------------------------------------------
@@ -110,17 +148,18 @@ def main(argv=None) -> int:
               seed=a.seed + 3, device=dev, progress=False)
     t_ibi = time.perf_counter() - t0
     print(f"IBI: {c['ibi_iter']} iterations in {t_ibi:.1f} s", flush=True)
-    # IBI with its noise damped like DiffSim's weight averaging: mean of the tables of the last half
-    ibi_avg = TabulatedPotential(res.r, np.mean(res.tables[-(c["ibi_iter"] // 2):], axis=0),
-                                 r_table_min=float(res.r[0]))
+    ibi_avg = ibi_averaged(res, c["ibi_iter"] // 2)
 
     # ---- evaluation ----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    g_ds = evaluate(pot, eval_states, a.seed + 10)
-    g_ibi = evaluate(res.potential, eval_states, a.seed + 10)
-    g_ibi_avg = evaluate(ibi_avg, eval_states, a.seed + 10)
-    g_pmf = evaluate(NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0), eval_states[:1], a.seed + 10)
-    g_true = evaluate(true, eval_states, a.seed + 10)  # noise floor: the true potential, re-simulated
+    g_ds = evaluate(pot, a.seed + 10)
+    g_ibi = evaluate(res.potential, a.seed + 10)
+    g_ibi_avg = evaluate(ibi_avg, a.seed + 10)
+    g_pmf = sample(NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0),
+                   [st(RHO_TRAIN, T_TRAIN, c["train_eval_reps"])], c["eval_equil"], c["train_eval_prod"],
+                   a.seed + 10)[0]
+    g_true = evaluate(true, a.seed + 10)  # noise floor: the true potential, re-simulated (two seeds)
+    g_true2 = evaluate(true, a.seed + 20)
     print(f"evaluation in {time.perf_counter() - t0:.1f} s", flush=True)
     out = {
         "config": "quick" if a.quick else "full",
@@ -129,55 +168,133 @@ def main(argv=None) -> int:
         "rdf_mae_ibi_averaged": {k: mae(g_ibi_avg[k], target[k]) for k in g_ibi_avg},
         "rdf_mae_initial_guess": {k: mae(g_pmf[k], target[k]) for k in g_pmf},
         "rdf_mae_true_potential": {k: mae(g_true[k], target[k]) for k in g_true},
+        "rdf_mae_true_potential_seed2": {k: mae(g_true2[k], target[k]) for k in g_true2},
+        "rdf_mae_true_vs_true": {k: mae(g_true2[k], g_true[k]) for k in g_true},
         "potential_diffsim": potential_error(pot, true),
         "potential_ibi": potential_error(res.potential, true),
         "potential_ibi_averaged": potential_error(ibi_avg, true),
         "potential_true": {"r_min": 2 ** (1 / 6), "u_min": -1.0},
         "initial_guess": {"epsilon": eps0, "sigma": sig0},
-        "diffsim_step_s": step_s, "diffsim_fit_s": t_ds, "diffsim_md_steps": c["ds_steps"] * c["ds_tau"],
+        "diffsim_step_s": step_s, "diffsim_fit_s": t_ds,
+        "diffsim_md_steps": sum(h["tau"] for h in fitter.history),
         "ibi_iteration_s": t_ibi / c["ibi_iter"], "ibi_fit_s": t_ibi,
         "ibi_md_steps": c["ibi_iter"] * (c["ibi_equil"] + c["ibi_prod"]),
         "ibi_history": res.history, "diffsim_final_window_loss": fitter.history[-1]["loss"],
         "device": str(dev), "threads": a.threads,
     }
 
-    # ---- two temperatures at once --------------------------------------------------------------
+    # ---- two temperatures at once: a mixture seen as one type ----------------------------------
     if not a.skip_multi:
         t0 = time.perf_counter()
-        mt = [st(RHO_TRAIN, T, c["ds_reps"]) for T in T_MULTI]
+        mix = TypedPairPotential({k: LennardJones(e, sg, learnable=False) for k, (e, sg) in MIXTURE.items()})
+        temps = (*T_MULTI, T_MULTI_VAL)
+        mix_states = [State(RHO_TRAIN, T, n_particles=c["n_train"], replicas=c["mt_target_reps"], composition=X_MIX)
+                      for T in temps]
+        _, o = sample(mix, mix_states, c["target_equil"], c["mt_target_prod"], a.seed + 30)
+        mtarget = {f"rho{RHO_TRAIN:g}_T{T:g}": o["g"][i] for i, T in enumerate(temps)}
+        # noise floor: the mixture re-simulated with the evaluation protocol
+        ev_mix = [State(RHO_TRAIN, T, n_particles=c["n_train"], replicas=c["mt_eval_reps"], composition=X_MIX)
+                  for T in temps]
+        _, o2 = sample(mix, ev_mix, c["eval_equil"], c["mt_eval_prod"], a.seed + 11)
+        g_mix_floor = {f"rho{RHO_TRAIN:g}_T{T:g}": o2["g"][i] for i, T in enumerate(temps)}
+        print(f"mixture targets in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        def mst(T, reps):
+            return st(RHO_TRAIN, T, reps, tgt=mtarget)
+
+        mt = [mst(T, c["ds_reps"]) for T in T_MULTI]
+        names = [s.name for s in mt]
+        e0, s0 = lj_guess_from_rdf(rdf.r, mtarget[names[0]], T_MULTI[0])
+        # started from the PMFs, the networks carry the shape: prior and networks learn at the same small rate
+        dkw = dict(tau=c["ds_tau"], lr=0.002, lr_decay=0.1 ** (1 / c["mt_ds_steps"]), residual_momentum=0.5,
+                   net_lr_scale=1.0, device=dev)
+        fkw = dict(progress=False, final_steps=c["mt_ds_final"], final_tau=c["ds_final_tau"], final_momentum=0.8)
+        # both DiffSim models start from the Boltzmann-inverted targets (IBI's start), fitted without MD:
+        # u(r; T) to -kT ln g_T at each training temperature, the T-independent u(r) to their mean
+        pmfs = {s.temperature: s.target for s in mt}
         torch.manual_seed(a.seed)
-        pot_mt = NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0)
-        f_mt = DiffSimFitter(pot_mt, mt, rdf, tau=c["ds_tau"], lr=0.02, lr_decay=0.1 ** (1 / c["mt_ds_steps"]),
-                             residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed + 4, device=dev)
-        f_mt.fit(c["mt_ds_steps"], progress=False)
-        hot = [st(RHO_TRAIN, T_MULTI[1], c["ibi_reps"])]
-        res_hot = ibi(hot, rdf, n_iter=c["mt_ibi_iter"], equil_steps=c["ibi_equil"], prod_steps=c["ibi_prod"],
-                      seed=a.seed + 5, device=dev, progress=False)
-        both = [st(RHO_TRAIN, T, c["ibi_reps"]) for T in T_MULTI]
-        res_ms = ibi(both, rdf, n_iter=c["mt_ibi_iter"], equil_steps=c["ibi_equil"], prod_steps=c["ibi_prod"],
-                     seed=a.seed + 6, device=dev, progress=False)
-        ev = [st(RHO_TRAIN, T, c["eval_reps"]) for T in T_MULTI]
-        models = {"true_LJ": true, "diffsim_joint": pot_mt, "ibi_T1.2": res.potential, "ibi_T2": res_hot.potential,
-                  "ibi_multistate": res_ms.potential,
-                "ibi_multistate_avg": TabulatedPotential(res_ms.r, np.mean(res_ms.tables[-(c["mt_ibi_iter"] // 2):],
-                                                                           axis=0), r_table_min=float(res_ms.r[0]))}
-        gm = {k: evaluate(p, ev, a.seed + 11) for k, p in models.items()}
-        out["multi_temperature"] = {k: {s: mae(g[s], target[s]) for s in g} for k, g in gm.items()}
-        out["multi_temperature_potential"] = {k: potential_error(p, true) for k, p in models.items()}
+        pot_ent = EntropicPairPotential(t_ref=float(np.mean(T_MULTI)), prior="lj", epsilon=e0, sigma=s0)
+        t1 = time.perf_counter()
+        fit_to_pmf(pot_ent, rdf.r, pmfs)
+        f_ent = DiffSimFitter(pot_ent, mt, rdf, seed=a.seed + 4, **dkw)
+        f_ent.fit(c["mt_ds_steps"], **fkw)
+        t_ent = time.perf_counter() - t1
+        torch.manual_seed(a.seed)
+        pot_one = NeuralPairPotential(prior="lj", epsilon=e0, sigma=s0)
+        fit_to_pmf(pot_one, rdf.r, pmfs)
+        DiffSimFitter(pot_one, mt, rdf, seed=a.seed + 4, **dkw).fit(c["mt_ds_steps"], **fkw)
+        ikw = dict(n_iter=c["mt_ibi_iter"], equil_steps=c["ibi_equil"], prod_steps=c["ibi_prod"], device=dev,
+                   progress=False, average_last=c["mt_ibi_iter"] // 2)
+        t1 = time.perf_counter()
+        ibi_lo = ibi([mst(T_MULTI[0], c["ibi_reps"])], rdf, seed=a.seed + 5, **ikw).potential
+        t_ibi_mt = time.perf_counter() - t1
+        ibi_hi = ibi([mst(T_MULTI[1], c["ibi_reps"])], rdf, seed=a.seed + 6, **ikw).potential
+        ibi_ms = ibi([mst(T, c["ibi_reps"]) for T in T_MULTI], rdf, seed=a.seed + 7, **ikw).potential
+        ev = [mst(T, c["mt_eval_reps"]) for T in temps]
+        models = {"diffsim_u(r;T)": pot_ent, "diffsim_one_u(r)": pot_one, f"ibi_T{T_MULTI[0]:g}": ibi_lo,
+                  f"ibi_T{T_MULTI[1]:g}": ibi_hi, "ibi_multistate": ibi_ms}
+        gm = {k: sample(p, ev, c["eval_equil"], c["mt_eval_prod"], a.seed + 11)[0] for k, p in models.items()}
+        gm["mixture_resimulated"] = g_mix_floor
+        out["multi_temperature"] = {k: {s: mae(g[s], mtarget[s]) for s in mtarget} for k, g in gm.items()}
+        out["multi_temperature_train"] = names
+        out["multi_temperature_validation"] = [f"rho{RHO_TRAIN:g}_T{T_MULTI_VAL:g}"]
+        out["multi_temperature_reference"] = {"mixture": {f"{i}-{j}": {"epsilon": e, "sigma": sg}
+                                                          for (i, j), (e, sg) in MIXTURE.items()},
+                                              "composition": list(X_MIX), "density": RHO_TRAIN}
+        out["multi_temperature_fit_s"] = {"diffsim_u(r;T)": t_ent, "ibi_one_state": t_ibi_mt}
         out["multi_temperature_s"] = time.perf_counter() - t0
         print(f"two-temperature experiment in {out['multi_temperature_s']:.1f} s", flush=True)
+
+    # ---- typed mixture: type-pair potentials from partial RDFs of two compositions ---------------
+    if not a.skip_mixture:
+        t0 = time.perf_counter()
+        mix = TypedPairPotential({k: LennardJones(e, sg, learnable=False) for k, (e, sg) in MIXTURE.items()})
+        comps = ((0.25, 0.75), (0.75, 0.25))
+        ms = [State(RHO_TRAIN, T_TRAIN, n_particles=c["n_train"], replicas=c["mt_target_reps"], composition=x)
+              for x in comps]
+        _, o = sample(mix, ms, c["target_equil"], c["mt_target_prod"], a.seed + 40)
+        fit_states = [State(RHO_TRAIN, T_TRAIN, target=o["g_partial"][i], n_particles=c["n_train"],
+                            replicas=c["mix_reps"], composition=x) for i, x in enumerate(comps)]
+        # start: every pair potential from the Boltzmann-inverted partial RDF of the 50:50-weighted channels
+        guess = {}
+        for ch, (i, j) in enumerate(type_pairs(2)):
+            gch = np.mean([o["g_partial"][k][ch] for k in range(len(comps))], axis=0)
+            guess[(i, j)] = lj_guess_from_rdf(rdf.r, gch, T_TRAIN)
+        learn = TypedPairPotential({k: LennardJones(*guess[k]) for k in guess})
+        t1 = time.perf_counter()
+        fm = DiffSimFitter(learn, fit_states, rdf, tau=c["ds_tau"], lr=0.01, lr_decay=0.1 ** (1 / c["mix_steps"]),
+                           residual_momentum=0.5, seed=a.seed + 8, device=dev)
+        fm.fit(c["mix_steps"], progress=False, average_last=0.3)
+        t_fit = time.perf_counter() - t1
+        ev_states = [State(RHO_TRAIN, T_TRAIN, n_particles=c["n_train"], replicas=c["mt_eval_reps"], composition=x)
+                     for x in comps]
+        _, og = sample(learn, ev_states, c["eval_equil"], c["mt_eval_prod"], a.seed + 12)
+        _, o0 = sample(TypedPairPotential({k: LennardJones(*guess[k], learnable=False) for k in guess}), ev_states,
+                       c["eval_equil"], c["mt_eval_prod"], a.seed + 12)
+        _, of = sample(mix, ev_states, c["eval_equil"], c["mt_eval_prod"], a.seed + 12)
+        out["mixture_recovery"] = {
+            "compositions": [list(x) for x in comps],
+            "pairs": {f"{i}-{j}": {"true": {"epsilon": MIXTURE[(i, j)][0], "sigma": MIXTURE[(i, j)][1]},
+                                   "initial": {"epsilon": guess[(i, j)][0], "sigma": guess[(i, j)][1]},
+                                   "diffsim": {"epsilon": learn.pair(i, j).epsilon, "sigma": learn.pair(i, j).sigma}}
+                      for i, j in type_pairs(2)},
+            "partial_rdf_mae": {name: {s.name: mae(g["g_partial"][k], o["g_partial"][k]) for k, s in enumerate(ms)}
+                                for name, g in (("diffsim", og), ("initial_guess", o0), ("true_resimulated", of))},
+            "fit_s": t_fit, "step_s": DiffSimFitter.step_time(fm.history), "s": time.perf_counter() - t0}
+        print(f"typed-mixture recovery in {time.perf_counter() - t0:.1f} s", flush=True)
     out["total_s"] = time.perf_counter() - t_start
     out["total_cpu_s"] = time.process_time() - cpu_start
 
     # ---- report --------------------------------------------------------------------------------
     print(f"\nLJ recovery, trained at rho={RHO_TRAIN}, T={T_TRAIN} ({out['config']}); g(r) MAE over r in [0, 2.5]")
-    print(f"{'state':<14}{'DiffSim':>10}{'IBI':>10}{'IBI avg':>10}{'true LJ':>10}  "
-          f"(IBI avg: mean of the last half of the tables; true LJ re-simulated = noise floor)")
+    print(f"{'state':<14}{'DiffSim':>10}{'IBI':>10}{'IBI avg':>10}{'true LJ':>10}{'true LJ 2':>10}  "
+          f"(IBI avg: mean of the last half of the tables; true LJ re-simulated, two seeds = noise floor)")
     for k in out["rdf_mae_diffsim"]:
-        tag = " (train)" if k == train[0].name else " (validation)"
+        tag = " (train)" if k == train_name else " (validation)"
         print(f"{k:<14}{out['rdf_mae_diffsim'][k]:>10.4f}{out['rdf_mae_ibi'][k]:>10.4f}"
-              f"{out['rdf_mae_ibi_averaged'][k]:>10.4f}{out['rdf_mae_true_potential'][k]:>10.4f}{tag}")
-    print(f"initial guess (Boltzmann-inverted LJ) at train state: {out['rdf_mae_initial_guess'][train[0].name]:.4f}")
+              f"{out['rdf_mae_ibi_averaged'][k]:>10.4f}{out['rdf_mae_true_potential'][k]:>10.4f}"
+              f"{out['rdf_mae_true_potential_seed2'][k]:>10.4f}{tag}")
+    print(f"initial guess (Boltzmann-inverted LJ) at train state: {out['rdf_mae_initial_guess'][train_name]:.4f}")
     print(f"\n{'potential':<12}{'r_min':>8}{'u_min':>8}{'|u-u_LJ|':>10}   (true: r_min 1.1225, u_min -1)")
     for k in ("diffsim", "ibi", "ibi_averaged"):
         p = out[f"potential_{k}"]
@@ -186,12 +303,22 @@ def main(argv=None) -> int:
           f"IBI {out['ibi_iteration_s']:.2f} s per iteration ({c['ibi_equil'] + c['ibi_prod']} MD steps); "
           f"MD steps DiffSim {out['diffsim_md_steps']} vs IBI {out['ibi_md_steps']} (x replicas)")
     if "multi_temperature" in out:
-        print("\nTwo temperatures at rho=0.3 (g(r) MAE):")
+        print(f"\nTwo temperatures at rho={RHO_TRAIN}, reference: binary LJ mixture seen as one type (g(r) MAE; "
+              f"trained at T={T_MULTI[0]:g} and {T_MULTI[1]:g}, T={T_MULTI_VAL:g} is validation)")
         names = list(next(iter(out["multi_temperature"].values())))
-        print(f"{'model':<20}" + "".join(f"{n:>14}" for n in names) + f"{'u_min':>8}{'r_min':>8}")
+        print(f"{'model':<22}" + "".join(f"{n:>14}" for n in names))
         for k, v in out["multi_temperature"].items():
-            p = out["multi_temperature_potential"][k]
-            print(f"{k:<20}" + "".join(f"{v[n]:>14.4f}" for n in names) + f"{p['u_min']:>8.3f}{p['r_min']:>8.3f}")
+            print(f"{k:<22}" + "".join(f"{v[n]:>14.4f}" for n in names))
+    if "mixture_recovery" in out:
+        m = out["mixture_recovery"]
+        print(f"\nTyped mixture: LJ type-pair potentials from partial RDFs of x_A = 0.25 and 0.75 at once "
+              f"({m['fit_s']:.0f} s)")
+        print(f"{'pair':<6}{'eps true':>10}{'initial':>10}{'DiffSim':>10}{'sig true':>10}{'initial':>10}{'DiffSim':>10}")
+        for k, v in m["pairs"].items():
+            print(f"{k:<6}{v['true']['epsilon']:>10.3f}{v['initial']['epsilon']:>10.3f}{v['diffsim']['epsilon']:>10.3f}"
+                  f"{v['true']['sigma']:>10.3f}{v['initial']['sigma']:>10.3f}{v['diffsim']['sigma']:>10.3f}")
+        for k, v in m["partial_rdf_mae"].items():
+            print(f"  partial g(r) MAE {k:<18}" + "  ".join(f"{s} {x:.4f}" for s, x in v.items()))
     print(f"\ntotal {out['total_s']:.0f} s wall, {out['total_cpu_s']:.0f} s CPU (threads={a.threads})")
     if a.json:
         from forcefield.fileio import atomic_path
@@ -210,6 +337,13 @@ def main(argv=None) -> int:
         plot_potentials(d / "lj_recovery_u.png", r, {"true": true.evaluate(r)[0], "DiffSim": pot.evaluate(r)[0],
                                                       "IBI": res.potential.evaluate(r)[0],
                                                       "IBI avg": ibi_avg.evaluate(r)[0]})
+        if "multi_temperature" in out:
+            plot_rdfs(d / "two_temperatures_rdf.png", rdf.r,
+                      {s: {"target": mtarget[s], **{k: gm[k][s] for k in models}} for s in mtarget},
+                      title="binary mixture seen as one type")
+            curves = {f"DiffSim u(r;T={T:g})": pot_ent.evaluate(r, T)[0] for T in temps}
+            curves.update({k: p.evaluate(r)[0] for k, p in models.items() if k.startswith("ibi")})
+            plot_potentials(d / "two_temperatures_u.png", r, curves, ylim=(-1.5, 3.0))
     return 0
 
 
