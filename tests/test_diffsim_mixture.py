@@ -104,7 +104,7 @@ def test_gradient_with_two_types_matches_finite_differences():
 
 def test_entropic_potential_is_linear_in_temperature_and_round_trips(tmp_path):
     torch.manual_seed(0)
-    pot = EntropicPairPotential(t_ref=1.5, epsilon=0.9, sigma=1.05, hidden=16, s_hidden=8, n_basis=12)
+    pot = EntropicPairPotential(t_ref=1.5, epsilon=0.9, sigma=1.05, hidden=16, s_hidden=8, n_basis=12, t_scale=0.5)
     with torch.no_grad():
         for p in pot.entropy.mlp.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -206,7 +206,9 @@ class EntropicPairPotential(PairPotential):
     the entropy part s(r) (an MLP on the same kind of basis, no prior, zero at the start) jointly from
     targets at several temperatures; it is parametrised as u(r; T) = e_ref(r) - (T - t_ref) s(r), with
     e_ref = e - t_ref s the potential at the reference temperature ``t_ref`` (the starting point).
-    One table per state (:meth:`state_table`) goes to the MD engine.
+    The entropy network's output is divided by ``t_scale`` (e.g. half the range of training
+    temperatures), so that it changes u(r; T) at the training temperatures as fast as the energy
+    network does. One table per state (:meth:`state_table`) goes to the MD engine.
     """
 
     kind = "entropic"
@@ -214,11 +216,11 @@ class EntropicPairPotential(PairPotential):
 
     def __init__(self, t_ref: float = 1.0, prior: str = "lj", epsilon: float = 1.0, sigma: float = 1.0,
                  n_basis: int = 32, hidden: int = 64, layers: int = 2, basis_min: float = 0.6,
-                 s_hidden: int = 32, dtype: torch.dtype = torch.float32, **kw):
+                 s_hidden: int = 32, dtype: torch.dtype = torch.float32, t_scale: float = 1.0, **kw):
         super().__init__(**kw)
-        if t_ref <= 0:
-            raise InputError(f"EntropicPairPotential: t_ref must be > 0, got {t_ref}")
-        self.t_ref, self.s_hidden = float(t_ref), int(s_hidden)
+        if t_ref <= 0 or t_scale <= 0:
+            raise InputError(f"EntropicPairPotential: t_ref and t_scale must be > 0, got {t_ref}, {t_scale}")
+        self.t_ref, self.s_hidden, self.t_scale = float(t_ref), int(s_hidden), float(t_scale)
         self.energy = NeuralPairPotential(prior=prior, epsilon=epsilon, sigma=sigma, n_basis=n_basis, hidden=hidden,
                                           layers=layers, basis_min=basis_min, dtype=dtype, r_cut=self.r_cut,
                                           r_on=self.r_on, r_table_min=self.r_table_min)
@@ -228,7 +230,7 @@ class EntropicPairPotential(PairPotential):
 
     def raw(self, r, temperature: float | None = None):
         T = self.t_ref if temperature is None else float(temperature)
-        return self.energy.raw(r) - (T - self.t_ref) * self.entropy.raw(r)
+        return self.energy.raw(r) - (T - self.t_ref) / self.t_scale * self.entropy.raw(r)
 
     def forward(self, r, temperature: float | None = None):
         return self.raw(r, temperature) * smooth_switch(r, self.r_on, self.r_cut)
@@ -237,7 +239,7 @@ class EntropicPairPotential(PairPotential):
         """The entropy part s(r) = -du/dT (switched), as numpy."""
         with torch.no_grad():
             rt = torch.as_tensor(np.asarray(r, float), dtype=torch.float64)
-            return (self.entropy(rt)).numpy()
+            return (self.entropy(rt) / self.t_scale).numpy()
 
     def state_table(self, temperature: float, n: int = 2048, dtype: torch.dtype = torch.float64, device=None,
                     create_graph: bool = True) -> PairTable:
@@ -254,7 +256,7 @@ class EntropicPairPotential(PairPotential):
         e = self.energy.config()
         return {**super().config(), "t_ref": self.t_ref, "prior": e["prior"], "epsilon": e["epsilon"],
                 "sigma": e["sigma"], "n_basis": e["n_basis"], "hidden": e["hidden"], "layers": e["layers"],
-                "basis_min": e["basis_min"], "s_hidden": self.s_hidden}
+                "basis_min": e["basis_min"], "s_hidden": self.s_hidden, "t_scale": self.t_scale}
 
 
 class TypedPairPotential(PairPotential):
