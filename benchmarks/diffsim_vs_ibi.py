@@ -213,7 +213,8 @@ def main(argv=None) -> int:
         # u(r; T) to -kT ln g_T at each training temperature, the T-independent u(r) to their mean
         pmfs = {s.temperature: s.target for s in mt}
         torch.manual_seed(a.seed)
-        pot_ent = EntropicPairPotential(t_ref=float(np.mean(T_MULTI)), prior="lj", epsilon=e0, sigma=s0)
+        pot_ent = EntropicPairPotential(t_ref=float(np.mean(T_MULTI)), prior="lj", epsilon=e0, sigma=s0,
+                                        t_scale=0.5 * (max(T_MULTI) - min(T_MULTI)))
         t1 = time.perf_counter()
         fit_to_pmf(pot_ent, rdf.r, pmfs)
         f_ent = DiffSimFitter(pot_ent, mt, rdf, seed=a.seed + 4, **dkw)
