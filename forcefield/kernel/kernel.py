@@ -240,7 +240,7 @@ class HessianKernel(DescriptorKernel):
         # compute-bound (the scatter's (na, D, 3, X) temporaries made it ~5x slower)
         return torch.bmm(dense_jacobian(tr.diff[a], tr.d3[a]).transpose(1, 2), Y)
 
-    def _cross(self, a: torch.Tensor, b: torch.Tensor, paired: bool = False):
+    def _cross(self, a: torch.Tensor, b: torch.Tensor, paired: bool = False, Wb: tuple | None = None):
         """Kernel blocks between training points a (rows) and b (columns).
 
         Uses dense Jacobians of the column points: the permuted copy p of point b has descriptor
@@ -249,12 +249,11 @@ class HessianKernel(DescriptorKernel):
 
         Returns Kff (na, 3N, nb, 3N), Kfe (na, 3N, nb), Kef (na, nb, 3N), Kee (na, nb) (the energy
         blocks None without energy constraints); with ``paired`` (a and b of equal length) the nb axis
-        is dropped and block k couples a[k] with b[k].
+        is dropped and block k couples a[k] with b[k]. ``Wb``: :meth:`_col_data` of b, if already at hand.
         """
-        tr, q, sig = self.train, self.q, self.sigma
+        tr, sig = self.train, self.sigma
         xa = tr.d[a]
-        W = dense_jacobian(tr.diff[b], tr.d3[b])[:, q]  # (nb, P, D, 3N)
-        dpb = tr.d[b][:, q]  # (nb, P, D)
+        W, dpb = Wb if Wb is not None else self._col_data(b)
         u = xa[:, None] - dpb if paired else xa[:, None, None] - dpb[None]  # (na, [nb,] P, D)
         r = SQRT5 * torch.linalg.vector_norm(u, dim=-1)
         base = torch.exp(-r / sig) * (5.0 / (3.0 * sig ** 3))
@@ -281,6 +280,11 @@ class HessianKernel(DescriptorKernel):
             Kee = self.kernel_value(base, r).sum(-1)
         return Kff, Kfe, Kef, Kee
 
+    def _col_data(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Permuted dense Jacobians (nb, P, D, 3N) and descriptors (nb, P, D) of column points b."""
+        tr, q = self.train, self.q
+        return dense_jacobian(tr.diff[b], tr.d3[b])[:, q], tr.d[b][:, q]
+
     def _chunk(self, nb: int) -> int:
         """Row points per :meth:`_cross` call for nb column points (temporaries of ~100 MB)."""
         P, D = self.q.shape
@@ -298,9 +302,10 @@ class HessianKernel(DescriptorKernel):
         nb = len(b)
         out = torch.empty(self.n_unknowns, nb, w, dtype=tr.d.dtype, device=dev)
         step = self._chunk(nb)
+        Wb = self._col_data(b)
         for s in range(0, M, step):
             a = torch.arange(s, min(M, s + step), device=dev)
-            Kff, Kfe, Kef, Kee = self._cross(a, b)
+            Kff, Kfe, Kef, Kee = self._cross(a, b, Wb=Wb)
             out[s * n3:(s + len(a)) * n3, :, :n3] = Kff.reshape(-1, nb, n3)
             if self.energy:
                 out[s * n3:(s + len(a)) * n3, :, n3] = Kfe.reshape(-1, nb)
@@ -339,10 +344,11 @@ class HessianKernel(DescriptorKernel):
         na, nb, n3 = len(rows), len(cols), self.n3
         out = torch.empty(na * self.width, nb * self.width, dtype=tr.d.dtype, device=dev)
         step = self._chunk(nb)
+        Wb = self._col_data(cols)
         for s in range(0, na, step):
             a = rows[s:s + step]
             e = s + len(a)
-            Kff, Kfe, Kef, Kee = self._cross(a, cols)
+            Kff, Kfe, Kef, Kee = self._cross(a, cols, Wb=Wb)
             out[s * n3:e * n3, :nb * n3] = Kff.reshape(len(a) * n3, nb * n3)
             if self.energy:
                 out[s * n3:e * n3, nb * n3:] = Kfe.reshape(len(a) * n3, nb)

@@ -83,7 +83,7 @@ class KernelForceField:
         aspirin (σ = 50) the test force MAE at 200 and 1,000 points matched rtol 1e-4 to 1e-3 relative
         with 25-30 % fewer iterations.
     n_inducing : inducing training points of the PCG preconditioner (default: from the problem size).
-    max_memory_gb : memory budget for the preconditioner factors (they hold 2 x 3NM x k numbers).
+    max_memory_gb : memory budget for the preconditioner factor (3NM x k numbers, k = 3N per inducing point).
     cache_gb : the PCG keeps the kernel profile (16 M² P bytes) when it fits this budget, else it is
         recomputed in every product and all memory is linear in M (set 0 to force that).
     energy_constraints : also fit the training energies (sGDML's ``use_E_cstr``): one more coefficient per

@@ -99,7 +99,7 @@ class NystromPreconditioner:
         tr = kernel.train
         M, w = tr.n, kernel.width  # w unknowns per training point (3N, + 1 with energy constraints)
         n = kernel.n_unknowns
-        n_points = int(max(1, min(n_points, M, max_bytes // ((2 if block_diagonal else 1) * 8 * n * w))))
+        n_points = int(max(1, min(n_points, M, max_bytes // (8 * n * w))))
         dev, dt = tr.d.device, tr.d.dtype
         self.cluster_size = max(1, int(cluster_size))
         self.pivot_block = max(1, int(pivot_block))
@@ -161,11 +161,13 @@ class NystromPreconditioner:
         Clusters of at most ``cluster_size`` points come from recursive bisection along the principal axis
         of the descriptors, so near-duplicate geometries (the source of the smallest eigenvalues) share a
         block that is factorised exactly. The inverse of each block is stored (applied by batched products).
+        Works in place: L becomes G = C⁻¹ L (Λ = C Cᵀ blockwise), S = I + GᵀG, then Z = C⁻ᵀ G, so only one
+        n x k array is ever held.
         """
         tr = kernel.train
         k = L.shape[1]
         groups: dict[int, list] = {}
-        Z = torch.empty_like(L)
+        chol: list[tuple[torch.Tensor, torch.Tensor]] = []
         for c in _clusters(tr.d, self.cluster_size):
             groups.setdefault(len(c), []).append(c)
         self._groups = []
@@ -197,8 +199,8 @@ class NystromPreconditioner:
                     jitter = jitter * 10 if jitter else self.lam
                     Lam.diagonal(dim1=1, dim2=2).add_(jitter)
                 G = torch.linalg.solve_triangular(C, Lc, upper=False)  # C⁻¹ L, Λ = C Cᵀ
-                Z[rows.reshape(-1)] = torch.linalg.solve_triangular(C.mT, G, upper=True).reshape(-1, k)
                 L[rows.reshape(-1)] = G.reshape(-1, k)  # L becomes G = blockdiag(C)⁻¹ L
+                chol.append((rows, C))
                 rows_g.append(rows)
                 inv_g.append(torch.cholesky_inverse(C))
                 del Kc, Lc, Lam
@@ -207,9 +209,12 @@ class NystromPreconditioner:
         S.diagonal().add_(1.0)
         self._S_chol = torch.linalg.cholesky(S)
         del S
-        # P⁻¹ = Λ⁻¹ - Z S⁻¹ Zᵀ (Z = Λ⁻¹ L); L is no longer needed
+        for rows, C in chol:  # G -> Z = C⁻ᵀ G = Λ⁻¹ L, in place
+            r = rows.reshape(-1)
+            L[r] = torch.linalg.solve_triangular(C.mT, L[rows], upper=True).reshape(-1, k)
+        # P⁻¹ = Λ⁻¹ - Z S⁻¹ Zᵀ
         # (a float32 copy of Z for the products was tried: the two terms cancel to ~1e-10, so it diverges)
-        self._Z = Z
+        self._Z = L
 
     def _block_solve(self, r: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(r)
