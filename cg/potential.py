@@ -111,9 +111,12 @@ class SchNetCG(nn.Module):
 class FeatureNet(nn.Module):
     """Energy MLP over invariant internal features (CGnet-style, Wang et al. 2019, written here from the paper).
 
-    Features: every interbead distance, the cosine of every bonded angle, and the cosine and sine of every
-    bonded torsion, standardised with reference statistics (``reference`` frames; otherwise unscaled). The
-    energy is invariant to rotations and translations; torsion sines make it chiral (it can tell L from D).
+    Features: every interbead distance, the cosine of every bonded angle, and for every bonded torsion
+    ``sin θ1 sin θ2 (cos φ, sin φ)`` (:func:`cg.priors.torsion_components`: smooth even where three beads
+    line up and φ is undefined, so the forces stay bounded there), standardised with reference statistics
+    (``reference`` frames; otherwise unscaled). The energy is invariant to rotations and translations; the
+    signed torsion component makes it chiral (it can tell L from D). ``torsions="angle"`` uses plain
+    ``cos φ, sin φ`` (the form of potentials saved before the smooth one existed).
     Dense matmuls only, so it is far cheaper per frame than message passing on a CPU.
 
     Parameters
@@ -124,12 +127,15 @@ class FeatureNet(nn.Module):
     """
 
     def __init__(self, n_beads: int, bonds: np.ndarray, hidden: int = 128, layers: int = 3,
-                 reference: np.ndarray | None = None) -> None:
+                 reference: np.ndarray | None = None, torsions: str = "smooth") -> None:
         super().__init__()
         from .priors import angle_triples, dihedral_quads
 
         b = np.asarray(bonds, dtype=int).reshape(-1, 2)
-        self.config = {"kind": "features", "n_beads": int(n_beads), "bonds": b.tolist(), "hidden": hidden, "layers": layers}
+        self.config = {"kind": "features", "n_beads": int(n_beads), "bonds": b.tolist(), "hidden": hidden, "layers": layers,
+                       "torsions": torsions}
+        if torsions not in ("smooth", "angle"):
+            raise ValueError(f"torsions must be 'smooth' or 'angle', got {torsions!r}")
         i, j = np.triu_indices(n_beads, k=1)
         self.register_buffer("pairs", torch.as_tensor(np.stack([i, j], 1), dtype=torch.long))
         self.register_buffer("triples", torch.as_tensor(angle_triples(b), dtype=torch.long))
@@ -154,14 +160,17 @@ class FeatureNet(nn.Module):
                 self.std.copy_(f.std(0).clamp(min=1e-3))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        from .priors import bond_angles, bond_lengths, torsions
+        from .priors import bond_angles, bond_lengths, torsion_components, torsions
 
         parts = [bond_lengths(x, self.pairs)]
         if len(self.triples):
             parts.append(torch.cos(bond_angles(x, self.triples)))
         if len(self.quads):
-            t = torsions(x, self.quads)
-            parts += [torch.cos(t), torch.sin(t)]
+            if self.config["torsions"] == "smooth":
+                parts += list(torsion_components(x, self.quads))
+            else:
+                t = torsions(x, self.quads)
+                parts += [torch.cos(t), torch.sin(t)]
         return torch.cat(parts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +253,8 @@ class CGPotential(nn.Module):
         if s["net_config"] is not None:
             c = dict(s["net_config"])
             if c.pop("kind", "schnet") == "features":
-                net = FeatureNet(c["n_beads"], np.array(c["bonds"]), c["hidden"], c["layers"])
+                net = FeatureNet(c["n_beads"], np.array(c["bonds"]), c["hidden"], c["layers"],
+                                 torsions=c.get("torsions", "angle"))
             else:
                 c.pop("n_types")
                 net = SchNetCG(s["net_types"].numpy(), **c)

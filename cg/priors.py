@@ -5,7 +5,9 @@ Terms (all energies in kcal/mol, lengths in Å, angles in radians):
 * harmonic bonds      ``U = k/2 (r - r0)^2``       fitted to ``-kT ln(p(r)/r^2)``
 * harmonic angles     ``U = k/2 (θ - θ0)^2``       fitted to ``-kT ln(p(θ)/sin θ)``
 * Fourier dihedrals   ``U = Σ_n a_n cos(nφ) + b_n sin(nφ)``  fitted to ``-kT ln p(φ)``, one torsion per
-  central bond (torsions about the same bond are near-copies; priors on each would count it twice)
+  central bond (torsions about the same bond are near-copies; priors on each would count it twice),
+  damped smoothly to zero as a bond angle nears 180° (:func:`collinear_damping`), where φ is undefined
+  and the forces of a plain torsion potential diverge
 * repulsion           ``U = ε (σ/r)^p`` on pairs not joined by a bond or an angle, with ``ε = kT`` and
   ``σ`` the smallest distance the pair reaches in the reference (short range: ``U(σ) = kT``).
 
@@ -94,6 +96,34 @@ def torsions(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
     v = b0 - (b0 * b1n).sum(-1, keepdim=True) * b1n
     w = b2 - (b2 * b1n).sum(-1, keepdim=True) * b1n
     return torch.atan2((torch.linalg.cross(b1n, v) * w).sum(-1), (v * w).sum(-1))
+
+
+def torsion_components(x: torch.Tensor, quads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sin θ1 sin θ2 cos φ`` and ``sin θ1 sin θ2 sin φ`` (B, Q) of quadruples (Q, 4).
+
+    θ1, θ2 are the two bond angles of the torsion. Unlike cos φ and sin φ these are smooth everywhere
+    (polynomials in the unit bond vectors: ``n1·n2`` and ``(n1 × n2)·u2`` with ``n1 = u1 × u2``,
+    ``n2 = u2 × u3``), so forces stay bounded when three beads line up, where φ itself is undefined.
+    They keep the sign of φ (chirality).
+    """
+    u = [x[:, quads[:, k + 1]] - x[:, quads[:, k]] for k in range(3)]
+    u = [v / v.norm(dim=-1, keepdim=True) for v in u]
+    n1, n2 = torch.linalg.cross(u[0], u[1]), torch.linalg.cross(u[1], u[2])
+    return (n1 * n2).sum(-1), (torch.linalg.cross(n1, n2) * u[1]).sum(-1)
+
+
+def collinear_damping(x: torch.Tensor, quads: torch.Tensor, start_deg: float = 155.0,
+                      end_deg: float = 178.0) -> torch.Tensor:
+    """Factor (B, Q) in [0, 1] that takes a torsion term smoothly (C2) to zero as either of its bond angles
+    goes from ``start_deg`` to ``end_deg``: there φ is undefined and a plain torsion potential's forces
+    diverge like 1/sin θ (the instability that combined bending-torsion potentials avoid, Bulacu et al.,
+    JCTC 9, 3282, 2013). Equal to 1 below ``start_deg``, so Boltzmann-inverted torsions are unchanged
+    wherever the angles stay clear of 180°.
+    """
+    th = torch.stack([bond_angles(x, quads[:, :3]), bond_angles(x, quads[:, 1:])], -1)
+    a, b = np.radians(start_deg), np.radians(end_deg)
+    t = ((th - a) / (b - a)).clamp(0.0, 1.0)
+    return (1.0 - t**3 * (10.0 - 15.0 * t + 6.0 * t * t)).prod(-1)
 
 
 # ----------------------------------------------------------------------------- fits (numpy)
@@ -186,11 +216,13 @@ class Priors(nn.Module):
     KEYS = ("bond_idx", "bond_k", "bond_r0", "angle_idx", "angle_k", "angle_t0", "dih_idx", "dih_a", "dih_b",
             "rep_idx", "rep_sigma")
 
-    def __init__(self, tensors: dict[str, torch.Tensor], n_beads: int, temperature: float, rep_power: int = 6) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], n_beads: int, temperature: float, rep_power: int = 6,
+                 damp_collinear: bool = True) -> None:
         super().__init__()
         for k in self.KEYS:
             self.register_buffer(k, torch.as_tensor(tensors[k]))
         self.n_beads, self.temperature, self.rep_power = int(n_beads), float(temperature), int(rep_power)
+        self.damp_collinear = bool(damp_collinear)
 
     # ------------------------------------------------------------- construction
     @classmethod
@@ -229,11 +261,12 @@ class Priors(nn.Module):
     def state(self) -> dict[str, Any]:
         """Everything needed to rebuild the module (tensors and plain numbers; safe for weights_only loads)."""
         return {"tensors": {k: getattr(self, k).detach().cpu() for k in self.KEYS}, "n_beads": self.n_beads,
-                "temperature": self.temperature, "rep_power": self.rep_power}
+                "temperature": self.temperature, "rep_power": self.rep_power, "damp_collinear": self.damp_collinear}
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> "Priors":
-        return cls(s["tensors"], s["n_beads"], s["temperature"], s.get("rep_power", 6))
+        # potentials saved before the damping existed keep their plain torsions
+        return cls(s["tensors"], s["n_beads"], s["temperature"], s.get("rep_power", 6), s.get("damp_collinear", False))
 
     # ------------------------------------------------------------- energy
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -248,7 +281,10 @@ class Priors(nn.Module):
             phi = torsions(x, self.dih_idx)
             nn_ = torch.arange(1, self.dih_a.shape[1] + 1, device=x.device, dtype=dt)
             ang = phi[..., None] * nn_
-            out["dihedrals"] = (self.dih_a.to(dt) * torch.cos(ang) + self.dih_b.to(dt) * torch.sin(ang)).sum((-1, -2))
+            u = (self.dih_a.to(dt) * torch.cos(ang) + self.dih_b.to(dt) * torch.sin(ang)).sum(-1)
+            if self.damp_collinear:
+                u = u * collinear_damping(x, self.dih_idx)
+            out["dihedrals"] = u.sum(-1)
         else:
             out["dihedrals"] = torch.zeros(x.shape[0], dtype=dt, device=x.device)
         if len(self.rep_idx):

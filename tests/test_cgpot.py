@@ -287,3 +287,37 @@ def test_feature_net_forces_invariance_and_chirality(rng, tmp_path):
     pot.save(tmp_path / "f.pt")
     back = CGPotential.load(tmp_path / "f.pt")
     assert torch.allclose(back(x.float()).double(), pot.float()(x.float()).double(), atol=1e-5)
+
+
+def test_torsion_terms_stay_smooth_when_beads_line_up(rng):
+    """Smooth torsion features equal sin θ1 sin θ2 (cos φ, sin φ); near a collinear triple the forces of
+    the damped dihedral prior and of the feature network stay bounded (plain φ terms diverge as 1/sin θ)."""
+    from cg.priors import bond_angles, collinear_damping, torsion_components, torsions
+
+    X = _chain(rng.uniform(1.4, 1.6, 64), rng.uniform(1.4, 1.6, 64), rng.uniform(1.5, 2.3, 64),
+               rng.uniform(-np.pi, np.pi, 64), rng.uniform(1.4, 1.6, 64), rng.uniform(1.3, 2.2, 64))
+    x = torch.as_tensor(X)
+    q = torch.tensor([[0, 1, 2, 3]])
+    c, s = torsion_components(x, q)
+    th1, th2 = bond_angles(x, q[:, :3]), bond_angles(x, q[:, 1:])
+    phi = torsions(x, q)
+    amp = torch.sin(th1) * torch.sin(th2)
+    assert torch.allclose(c, amp * torch.cos(phi), atol=1e-10) and torch.allclose(s, amp * torch.sin(phi), atol=1e-10)
+    assert torch.all(collinear_damping(x, q)[th1.squeeze(-1) < np.radians(150)] == 1.0)
+    # a chain whose angle 0-1-2 approaches 180°
+    pri = Priors.fit(X, np.array([[0, 1], [1, 2], [2, 3]]), T, n_fourier=3)
+    with torch.no_grad():
+        pri.dih_a.fill_(1.0)
+        pri.dih_b.fill_(1.0)
+    pot = build_potential(pri, ["A", "B", "C", "D"], np.full(4, 12.0), np.array([[0, 1], [1, 2], [2, 3]]),
+                          network="features", hidden=16, layers=2)
+    pot.double()
+    peaks = []
+    for eps in (1e-2, 1e-4, 1e-6):  # angle 0-1-2 = π - eps
+        y = torch.tensor([[[np.cos(eps) * 1.5, np.sin(eps) * 1.5, 0.0], [0.0, 0.0, 0.0], [-1.5, 0.0, 0.0],
+                           [-2.0, 1.2, 0.3]]], dtype=torch.float64, requires_grad=True)
+        for model in (pri, pot.net):
+            g, = torch.autograd.grad(model(y).sum(), y)
+            assert torch.isfinite(g).all()
+            peaks.append(float(g.abs().max()))
+    assert max(peaks) < 1e3
