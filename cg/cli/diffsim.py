@@ -197,7 +197,7 @@ def _fit(a: argparse.Namespace) -> int:
         elif a.temperature_dependent:
             eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
             pot = EntropicPairPotential(t_ref=float(np.mean(temps)), prior=a.prior, epsilon=eps, sigma=sig,
-                                        hidden=a.hidden)
+                                        hidden=a.hidden, t_scale=0.5 * (max(temps) - min(temps)))
         else:
             eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
             pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
