@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
                 "epochs": 100},
     "cg": {"epochs": 200, "replicas": 16, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features",
-           "patience": 25, "force_map": "auto"},
+           "patience": 25, "force_map": "sum"},
     "backmap": {"epochs": 30, "samples": 4, "frames": 200, "train_frames": 3000},
 }
 
