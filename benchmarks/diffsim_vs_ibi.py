@@ -8,8 +8,13 @@ Anchor: Wang et al., "Learning pair potentials using differentiable simulations"
    guess that also starts IBI) and IBI trained on rho=0.3, T=1.2; every learnt potential is then
    simulated afresh at rho=0.3, 0.5, 0.7 (T=1.2). Reports g(r) MAE per state, the well position and
    depth, and the mean |u - u_LJ| on [0.95, 2.5].
-   The training-state target and its evaluation use more sampling than the validation states, and the
-   noise floor (the true potential re-simulated with two seeds) is reported next to every figure.
+   Statistics: the targets are long runs split into groups of replicas (their noise, the expected
+   |error| per bin of the target mean, is reported); every potential, the true one included, is
+   evaluated with several independent seed groups (the same seeds, i.e. initial conditions and random
+   forces, for every potential), so each figure is a mean +- standard error over seeds, the true
+   potential's figure is the noise floor, and differences between methods are also given paired by seed.
+   DiffSim ends with a phase of longer windows (ds_final steps of ds_final_tau MD steps): less noisy
+   gradients where the parameters are averaged, which removed the too shallow well of shorter windows.
 3. Two temperatures at once, with a state-dependent effective pair potential: the reference is a binary
    LJ mixture (50:50; sigma_AA=1, sigma_BB=1.3, eps_AA=1, eps_BB=0.5, AB by Lorentz-Berthelot-like
    rules) seen as ONE particle type (total g(r)); its effective pair potential is a free energy that
@@ -28,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cg.diffsim.ensemble import State, sample_all  # noqa: E402
+from cg.diffsim.ensemble import State, sample_all, state_name  # noqa: E402
 from cg.diffsim.fit import DiffSimFitter, fit_to_pmf, lj_guess_from_rdf  # noqa: E402
 from cg.diffsim.ibi import ibi  # noqa: E402
 from cg.diffsim.observables import RDF, type_pairs  # noqa: E402
@@ -43,20 +49,24 @@ from cg.diffsim.potentials import (EntropicPairPotential, LennardJones, NeuralPa
                                    TabulatedPotential, TypedPairPotential, potential_error)
 
 CONFIGS = {
-    # n: particles per state; replicas for targets/evaluation (train_*: the training state, sampled more);
-    # DiffSim steps/tau/replicas (+ a final phase of longer windows); IBI iterations/steps; mt_*: two temperatures;
-    # mix_*: typed mixture recovery
-    "quick": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=500, target_prod=2000, target_reps=2,
-                  train_target_reps=4, train_target_prod=4000, eval_equil=500, eval_prod=1500, eval_reps=1,
-                  train_eval_reps=4, train_eval_prod=2000, ds_steps=100, ds_tau=100, ds_reps=2, ds_final=0,
+    # n: particles per state; target: (replicas per group, production steps) per density (one long reference run, split into
+    # target_groups groups of replicas for its noise estimate); eval: (replicas per seed, steps) per density, every
+    # learnt potential and the true one evaluated with eval_seeds independent seed groups (the same seeds for every
+    # potential: paired differences); DiffSim steps/tau/replicas (+ a final phase of ds_final longer windows);
+    # IBI iterations/steps; mt_*: two temperatures; mix_*: typed mixture recovery
+    "quick": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=500,
+                  target={0.3: (2, 4000), 0.5: (1, 2000), 0.7: (1, 2000)}, target_groups=4,
+                  eval_equil=500, eval={0.3: (2, 1500), 0.5: (2, 1000), 0.7: (1, 1000)}, eval_seeds=3,
+                  ds_steps=100, ds_tau=100, ds_reps=2, ds_final=20,
                   ds_final_tau=250, ibi_iter=10, ibi_equil=200, ibi_prod=800, ibi_reps=2, mt_ds_steps=60,
                   mt_ds_final=10, mt_ibi_iter=8, mt_target_reps=3, mt_target_prod=3000, mt_eval_reps=2,
                   mt_eval_prod=1500, mix_steps=40, mix_reps=2),
-    "full": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=1000, target_prod=8000, target_reps=4,
-                 train_target_reps=8, train_target_prod=12000, eval_equil=1000, eval_prod=4000, eval_reps=4,
-                 train_eval_reps=8, train_eval_prod=6000, ds_steps=150, ds_tau=100, ds_reps=3, ds_final=0,
-                 ds_final_tau=300, ibi_iter=20, ibi_equil=300, ibi_prod=2000, ibi_reps=3, mt_ds_steps=150,
-                 mt_ds_final=40, mt_ibi_iter=15, mt_target_reps=6, mt_target_prod=8000, mt_eval_reps=4,
+    "full": dict(n_train=128, n_val={0.5: 128, 0.7: 256}, target_equil=1000,
+                 target={0.3: (4, 12000), 0.5: (2, 12000), 0.7: (1, 8000)}, target_groups=8,
+                 eval_equil=500, eval={0.3: (4, 4000), 0.5: (4, 4000), 0.7: (2, 4000)}, eval_seeds=4,
+                 ds_steps=150, ds_tau=100, ds_reps=3, ds_final=50,
+                 ds_final_tau=300, ibi_iter=20, ibi_equil=300, ibi_prod=2000, ibi_reps=3, mt_ds_steps=120,
+                 mt_ds_final=30, mt_ibi_iter=12, mt_target_reps=6, mt_target_prod=8000, mt_eval_reps=4,
                  mt_eval_prod=4000, mix_steps=100, mix_reps=2),
 }
 T_TRAIN, RHO_TRAIN, RHO_VAL = 1.2, 0.3, (0.5, 0.7)
@@ -101,26 +111,41 @@ def main(argv=None) -> int:
         out = sample_all(tab, states, rdf, equil, prod, seed=seed, device=dev, **kw)
         return {s.name: out["g"][i] for i, s in enumerate(states)}, out
 
-    # ---- targets -----------------------------------------------------------------------------
+    def sample_seeds(pot, states, n_groups, equil, prod, seed):
+        """g(r) per state name, shape (n_groups, n_bins): every state's ``replicas`` simulated ``n_groups`` times
+        as independent groups of replicas (one batched run)."""
+        groups = [replace(s, name=f"{s.name}#{k}", target=None) for s in states for k in range(n_groups)]
+        g, _ = sample(pot, groups, equil, prod, seed)
+        return {s.name: np.stack([g[f"{s.name}#{k}"] for k in range(n_groups)]) for s in states}
+
+    def sample_groups(pot, spec, n_groups, equil, seed, temperature=T_TRAIN):
+        """:func:`sample_seeds` for the densities of ``spec`` ({rho: (replicas per group, steps)}), one run per
+        step count."""
+        by_prod: dict[int, list] = {}
+        for rho, (reps, prod) in spec.items():
+            by_prod.setdefault(int(prod), []).append(State(rho, temperature, n_particles=n_of[rho], replicas=int(reps)))
+        out = {}
+        for prod, states in by_prod.items():
+            out.update(sample_seeds(pot, states, n_groups, equil, prod, seed))
+        return out
+
+    # ---- targets: long runs of the true potential, split into groups for their noise ---------------
     t0 = time.perf_counter()
-    target, _ = sample(true, [State(RHO_TRAIN, T_TRAIN, n_particles=c["n_train"], replicas=c["train_target_reps"])],
-                       c["target_equil"], c["train_target_prod"], a.seed + 1)
-    val_states = [State(rho, T_TRAIN, n_particles=n_of[rho], replicas=c["target_reps"]) for rho in RHO_VAL]
-    target.update(sample(true, val_states, c["target_equil"], c["target_prod"], a.seed + 2)[0])
+    tg = sample_groups(true, c["target"], c["target_groups"], c["target_equil"], a.seed + 1)
+    target = {k: v.mean(0) for k, v in tg.items()}
+    # expected |error| per bin of the target mean (Gaussian: sqrt(2/pi) x standard error), averaged over r
+    target_noise = {k: float(np.mean(np.sqrt(2 / np.pi) * v.std(0, ddof=1) / np.sqrt(len(v)))) for k, v in tg.items()}
     print(f"LJ targets: {len(target)} states in {time.perf_counter() - t0:.1f} s", flush=True)
 
     def st(rho, T, reps, weight=1.0, tgt=None):
-        name = f"rho{rho:g}_T{T:g}"
+        name = state_name(rho, T)
         return State(rho, T, target=(tgt or target)[name], weight=weight, n_particles=n_of[rho], replicas=reps)
 
-    train_name = f"rho{RHO_TRAIN:g}_T{T_TRAIN:g}"
+    train_name = state_name(RHO_TRAIN, T_TRAIN)
 
-    def evaluate(pot, seed):
-        """Fresh simulations at the training state (more sampling) and the validation states."""
-        g, _ = sample(pot, [st(RHO_TRAIN, T_TRAIN, c["train_eval_reps"])], c["eval_equil"], c["train_eval_prod"], seed)
-        g.update(sample(pot, [st(rho, T_TRAIN, c["eval_reps"]) for rho in RHO_VAL], c["eval_equil"], c["eval_prod"],
-                        seed)[0])
-        return g
+    def evaluate(pot, seed=a.seed + 10, spec=None):
+        """Fresh simulations, eval_seeds independent seed groups per state (the same seeds for every potential)."""
+        return sample_groups(pot, spec or c["eval"], c["eval_seeds"], c["eval_equil"], seed)
 
     train = [st(RHO_TRAIN, T_TRAIN, c["ds_reps"])]
 
@@ -150,26 +175,43 @@ def main(argv=None) -> int:
     print(f"IBI: {c['ibi_iter']} iterations in {t_ibi:.1f} s", flush=True)
     ibi_avg = ibi_averaged(res, c["ibi_iter"] // 2)
 
-    # ---- evaluation ----------------------------------------------------------------------------
+    # ---- evaluation: every potential with the same eval_seeds seed groups; the true potential is the noise floor --
     t0 = time.perf_counter()
-    g_ds = evaluate(pot, a.seed + 10)
-    g_ibi = evaluate(res.potential, a.seed + 10)
-    g_ibi_avg = evaluate(ibi_avg, a.seed + 10)
-    g_pmf = sample(NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0),
-                   [st(RHO_TRAIN, T_TRAIN, c["train_eval_reps"])], c["eval_equil"], c["train_eval_prod"],
-                   a.seed + 10)[0]
-    g_true = evaluate(true, a.seed + 10)  # noise floor: the true potential, re-simulated (two seeds)
-    g_true2 = evaluate(true, a.seed + 20)
+    lj_models = {"diffsim": pot, "ibi": res.potential, "ibi_averaged": ibi_avg, "true_potential": true}
+    ev = {k: evaluate(p) for k, p in lj_models.items()}
+    ev["initial_guess"] = evaluate(NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0),
+                                   spec={RHO_TRAIN: c["eval"][RHO_TRAIN]})
     print(f"evaluation in {time.perf_counter() - t0:.1f} s", flush=True)
+    per_seed = {m: {k: np.abs(g - target[k]).mean(1) for k, g in gs.items()} for m, gs in ev.items()}
+
+    def mean_se(x):
+        x = np.asarray(x, float)
+        return {"mean": float(x.mean()), "se": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")}
+
+    true_g = ev["true_potential"]
     out = {
         "config": "quick" if a.quick else "full",
-        "rdf_mae_diffsim": {k: mae(g_ds[k], target[k]) for k in g_ds},
-        "rdf_mae_ibi": {k: mae(g_ibi[k], target[k]) for k in g_ibi},
-        "rdf_mae_ibi_averaged": {k: mae(g_ibi_avg[k], target[k]) for k in g_ibi_avg},
-        "rdf_mae_initial_guess": {k: mae(g_pmf[k], target[k]) for k in g_pmf},
-        "rdf_mae_true_potential": {k: mae(g_true[k], target[k]) for k in g_true},
-        "rdf_mae_true_potential_seed2": {k: mae(g_true2[k], target[k]) for k in g_true2},
-        "rdf_mae_true_vs_true": {k: mae(g_true2[k], g_true[k]) for k in g_true},
+        # mean over the evaluation seeds of the g(r) MAE against the target (r in [0, 2.5])
+        **{f"rdf_mae_{m}": {k: float(v.mean()) for k, v in per_seed[m].items()} for m in ev},
+        "rdf_mae_se": {m: {k: mean_se(v)["se"] for k, v in per_seed[m].items()} for m in ev},
+        "rdf_mae_per_seed": {m: {k: v.tolist() for k, v in per_seed[m].items()} for m in ev},
+        # MAE of the g(r) averaged over all seeds (less evaluation noise in it)
+        "rdf_mae_pooled": {m: {k: mae(g.mean(0), target[k]) for k, g in gs.items()} for m, gs in ev.items()},
+        # paired by seed (same initial conditions and random forces): MAE(model) - MAE(true potential)
+        "rdf_mae_excess_over_true": {m: {k: mean_se(per_seed[m][k] - per_seed["true_potential"][k])
+                                         for k in per_seed[m]} for m in ev if m != "true_potential"},
+        "rdf_mae_diffsim_minus": {m: {k: mean_se(per_seed["diffsim"][k] - per_seed[m][k]) for k in per_seed[m]}
+                                  for m in ("ibi", "ibi_averaged")},
+        "noise_floor": {k: {"true_potential_mae": float(per_seed["true_potential"][k].mean()),
+                            "true_potential_se": mean_se(per_seed["true_potential"][k])["se"],
+                            "target_noise": target_noise[k],
+                            "eval_noise_per_seed": float(np.mean(np.sqrt(2 / np.pi) * true_g[k].std(0, ddof=1)))}
+                        for k in target},
+        "protocol": {"target": {state_name(r, T_TRAIN): {"replicas": n * c["target_groups"], "steps": p,
+                                                         "particles": n_of[r]} for r, (n, p) in c["target"].items()},
+                     "evaluation": {state_name(r, T_TRAIN): {"seeds": c["eval_seeds"], "replicas_per_seed": n,
+                                                             "steps": p, "particles": n_of[r]}
+                                    for r, (n, p) in c["eval"].items()}},
         "potential_diffsim": potential_error(pot, true),
         "potential_ibi": potential_error(res.potential, true),
         "potential_ibi_averaged": potential_error(ibi_avg, true),
@@ -182,6 +224,7 @@ def main(argv=None) -> int:
         "ibi_history": res.history, "diffsim_final_window_loss": fitter.history[-1]["loss"],
         "device": str(dev), "threads": a.threads,
     }
+    g_ds, g_ibi, g_ibi_avg = ({k: v.mean(0) for k, v in ev[m].items()} for m in ("diffsim", "ibi", "ibi_averaged"))
 
     # ---- two temperatures at once: a mixture seen as one type ----------------------------------
     if not a.skip_multi:
@@ -193,10 +236,10 @@ def main(argv=None) -> int:
         _, o = sample(mix, mix_states, c["target_equil"], c["mt_target_prod"], a.seed + 30)
         mtarget = {f"rho{RHO_TRAIN:g}_T{T:g}": o["g"][i] for i, T in enumerate(temps)}
         # noise floor: the mixture re-simulated with the evaluation protocol
-        ev_mix = [State(RHO_TRAIN, T, n_particles=c["n_train"], replicas=c["mt_eval_reps"], composition=X_MIX)
+        # (mt_eval_reps seed groups of one replica each, like the evaluation of the models)
+        ev_mix = [State(RHO_TRAIN, T, n_particles=c["n_train"], composition=X_MIX, name=state_name(RHO_TRAIN, T))
                   for T in temps]
-        _, o2 = sample(mix, ev_mix, c["eval_equil"], c["mt_eval_prod"], a.seed + 11)
-        g_mix_floor = {f"rho{RHO_TRAIN:g}_T{T:g}": o2["g"][i] for i, T in enumerate(temps)}
+        g_mix_floor = sample_seeds(mix, ev_mix, c["mt_eval_reps"], c["eval_equil"], c["mt_eval_prod"], a.seed + 11)
         print(f"mixture targets in {time.perf_counter() - t0:.1f} s", flush=True)
 
         def mst(T, reps):
@@ -231,12 +274,18 @@ def main(argv=None) -> int:
         t_ibi_mt = time.perf_counter() - t1
         ibi_hi = ibi([mst(T_MULTI[1], c["ibi_reps"])], rdf, seed=a.seed + 6, **ikw).potential
         ibi_ms = ibi([mst(T, c["ibi_reps"]) for T in T_MULTI], rdf, seed=a.seed + 7, **ikw).potential
-        ev = [mst(T, c["mt_eval_reps"]) for T in temps]
+        ev = [State(RHO_TRAIN, T, n_particles=c["n_train"]) for T in temps]
         models = {"diffsim_u(r;T)": pot_ent, "diffsim_one_u(r)": pot_one, f"ibi_T{T_MULTI[0]:g}": ibi_lo,
                   f"ibi_T{T_MULTI[1]:g}": ibi_hi, "ibi_multistate": ibi_ms}
-        gm = {k: sample(p, ev, c["eval_equil"], c["mt_eval_prod"], a.seed + 11)[0] for k, p in models.items()}
+        gm = {k: sample_seeds(p, ev, c["mt_eval_reps"], c["eval_equil"], c["mt_eval_prod"], a.seed + 11)
+              for k, p in models.items()}
         gm["mixture_resimulated"] = g_mix_floor
-        out["multi_temperature"] = {k: {s: mae(g[s], mtarget[s]) for s in mtarget} for k, g in gm.items()}
+        mt_seed = {k: {s: np.abs(g[s] - mtarget[s]).mean(1) for s in mtarget} for k, g in gm.items()}
+        # mean +- s.e. over mt_eval_reps seeds (one replica each; the same seeds for every model)
+        out["multi_temperature"] = {k: {s: float(v.mean()) for s, v in d.items()} for k, d in mt_seed.items()}
+        out["multi_temperature_se"] = {k: {s: float(v.std(ddof=1) / np.sqrt(len(v))) for s, v in d.items()}
+                                       for k, d in mt_seed.items()}
+        gm = {k: {s: v.mean(0) for s, v in g.items()} for k, g in gm.items()}
         out["multi_temperature_train"] = names
         out["multi_temperature_validation"] = [f"rho{RHO_TRAIN:g}_T{T_MULTI_VAL:g}"]
         out["multi_temperature_reference"] = {"mixture": {f"{i}-{j}": {"epsilon": e, "sigma": sg}
@@ -287,14 +336,23 @@ def main(argv=None) -> int:
     out["total_cpu_s"] = time.process_time() - cpu_start
 
     # ---- report --------------------------------------------------------------------------------
-    print(f"\nLJ recovery, trained at rho={RHO_TRAIN}, T={T_TRAIN} ({out['config']}); g(r) MAE over r in [0, 2.5]")
-    print(f"{'state':<14}{'DiffSim':>10}{'IBI':>10}{'IBI avg':>10}{'true LJ':>10}{'true LJ 2':>10}  "
-          f"(IBI avg: mean of the last half of the tables; true LJ re-simulated, two seeds = noise floor)")
+    print(f"\nLJ recovery, trained at rho={RHO_TRAIN}, T={T_TRAIN} ({out['config']}); g(r) MAE over r in [0, 2.5], "
+          f"mean +- s.e. over {c['eval_seeds']} evaluation seeds (the same seeds for every potential)")
+    cols = ("diffsim", "ibi", "ibi_averaged", "true_potential")
+    print(f"{'state':<14}" + "".join(f"{k:>19}" for k in cols) + f"{'target noise':>14}")
     for k in out["rdf_mae_diffsim"]:
         tag = " (train)" if k == train_name else " (validation)"
-        print(f"{k:<14}{out['rdf_mae_diffsim'][k]:>10.4f}{out['rdf_mae_ibi'][k]:>10.4f}"
-              f"{out['rdf_mae_ibi_averaged'][k]:>10.4f}{out['rdf_mae_true_potential'][k]:>10.4f}"
-              f"{out['rdf_mae_true_potential_seed2'][k]:>10.4f}{tag}")
+        print(f"{k:<14}" + "".join(f"{out['rdf_mae_' + m][k]:>11.4f} +-{out['rdf_mae_se'][m][k]:.4f}" for m in cols)
+              + f"{out['noise_floor'][k]['target_noise']:>14.4f}{tag}")
+    print("pooled over seeds:")
+    for k in out["rdf_mae_diffsim"]:
+        print(f"{k:<14}" + "".join(f"{out['rdf_mae_pooled'][m][k]:>19.4f}" for m in cols))
+    print("paired differences (per seed), mean +- s.e.:")
+    for k in out["rdf_mae_diffsim"]:
+        print(f"{k:<14}" + "".join(f"  DiffSim-{m}: {d[k]['mean']:+.4f} +-{d[k]['se']:.4f}"
+                                   for m, d in out["rdf_mae_diffsim_minus"].items())
+              + "".join(f"  {m}-true: {d[k]['mean']:+.4f} +-{d[k]['se']:.4f}"
+                        for m, d in out["rdf_mae_excess_over_true"].items() if m != "initial_guess"))
     print(f"initial guess (Boltzmann-inverted LJ) at train state: {out['rdf_mae_initial_guess'][train_name]:.4f}")
     print(f"\n{'potential':<12}{'r_min':>8}{'u_min':>8}{'|u-u_LJ|':>10}   (true: r_min 1.1225, u_min -1)")
     for k in ("diffsim", "ibi", "ibi_averaged"):
@@ -307,9 +365,9 @@ def main(argv=None) -> int:
         print(f"\nTwo temperatures at rho={RHO_TRAIN}, reference: binary LJ mixture seen as one type (g(r) MAE; "
               f"trained at T={T_MULTI[0]:g} and {T_MULTI[1]:g}, T={T_MULTI_VAL:g} is validation)")
         names = list(next(iter(out["multi_temperature"].values())))
-        print(f"{'model':<22}" + "".join(f"{n:>14}" for n in names))
+        print(f"{'model':<22}" + "".join(f"{n:>18}" for n in names))
         for k, v in out["multi_temperature"].items():
-            print(f"{k:<22}" + "".join(f"{v[n]:>14.4f}" for n in names))
+            print(f"{k:<22}" + "".join(f"{v[n]:>10.4f} +-{out['multi_temperature_se'][k][n]:.4f}" for n in names))
     if "mixture_recovery" in out:
         m = out["mixture_recovery"]
         print(f"\nTyped mixture: LJ type-pair potentials from partial RDFs of x_A = 0.25 and 0.75 at once "

@@ -21,11 +21,12 @@ def test_cli_target_fit_eval(tmp_path, capsys):
     assert d["vacf"].shape == (1, 4) and abs(d["vacf"][0, 0] - 1.0) < 1e-12
     out = tmp_path / "fit"
     assert main(["diffsim", "fit", t, "-o", str(out), "--steps", "2", "--tau", "40", "--replicas", "1",
-                 "--eval-steps", "100", "--vacf-weight", "1", "-q"]) == 0
+                 "--eval-steps", "100", "--vacf-weight", "1", "--final-steps", "1", "--final-tau", "60", "-q"]) == 0
     for f in ("potential.pt", "potential.npz", "potential.csv", "u.png", "rdf.png", "fit.json"):
         assert (out / f).stat().st_size > 0, f
     info = json.loads((out / "fit.json").read_text())
     assert info["method"] == "diffsim" and len(info["history"]) == 2 and "vacf_loss" in info["history"][0]
+    assert [h["tau"] for h in info["history"]] == [40, 60]  # final phase: longer windows
     outi = tmp_path / "ibi"
     assert main(["diffsim", "fit", t, "-o", str(outi), "--method", "ibi", "--steps", "1", "--ibi-steps", "100",
                  "--replicas", "1", "--eval-steps", "0", "-q"]) == 0
@@ -35,6 +36,7 @@ def test_cli_target_fit_eval(tmp_path, capsys):
     assert main(["diffsim", "eval", str(tmp_path / "missing.pt"), t]) == 2
     assert main(["diffsim", "fit", str(out / "potential.npz"), "-o", str(tmp_path / "x")]) == 2
     assert "not a diffsim target file" in capsys.readouterr().err
+    assert main(["diffsim", "fit", t, "-o", str(tmp_path / "z"), "--steps", "2", "--final-steps", "3"]) == 2
 
 
 def test_cli_mixture_partial_and_temperature_dependent(tmp_path, capsys):

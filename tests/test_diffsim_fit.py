@@ -170,3 +170,21 @@ def test_fit_to_pmf_initialises_to_boltzmann_inversion():
     fit_to_pmf(ent, r, g, steps=400)
     sel = (r > 1.05) & (r < 2.0)
     assert np.abs(ent.s(r[sel]) - s_true[sel]).max() < 0.15, np.abs(ent.s(r[sel]) - s_true[sel]).max()
+
+
+def test_residual_from_past_uses_earlier_windows_only():
+    """residual_from_past: the first step (no earlier window) is the default step; later steps take the residual
+    from the earlier windows, so the gradient differs while the simulated trajectory (lr=0) is the same."""
+    rdf = RDF(2.5, 50)
+    g = _lj_targets([State(0.5, 1.2, n_particles=128)], rdf)
+    grads = {}
+    for past in (False, True):
+        pot = LennardJones(0.8, 1.05)
+        f = DiffSimFitter(pot, [State(0.5, 1.2, target=g[0], n_particles=128)], rdf, tau=20, lr=0.0, equil_steps=50,
+                          seed=3, residual_momentum=0.5, residual_from_past=past, grad_clip=None)
+        grads[past] = []
+        for _ in range(2):
+            f.step()
+            grads[past].append(float(pot.log_eps.grad))
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-12)
+    assert grads[True][1] != pytest.approx(grads[False][1], rel=1e-6)

@@ -84,6 +84,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--tau", type=int, default=100, help="DiffSim: MD steps per window (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.02, help="DiffSim: learning rate of the prior; the network "
                                                           "uses lr/10 (default: %(default)s)")
+    p.add_argument("--final-steps", type=int, default=0,
+                   help="DiffSim: the last N of --steps use longer windows of --final-tau MD steps (less noisy "
+                        "gradients where the parameters are averaged; default: %(default)s)")
+    p.add_argument("--final-tau", type=int, default=300,
+                   help="DiffSim: MD steps per window in the final phase (default: %(default)s)")
     p.add_argument("--prior", choices=["lj", "repulsive", "none"], default="lj", help="DiffSim prior")
     p.add_argument("--init", choices=["lj", "pmf"], default="lj",
                    help="DiffSim start: LJ prior matched to the minimum of -kT ln g (lj), or the whole potential fitted "
@@ -211,7 +216,10 @@ def _fit(a: argparse.Namespace) -> int:
         fitter = DiffSimFitter(pot, states, rdf, tau=a.tau, lr=a.lr, lr_decay=0.1 ** (1 / max(1, a.steps)),
                                residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev,
                                vacf_weight=a.vacf_weight, observe_every=10 if a.vacf_weight > 0 else 5)
-        history = fitter.fit(a.steps, checkpoint=a.checkpoint, progress=not a.quiet)
+        if not 0 <= a.final_steps <= a.steps or a.final_tau < 1:
+            raise InputError("--final-steps must be between 0 and --steps, --final-tau at least 1")
+        history = fitter.fit(a.steps, checkpoint=a.checkpoint, progress=not a.quiet, final_steps=a.final_steps,
+                             final_tau=a.final_tau, final_momentum=0.8 if a.final_steps else None)
         info = {"method": "diffsim", "history": history, "step_s": DiffSimFitter.step_time(history)}
     else:
         res = ibi(states, rdf, n_iter=a.steps, prod_steps=a.ibi_steps, seed=a.seed, device=dev,

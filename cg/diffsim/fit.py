@@ -129,6 +129,11 @@ class DiffSimFitter:
     residual_momentum : if > 0, the residual g - g_target in the gradient 2 (g - g_target) dg/dtheta is an
         exponential average over windows with this factor (the Jacobian stays the current window's),
         which reduces the noise of the short windows at the cost of a slight lag.
+    residual_from_past : with ``residual_momentum`` > 0, the residual is the average over the *previous*
+        windows only (the current window supplies only the Jacobian). The g(r) noise of a window and the
+        noise of its Jacobian dg/dtheta are correlated, so their product has a non-zero mean even where the
+        expected g matches the target: a bias in the fixed point (a too shallow well for LJ). A residual
+        from other windows removes that covariance. Default False (the behaviour of earlier versions).
     """
 
     def __init__(self, potential: PairPotential, states: list[State], rdf: RDF, tau: int = 100,
@@ -136,7 +141,7 @@ class DiffSimFitter:
                  friction: float = 1.0, equil_steps: int = 500, table_points: int = 2048, seed: int = 0,
                  device=None, grad_clip: float | None = 1.0, residual_momentum: float = 0.0,
                  net_lr_scale: float = 0.2, vacf_weight: float = 0.0, thermostat: str = "langevin",
-                 lr_hold: int = 0, net_start: int = 0):
+                 lr_hold: int = 0, net_start: int = 0, residual_from_past: bool = False):
         for s in states:
             t = None if s.target is None else np.asarray(s.target)
             nch = s.n_types * (s.n_types + 1) // 2
@@ -156,6 +161,7 @@ class DiffSimFitter:
             self.vacf_targets = torch.tensor(np.stack([s.target_vacf for s in states]), dtype=torch.float64,
                                              device=torch.device(device or "cpu"))
         self.residual_momentum = float(residual_momentum)
+        self.residual_from_past = bool(residual_from_past)
         self._g_avg: torch.Tensor | None = None
         self.ensemble = Ensemble(states, rdf, r_cut=potential.r_cut, dt=dt, friction=friction, seed=seed,
                                  device=self.device, thermostat=thermostat)
@@ -216,8 +222,9 @@ class DiffSimFitter:
             # gradient 2 (g_avg - g_target) dg/dtheta with the residual averaged over recent windows
             gd = g.detach()
             b = self.residual_momentum
+            past = self._g_avg
             self._g_avg = gd if self._g_avg is None else b * self._g_avg + (1 - b) * gd
-            resid = self._g_avg - self.targets
+            resid = (past if self.residual_from_past and past is not None else self._g_avg) - self.targets
             surrogate = (self.weights * torch.stack([(2 * resid[a:b] * g[a:b]).mean() for a, b in self._segments])).sum()
             (surrogate + vacf_loss if vacf_loss is not None else surrogate).backward()
         else:
