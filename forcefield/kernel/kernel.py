@@ -197,23 +197,25 @@ class HessianKernel(DescriptorKernel):
                 xb = tr.d[s:s + self.block_size]
                 base, r = self._profile(xb, (xb * xb).sum(1))
                 kv = self.kernel_value(base, r) if self.energy else None
-                self._cache.append((base, base * (r + self.sigma), kv))
+                A = base * (r + self.sigma)
+                self._cache.append((base.mul_(5.0 / self.sigma), A, kv))  # (5/σ) base, A, k
         Te = None
         if self._cache is not None:  # kernel profile stored (16 M² P bytes, below cache_bytes)
             y = torch.empty_like(tr.d)
             Te = torch.empty(M, dtype=y.dtype, device=y.device) if self.energy else None
             wq = wp if ew is None else wp + ew[1]
-            for k, (base, A, kv) in enumerate(self._cache):
+            for k, (base5, A, kv) in enumerate(self._cache):
                 s = k * self.block_size
                 xb = tr.d[s:s + self.block_size]
-                sdot = xb @ wp.T - t[None, :]
+                sdot = torch.addmm(t[None, :], xb, wp.T, alpha=1.0, beta=-1.0)  # xb wpᵀ - t
                 if self.energy:
                     Te[s:s + len(xb)] = (A * sdot).sum(1) + kv @ ew[0]
-                c = sdot.mul_(base).mul_(5.0 / self.sigma)
+                c = sdot.mul_(base5)
                 csum = c.sum(1, keepdim=True)
                 if self.energy:
                     csum += (A @ ew[0])[:, None]
-                y[s:s + len(xb)] = A @ wq - csum * xb + c @ self.dp
+                yb = torch.addmm(csum * xb, A, wq, beta=-1.0)  # A wq - csum xb
+                y[s:s + len(xb)] = yb.addmm_(c, self.dp)
         else:  # recomputed block by block: memory linear in M
             Te, y = self.contract(tr.d, wp, t, need_energy=self.energy, energy_w=ew)
         out = jacobian_t_apply(y, tr.diff, tr.d3).reshape(-1)
@@ -222,6 +224,44 @@ class HessianKernel(DescriptorKernel):
         if lam:
             out = out + lam * flat
         return out.reshape(shape)
+
+    # ------------------------------------------------------------------ rigid-body null space
+    def rigid_basis(self) -> torch.Tensor:
+        """Orthonormal bases (M, width, 6) of each training point's rigid motions (translations, rotations).
+
+        The kernel annihilates them exactly (the descriptor is invariant), so K v = 0 for every v supported
+        on one point and in its span; the energy unknown (energy constraints) has no part in them. A
+        linear molecule has 5: the sixth column is then zero.
+        """
+        if getattr(self, "_rigid", None) is None:
+            R = self.train.R
+            M, N = R.shape[:2]
+            x = R - R.mean(1, keepdim=True)
+            B = torch.zeros(M, N, 3, 6, dtype=R.dtype, device=R.device)
+            for k in range(3):
+                B[:, :, k, k] = 1.0
+                e = torch.zeros(3, dtype=R.dtype, device=R.device)
+                e[k] = 1.0
+                B[..., 3 + k] = torch.cross(e.expand_as(x), x, dim=-1)
+            U, S, _ = torch.linalg.svd(B.reshape(M, 3 * N, 6), full_matrices=False)
+            U = U * (S > 1e-8 * S[:, :1])[:, None, :]
+            if self.energy:
+                U = torch.cat([U, torch.zeros(M, 1, 6, dtype=U.dtype, device=U.device)], 1)
+            self._rigid = U
+        return self._rigid
+
+    def project_rigid(self, v: torch.Tensor) -> torch.Tensor:
+        """v (n_unknowns,) with each training point's rigid-motion components removed.
+
+        They do not change the model (w = J β ignores them), but with a tiny λ they are the system's
+        smallest eigen-directions, so solvers work in their orthogonal complement.
+        """
+        Q = self.rigid_basis()
+        rows = self.point_rows(torch.arange(self.train.n, device=v.device))
+        vp = v.reshape(-1)[rows]  # (M, width)
+        out = v.reshape(-1).clone()
+        out[rows] = vp - (Q @ (Q.transpose(1, 2) @ vp[..., None]))[..., 0]
+        return out.reshape(v.shape)
 
     # ------------------------------------------------------------------ explicit blocks (fast path)
     def point_rows(self, idx) -> torch.Tensor:
@@ -251,6 +291,8 @@ class HessianKernel(DescriptorKernel):
         blocks None without energy constraints); with ``paired`` (a and b of equal length) the nb axis
         is dropped and block k couples a[k] with b[k]. ``Wb``: :meth:`_col_data` of b, if already at hand.
         """
+        if not paired:
+            return self._cross_full(a, b, Wb)
         tr, sig = self.train, self.sigma
         xa = tr.d[a]
         W, dpb = Wb if Wb is not None else self._col_data(b)
@@ -280,6 +322,45 @@ class HessianKernel(DescriptorKernel):
             Kee = self.kernel_value(base, r).sum(-1)
         return Kff, Kfe, Kef, Kee
 
+    def _cross_full(self, a: torch.Tensor, b: torch.Tensor, Wb: tuple | None = None):
+        """:meth:`_cross` for all pairs of a and b, written so that every step is one large product.
+
+        With u = x_a - d~ (d~ = d_b[q_p]), s = uᵀ W_p and e = (5/σ) base s, the descriptor response
+        Y = Σ_p A W_p - (5/σ) base u s expands to Σ_p A W_p - x_a (Σ_p e) + Σ_p d~ e, so
+        J_aᵀ Y = J_aᵀ (Σ_p A W_p) - (J_aᵀ x_a)(Σ_p e) + Σ_p (J_aᵀ d~) e: one batched product with the
+        dense Jacobians per column point, and rank-P corrections.
+        """
+        tr, sig, n3 = self.train, self.sigma, self.n3
+        xa = tr.d[a]
+        W, dpb = Wb if Wb is not None else self._col_data(b)
+        na, nb = len(a), len(b)
+        P, D = dpb.shape[1], dpb.shape[2]
+        dflat = dpb.reshape(nb * P, D)
+        r2 = ((xa * xa).sum(1)[:, None] + (dflat * dflat).sum(1)[None] - 2.0 * (xa @ dflat.T)).clamp_min_(0.0)
+        r = (SQRT5 * r2.sqrt_()).reshape(na, nb, P)
+        base = torch.exp(-r / sig) * (5.0 / (3.0 * sig ** 3))
+        A = base * (r + sig)
+        tW = torch.einsum("bpd,bpdk->bpk", dpb, W)  # (nb, P, 3N)
+        s = (xa @ W.permute(2, 0, 1, 3).reshape(D, -1)).reshape(na, nb, P, n3) - tW[None]
+        e = (base * (5.0 / sig))[..., None] * s
+        E1 = e.sum(2)  # (na, nb, 3N)
+        JaT = dense_jacobian(tr.diff[a], tr.d3[a], transposed=True)  # (na, 3N, D)
+        jx = jacobian_t_apply(xa, tr.diff[a], tr.d3[a]).reshape(na, n3)  # J_aᵀ x_a
+        V = (JaT.reshape(na * n3, D) @ dflat.T).reshape(na, n3, nb, P)  # J_aᵀ d~
+        Kff = torch.empty(na, n3, nb, n3, dtype=xa.dtype, device=xa.device)
+        for j in range(nb):
+            Z1 = (A[:, j] @ W[j].reshape(P, D * n3)).reshape(na, D, n3)
+            Kj = torch.bmm(JaT, Z1)
+            Kj -= jx[:, :, None] * E1[:, j, None, :]
+            Kj += torch.bmm(V[:, :, j], e[:, j])
+            Kff[:, :, j] = Kj
+        if not self.energy:
+            return Kff, None, None, None
+        Kfe = -A.sum(2)[:, None] * jx[:, :, None] + torch.einsum("abp,anbp->anb", A, V)  # (na, 3N, nb)
+        Kef = torch.einsum("abp,abpk->abk", A, s)
+        Kee = self.kernel_value(base, r).sum(-1)
+        return Kff, Kfe, Kef, Kee
+
     def _col_data(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Permuted dense Jacobians (nb, P, D, 3N) and descriptors (nb, P, D) of column points b."""
         tr, q = self.train, self.q
@@ -288,7 +369,7 @@ class HessianKernel(DescriptorKernel):
     def _chunk(self, nb: int) -> int:
         """Row points per :meth:`_cross` call for nb column points (temporaries of ~100 MB)."""
         P, D = self.q.shape
-        return max(1, int(1.2e7 // max(1, nb * (P * D + 3 * D * self.n3 + P * self.n3))))
+        return max(1, int(1.2e7 // max(1, 3 * D * self.n3 + nb * P * (D + 3 * self.n3))))
 
     def columns(self, j) -> torch.Tensor:
         """The kernel columns of training point(s) j over all unknowns: (n_unknowns, len(j) * width).
@@ -458,11 +539,65 @@ class HessianKernel(DescriptorKernel):
         return out
 
 
-def dense_jacobian(diff: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
-    """Dense descriptor Jacobians (B, D, 3N) from pair vectors (B, D, 3) and cubes (B, D)."""
+class KernelSlice:
+    """The block K[rows, cols] of a :class:`HessianKernel` as a matrix-free operator.
+
+    The kernel profile between the two point sets (``len(rows) x len(cols) * P`` numbers) is computed once;
+    each application then costs three products of that size with the descriptor dimension, so a slice with
+    a few columns (e.g. the inducing points of a preconditioner) is much cheaper than a full matvec.
+    Vectors are point-major: ``(len(cols), width)`` in, ``(len(rows), width)`` out, where a point's row
+    holds its 3N Cartesian unknowns then (energy constraints) its energy unknown.
+    """
+
+    def __init__(self, kernel: "HessianKernel", rows, cols) -> None:
+        tr = kernel.train
+        dev = tr.d.device
+        self.kernel = kernel
+        self.rows = torch.as_tensor(np.asarray(rows), device=dev).reshape(-1)
+        self.cols = torch.as_tensor(np.asarray(cols), device=dev).reshape(-1)
+        self.dk = DescriptorKernel(tr.d[self.cols], tr.q, kernel.sigma)
+        self.xr = tr.d[self.rows]
+        self._jr = (tr.diff[self.rows], tr.d3[self.rows])
+        self._jc = (tr.diff[self.cols], tr.d3[self.cols])
+        base, r = self.dk._profile(self.xr, (self.xr * self.xr).sum(1))
+        self.A = base * (r + kernel.sigma)
+        self.kv = self.dk.kernel_value(base, r) if kernel.energy else None
+        self.c5 = base.mul_(5.0 / kernel.sigma)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """K[rows, cols] v for v (len(cols), width); returns (len(rows), width)."""
+        k = self.kernel
+        n3, nc = k.n3, len(self.cols)
+        w = jacobian_apply(v[:, :n3].reshape(nc, -1, 3), *self._jc)
+        wp, t = self.dk.prepare(w)
+        sdot = self.xr @ wp.T - t[None, :]
+        c = sdot * self.c5
+        csum = c.sum(1, keepdim=True)
+        if k.energy:
+            ap, apd = self.dk.energy_weights(v[:, n3])
+            Te = (self.A * sdot).sum(1) + self.kv @ ap
+            csum += (self.A @ ap)[:, None]
+            wp = wp + apd
+        y = self.A @ wp - csum * self.xr + c @ self.dk.dp
+        out = jacobian_t_apply(y, *self._jr).reshape(len(self.rows), n3)
+        return torch.cat([out, Te[:, None]], 1) if k.energy else out
+
+
+def dense_jacobian(diff: torch.Tensor, d3: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """Dense descriptor Jacobians (B, D, 3N) from pair vectors (B, D, 3) and cubes (B, D).
+
+    ``transposed``: the contiguous transposes (B, 3N, D) instead.
+    """
     B, D, _ = diff.shape
     n = int(round((1 + math.sqrt(1 + 8 * D)) / 2))
     i, j = np.tril_indices(n, k=-1)
+    if transposed:
+        JT = torch.zeros(B, n, 3, D, dtype=diff.dtype, device=diff.device)
+        g = (-d3[..., None] * diff).transpose(1, 2)  # (B, 3, D)
+        ar = torch.arange(D, device=diff.device)
+        JT[:, torch.as_tensor(i, device=diff.device), :, ar] = g.permute(2, 0, 1)
+        JT[:, torch.as_tensor(j, device=diff.device), :, ar] = -g.permute(2, 0, 1)
+        return JT.reshape(B, 3 * n, D)
     J = torch.zeros(B, D, n, 3, dtype=diff.dtype, device=diff.device)
     g = -d3[..., None] * diff
     ar = torch.arange(D, device=diff.device)

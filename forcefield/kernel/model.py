@@ -18,6 +18,7 @@ from ..errors import InputError, where
 from ..fileio import save_npz
 from .descriptor import descriptor, descriptor_permutation, jacobian_apply, jacobian_t_apply
 from .kernel import DescriptorKernel, HessianKernel, TrainingSet
+from .precond import SchurPreconditioner
 from .solvers import NystromPreconditioner, cholesky_solve, n_inducing_points, pcg
 from .symmetry import check_permutations, detect_permutations
 
@@ -83,7 +84,11 @@ class KernelForceField:
         aspirin (σ = 50) the test force MAE at 200 and 1,000 points matched rtol 1e-4 to 1e-3 relative
         with 25-30 % fewer iterations.
     n_inducing : inducing training points of the PCG preconditioner (default: from the problem size).
-    max_memory_gb : memory budget for the preconditioner factor (3NM x k numbers, k = 3N per inducing point).
+    preconditioner : ``"schur"`` (default: :class:`~forcefield.kernel.precond.SchurPreconditioner`, applied
+        matrix-free, memory linear in M) or ``"woodbury"`` (the same Nyström/PITC idea with a stored
+        3NM x k factor, :class:`~forcefield.kernel.solvers.NystromPreconditioner`).
+    max_memory_gb : memory budget for the preconditioner's factor (3NM x k numbers, k = 3N per inducing
+        point; the Schur form holds it only while it is built).
     cache_gb : the PCG keeps the kernel profile (16 M² P bytes) when it fits this budget, else it is
         recomputed in every product and all memory is linear in M (set 0 to force that).
     energy_constraints : also fit the training energies (sGDML's ``use_E_cstr``): one more coefficient per
@@ -96,12 +101,15 @@ class KernelForceField:
 
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
                  solver: str = "auto", rtol: float = 1e-3, maxiter: int = 3000, n_inducing: int | None = None,
-                 cholesky_max: int = 8000, max_memory_gb: float = 2.0, cache_gb: float = 1.0,
+                 preconditioner: str = "schur", cholesky_max: int = 8000, max_memory_gb: float = 2.0, cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
                  progress: bool = False) -> None:
         if solver not in ("auto", "cholesky", "cg"):
             raise InputError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+        if preconditioner not in ("schur", "woodbury"):
+            raise InputError(f"preconditioner must be 'schur' or 'woodbury', got {preconditioner!r}")
+        self.preconditioner = preconditioner
         self.sigma = sigma
         self.lam = float(lam)
         self.perms_opt = perms
@@ -192,6 +200,9 @@ class KernelForceField:
         train = TrainingSet.from_positions(Rt, perms)
         kern = HessianKernel(train, sigma, cache_bytes=self.cache_gb * 2 ** 30, energy=cstr)
         n_unk = kern.n_unknowns
+        # each training point's rigid motions are exact null directions of K that the model ignores
+        # (w = J β): solve in their complement (the net force and torque of the targets are dropped)
+        y = kern.project_rigid(y)
         solver = self.solver
         if solver == "auto":
             solver = "cholesky" if n_unk <= self.cholesky_max else "cg"
@@ -203,8 +214,13 @@ class KernelForceField:
         else:
             m = self.n_inducing or n_inducing_points(M, n, len(perms))
             t1 = time.perf_counter()
-            P = NystromPreconditioner(kern, self.lam, m, max_bytes=self.max_memory_gb * 2 ** 30,
-                                      pivot_block=max(1, min(8, m // 4)), progress=self.progress)
+            pb = max(1, min(8, m // 4))
+            if self.preconditioner == "schur":
+                P = SchurPreconditioner(kern, self.lam, m, max_bytes=self.max_memory_gb * 2 ** 30,
+                                        pivot_block=pb, progress=self.progress)
+            else:
+                P = NystromPreconditioner(kern, self.lam, m, max_bytes=self.max_memory_gb * 2 ** 30,
+                                          pivot_block=pb, progress=self.progress)
             info.update(n_inducing=len(P.points), n_columns=P.n_columns, precond_s=time.perf_counter() - t1)
             tag = f"{sigma}-{self.lam}-{M}-{perms.tobytes().hex()[:64]}-{R[:2].tobytes().hex()[:64]}"
             res = pcg(lambda v: kern.matvec(v, self.lam), y, P, rtol=self.rtol, maxiter=self.maxiter,

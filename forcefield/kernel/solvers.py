@@ -60,6 +60,73 @@ def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1) -> int:
     return int(min(n_train, max(10, m)))
 
 
+def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int = 1,
+                    rank_per_point: int | None = None, progress: bool = False, track_T: bool = False,
+                    shift: float = 0.0, rigid: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+    """Block-pivoted Cholesky of the kernel over training points: K ≈ L Lᵀ on the pivots' columns.
+
+    Each step takes the ``pivot_block`` points with the largest residual traces ``resid`` (M,), computes
+    their kernel columns, removes what earlier pivots explain and keeps the numerically non-zero directions
+    of their residual block (the rigid-body null space is dropped). ``resid`` is updated in place.
+
+    ``shift`` factorises K + shift I instead (its pivot columns); with ``rigid`` (the bases (M, w, 6) of
+    :meth:`HessianKernel.rigid_basis`) each pivot block is taken on the complement of its rigid motions.
+
+    Returns L (n_unknowns, k), the pivot points in the order taken and (``track_T``) the matrix T
+    (m w, k) with L = K[:, pivot unknowns] T, so that T Tᵀ is the pseudo-inverse of K on the pivots that
+    the factor implies (L_I L_Iᵀ = K_II); else None.
+    """
+    from tqdm.auto import tqdm
+
+    tr = kernel.train
+    M, w, n = tr.n, kernel.width, kernel.n_unknowns
+    dev, dt = tr.d.device, tr.d.dtype
+    rows_of = kernel.point_rows(torch.arange(M, device=dev))  # (M, w)
+    total = float(resid.sum())
+    L = torch.empty(n, n_points * w, dtype=dt, device=dev)
+    T = torch.zeros(n_points * w, n_points * w, dtype=dt, device=dev) if track_T else None
+    k = 0
+    points: list[int] = []
+    bar = tqdm(total=n_points, desc="Nyström pivots", disable=not progress, mininterval=1.0)
+    while len(points) < n_points:
+        nb = min(pivot_block, n_points - len(points))
+        js = torch.topk(resid, nb).indices
+        js = js[resid[js] > 1e-12 * total]
+        if not len(js):
+            break
+        C = kernel.columns(js)  # (n, nb*w)
+        rj = rows_of[js].reshape(-1)
+        if shift:
+            C[rj, torch.arange(len(rj), device=dev)] += shift
+        if k:
+            C -= L[:, :k] @ L[rj, :k].T
+        S = 0.5 * (C[rj] + C[rj].T)
+        if rigid is not None:
+            Qj = torch.block_diag(*rigid[js])
+            Pj = torch.eye(len(rj), dtype=dt, device=dev) - Qj @ Qj.T
+            S = Pj @ S @ Pj
+        s, V = torch.linalg.eigh(S)
+        keep = s > max(1e-10 * float(s.max()), 0.5 * shift)
+        if rank_per_point:  # the leading directions of the pivots' residual block only
+            keep &= torch.arange(len(s), device=s.device) >= len(s) - rank_per_point * len(js)
+        Vk = V[:, keep] / s[keep].sqrt()
+        Lnew = C @ Vk
+        if T is not None:  # C = K[:, js] - K[:, I] T L[rj]ᵀ, so the new columns of T follow
+            c0, kn = len(points) * w, Vk.shape[1]
+            if k:
+                T[:c0, k:k + kn] = -T[:c0, :k] @ (L[rj, :k].T @ Vk)
+            T[c0:c0 + Vk.shape[0], k:k + kn] = Vk
+        L[:, k:k + Lnew.shape[1]] = Lnew
+        k += Lnew.shape[1]
+        resid -= (Lnew * Lnew).sum(1)[rows_of].sum(1)
+        resid[js] = -math.inf
+        points += js.tolist()
+        bar.update(len(js))
+    bar.close()
+    return L[:, :k], points, (T[:len(points) * w, :k].clone() if T is not None else None)
+
+
 class NystromPreconditioner:
     """Low-rank (Nyström / pivoted-Cholesky) preconditioner for (K + λ I), applied through Woodbury.
 
@@ -96,51 +163,20 @@ class NystromPreconditioner:
     def __init__(self, kernel, lam: float, n_points: int, max_bytes: float = 2e9,
                  block_diagonal: bool = True, rank_per_point: int | None = None, cluster_size: int = 1,
                  pivot_block: int = 1, progress: bool = False) -> None:
-        from tqdm.auto import tqdm
-
         tr = kernel.train
         M, w = tr.n, kernel.width  # w unknowns per training point (3N, + 1 with energy constraints)
         n = kernel.n_unknowns
         n_points = int(max(1, min(n_points, M, max_bytes // (8 * n * w))))
-        dev, dt = tr.d.device, tr.d.dtype
         self.cluster_size = max(1, int(cluster_size))
         self.pivot_block = max(1, int(pivot_block))
         self.n = n
-        rows_of = kernel.point_rows(torch.arange(M, device=dev))  # (M, w)
         diag = kernel.diag_blocks() if block_diagonal and self.cluster_size == 1 else None
         if diag is not None:
             resid = diag.diagonal(dim1=1, dim2=2).sum(1).clone()
         else:
             resid = kernel.diag_blocks().diagonal(dim1=1, dim2=2).sum(1)
-        total = float(resid.sum())
-        L = torch.empty(n, n_points * w, dtype=dt, device=dev)
-        k = 0
-        points: list[int] = []
-        bar = tqdm(total=n_points, desc="Nyström pivots", disable=not progress, mininterval=1.0)
-        while len(points) < n_points:
-            nb = min(self.pivot_block, n_points - len(points))
-            js = torch.topk(resid, nb).indices
-            js = js[resid[js] > 1e-12 * total]
-            if not len(js):
-                break
-            C = kernel.columns(js)  # (n, nb*w)
-            rj = rows_of[js].reshape(-1)
-            if k:
-                C -= L[:, :k] @ L[rj, :k].T
-            S = C[rj]
-            s, V = torch.linalg.eigh(0.5 * (S + S.T))
-            keep = s > 1e-10 * float(s.max())
-            if rank_per_point:  # the leading directions of the pivots' residual block only
-                keep &= torch.arange(len(s), device=s.device) >= len(s) - rank_per_point * len(js)
-            Lnew = C @ (V[:, keep] / s[keep].sqrt())
-            L[:, k:k + Lnew.shape[1]] = Lnew
-            k += Lnew.shape[1]
-            resid -= (Lnew * Lnew).sum(1)[rows_of].sum(1)
-            resid[js] = -math.inf
-            points += js.tolist()
-            bar.update(len(js))
-        bar.close()
-        L = L[:, :k]
+        L, points, _ = pivoted_nystrom(kernel, n_points, resid, self.pivot_block, rank_per_point, progress)
+        k = L.shape[1]
         self.lam = float(lam)
         self.points = np.array(points)
         self.n_columns = k
@@ -170,8 +206,11 @@ class NystromPreconditioner:
         k = L.shape[1]
         groups: dict[int, list] = {}
         chol: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for c in _clusters(tr.d, self.cluster_size):
-            groups.setdefault(len(c), []).append(c)
+        if self.cluster_size == 1:  # one block per training point, in order
+            groups[1] = list(torch.arange(tr.n, device=tr.d.device)[:, None])
+        else:
+            for c in _clusters(tr.d, self.cluster_size):
+                groups.setdefault(len(c), []).append(c)
         self._groups = []
         for size, cl_all in groups.items():
             rows_g, inv_g = [], []
@@ -200,7 +239,10 @@ class NystromPreconditioner:
                         break
                     jitter = jitter * 10 if jitter else self.lam
                     Lam.diagonal(dim1=1, dim2=2).add_(jitter)
-                G = torch.linalg.solve_triangular(C, Lc, upper=False)  # C⁻¹ L, Λ = C Cᵀ
+                # G = C⁻¹ L (Λ = C Cᵀ) through the inverses of the small triangular factors (a batched
+                # solve with the n x k right-hand side copies it to column-major order twice)
+                eye = torch.eye(C.shape[-1], dtype=C.dtype, device=C.device).expand_as(C)
+                G = torch.bmm(torch.linalg.solve_triangular(C, eye, upper=False), Lc)
                 L[rows.reshape(-1)] = G.reshape(-1, k)  # L becomes G = blockdiag(C)⁻¹ L
                 chol.append((rows, C))
                 rows_g.append(rows)
