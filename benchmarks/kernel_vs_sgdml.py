@@ -12,7 +12,7 @@ because with default settings it took 24 GB here); otherwise the figures measure
 resident memory (ru_maxrss) is its own. At 200 points ours also trains with energy constraints
 (``energy_constraints=True``, sGDML's use_E_cstr) to compare energy errors with and without them.
 
-    python benchmarks/kernel_vs_sgdml.py [--quick] [--json FILE] [--threads 2] [--sgdml-1000]
+    python benchmarks/kernel_vs_sgdml.py [--quick] [--json FILE] [--threads N] [--repeats 3] [--sgdml-1000]
 
 Timings on a shared, loaded 2-core machine are noisy; both codes run on the same cores in the same run.
 """
@@ -69,7 +69,9 @@ def worker(a: argparse.Namespace) -> None:
         tr = pool[sub]
     maxiter = a.maxiter_2000 if M >= len(ds) else 5000
     ff = KernelForceField(sigma=a.sigma, rtol=a.rtol, maxiter=maxiter, progress=False,
-                          energy_constraints=a.ecstr)
+                          energy_constraints=a.ecstr, preconditioner=a.preconditioner)
+    import scipy.optimize  # noqa: F401  (imported before the clock starts, as sgdml's modules are)
+
     t0 = time.perf_counter()
     ff.fit(ds.R[tr], ds.z, F=ds.F[tr], E=ds.E[tr])
     out = {"n_train": int(len(tr)), "train_s": time.perf_counter() - t0, "n_perms": int(len(ff.perms))}
@@ -89,9 +91,10 @@ def worker(a: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_ours(a, M: int, save_idx: Path | None = None, ecstr: bool = False) -> dict:
+def run_ours(a, M: int, save_idx: Path | None = None, ecstr: bool = False, precond: str = "schur") -> dict:
     cmd = [sys.executable, __file__, "--worker", str(M), "--dataset", str(a.dataset), "--sigma", str(a.sigma),
-           "--threads", str(a.threads), "--rtol", str(a.rtol), "--maxiter-2000", str(a.maxiter_2000)]
+           "--threads", str(a.threads), "--rtol", str(a.rtol), "--maxiter-2000", str(a.maxiter_2000),
+           "--preconditioner", precond]
     if ecstr:
         cmd += ["--ecstr"]
     if save_idx:
@@ -125,6 +128,14 @@ def run_sgdml(a, ds, tr: np.ndarray, test: np.ndarray, max_memory: int | None) -
         return json.loads((tmp / "o.json").read_text())
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median training time, with every run's time under ``train_s_all``."""
+    runs = sorted(runs, key=lambda r: r["train_s"])
+    out = dict(runs[len(runs) // 2])
+    out["train_s_all"] = [r["train_s"] for r in runs]
+    return out
+
+
 def fmt(v, f="{:.2f}"):
     return "n/a" if v is None else f.format(v)
 
@@ -137,11 +148,15 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=50.0)
     ap.add_argument("--rtol", type=float, default=1e-3,
                     help="our PCG tolerance (default: the library default 1e-3; sgdml's iterative solver uses 1e-4)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for our runs (default 1: on this loaded shared machine 2 threads were "
-                         "slower)")
-    ap.add_argument("--maxiter-2000", type=int, default=300,
-                    help="PCG iteration cap at 2,000 points (that run measures memory; time is then partial)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="torch threads for our runs (default: all cores, as sgdml uses them; on a machine "
+                         "loaded by other jobs 1 thread avoids oversubscription)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="repeats of the 200-point trainings (ours and sgdml); the median time is reported")
+    ap.add_argument("--preconditioner", default="schur", help=argparse.SUPPRESS)
+    ap.add_argument("--maxiter-2000", type=int, default=3000,
+                    help="PCG iteration cap at 2,000 points (default: the library's; lower it to measure memory "
+                         "only, the time is then partial)")
     ap.add_argument("--sgdml-python", default="/tmp/sgdml-venv/bin/python")
     ap.add_argument("--sgdml-1000", action="store_true", help="also run sgdml at 1,000 points (capped memory)")
     ap.add_argument("--sgdml-max-memory", type=int, default=6)
@@ -167,15 +182,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         idx200 = Path(tmp) / "tr200.npy"
         for M in sizes:
-            r = run_ours(a, M, idx200 if M == 200 else None)
+            reps = max(1, a.repeats) if M == 200 else 1
+            runs = [run_ours(a, M, idx200 if M == 200 else None) for _ in range(reps)]
+            r = median_run(runs)
             res["ours"][M] = r
             print(f"ours  M={M}: {json.dumps(r)}", flush=True)
             if M == 200 and not a.no_ecstr:
                 r = run_ours(a, M, ecstr=True)
                 res["ours_ecstr_200"] = r
                 print(f"ours  M={M} energy constraints: {json.dumps(r)}", flush=True)
+            if M == 200 and not a.quick:
+                r = median_run([run_ours(a, M, precond="woodbury") for _ in range(reps)])
+                res["ours_woodbury_200"] = r
+                print(f"ours  M={M} Woodbury preconditioner: {json.dumps(r)}", flush=True)
         tr200 = np.load(idx200)
-    res["sgdml"][200] = run_sgdml(a, ds, tr200, test, None)
+    runs = [run_sgdml(a, ds, tr200, test, None) for _ in range(max(1, a.repeats))]
+    res["sgdml"][200] = median_run([r for r in runs if r]) if any(runs) else None
     print(f"sgdml M=200: {json.dumps(res['sgdml'][200])}", flush=True)
     if a.sgdml_1000 and not a.quick:
         res["sgdml"][1000] = run_sgdml(a, ds, pool, test, a.sgdml_max_memory)
@@ -192,10 +214,17 @@ def main() -> None:
          f"~{ANCHOR['train_s_200']:.0f}"),
         ("prediction throughput, 200-point model (geom/s)", fmt(o[200].get("predict_gps"), "{:.0f}"),
          fmt(s200.get("predict_gps"), "{:.0f}"), f"~{ANCHOR['predict_gps']:.0f}"),
+        ("  all repeats (s)", " / ".join(f"{t:.1f}" for t in o[200].get("train_s_all", [])),
+         " / ".join(f"{t:.1f}" for t in s200.get("train_s_all", [])), ""),
         ("peak memory, 200 points (GiB)", fmt(o[200]["peak_rss_gib"]), fmt(s200.get("peak_rss_gib")), "n/a"),
         ("energy MAE, 200 train, test frames (kcal/mol)", fmt(o[200].get("energy_mae"), "{:.3f}"),
          fmt(s200.get("energy_mae"), "{:.3f}"), "n/a"),
     ]
+    ow = res.get("ours_woodbury_200")
+    if ow:
+        rows += [("  ablation: Woodbury preconditioner, train time (s), PCG it.",
+                  fmt(ow["train_s"], "{:.1f}") + f", {ow.get('cg_iterations')}",
+                  f"(Schur: {o[200].get('cg_iterations')} it.)", "n/a")]
     oe = res.get("ours_ecstr_200")
     if oe:
         rows += [
@@ -239,7 +268,8 @@ def main() -> None:
     res["load_end"] = load1
     print(f"Load average (1/5/15 min) at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, at end "
           f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} on {os.cpu_count()} cores.")
-    print("Timings: shared 2-core machine under load from other jobs; expect tens of per cent of noise.")
+    print(f"Our runs use {a.threads} torch thread(s); sgdml uses its defaults (all cores). Timings on a shared "
+          "machine: compare them with the load averages above.")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(res, fh, indent=1, default=str)

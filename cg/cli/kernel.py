@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--rtol", type=float, default=1e-3, help="PCG relative residual (default: %(default)s)")
     p.add_argument("--energy-constraints", action="store_true",
                    help="also fit the training energies (sGDML's use_E_cstr; needs E in the dataset)")
+    p.add_argument("--preconditioner", choices=["schur", "woodbury"], default="schur",
+                   help="PCG preconditioner (default: %(default)s)")
+    p.add_argument("--n-inducing", type=int, default=None,
+                   help="inducing geometries of the preconditioner (default: from the problem size)")
+    p.add_argument("--max-memory", type=float, default=4.0,
+                   help="GiB for the preconditioner's pivoted factor (default: %(default)s)")
     p.add_argument("--no-sym", action="store_true", help="do not detect permutational symmetries")
     p.add_argument("--checkpoint", default=None, help="PCG checkpoint file (resumed from if present)")
     p.add_argument("--seed", type=int, default=0)
@@ -94,7 +100,8 @@ def _train(a: argparse.Namespace) -> int:
         tr, va = np.sort(p[:a.n_train]), np.sort(p[a.n_train:a.n_train + n_valid])
     ff = KernelForceField(sigma=a.sigma if len(a.sigma) > 1 else a.sigma[0], lam=a.lam,
                           perms=None if a.no_sym else "auto", solver=a.solver, rtol=a.rtol,
-                          energy_constraints=a.energy_constraints,
+                          energy_constraints=a.energy_constraints, preconditioner=a.preconditioner,
+                          n_inducing=a.n_inducing, max_memory_gb=a.max_memory,
                           device=pick_device(a.device), checkpoint=a.checkpoint, progress=not a.quiet)
     t0 = time.perf_counter()
     ff.fit(ds.R[tr], ds.z, F=ds.F[tr], E=None if ds.E is None else ds.E[tr],

@@ -101,7 +101,8 @@ class KernelForceField:
 
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
                  solver: str = "auto", rtol: float = 1e-3, maxiter: int = 3000, n_inducing: int | None = None,
-                 preconditioner: str = "schur", cholesky_max: int = 8000, max_memory_gb: float = 2.0, cache_gb: float = 1.0,
+                 preconditioner: str = "schur", cholesky_max: int = 8000, max_memory_gb: float = 4.0,
+                 cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
                  progress: bool = False) -> None:

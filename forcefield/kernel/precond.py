@@ -36,13 +36,14 @@ from .solvers import kernel_order, pivoted_nystrom
 
 def _chol_jitter(A: torch.Tensor, lam: float) -> torch.Tensor:
     """Cholesky factor(s) of SPD matrix/matrices A, adding diagonal jitter from ``lam`` upwards if needed."""
-    jitter = 0.0
+    jitter = torch.zeros(A.shape[:-2], dtype=A.dtype, device=A.device)
     while True:
         C, info = torch.linalg.cholesky_ex(A)
-        if int(info.max()) == 0:
+        bad = info != 0
+        if not bool(bad.any()):
             return C
-        step = jitter * 9 if jitter else max(lam, 1e-14)
-        A.diagonal(dim1=-2, dim2=-1).add_(step)
+        step = torch.where(jitter > 0, 9 * jitter, torch.full_like(jitter, max(lam, 1e-14))) * bad
+        A.diagonal(dim1=-2, dim2=-1).add_(step[..., None])  # only the blocks that failed
         jitter += step
 
 
@@ -83,7 +84,6 @@ class SchurPreconditioner:
         rest = torch.nonzero(~is_piv)[:, 0]
         rows_of = kernel.point_rows(torch.arange(M, device=dev))
         self._rows_I, self._rows_R = rows_of[I], rows_of[rest]
-        self._QR = Q[rest]
         # B = T Tᵀ = (K_II + λ)⁻¹ on the complement of the pivots' rigid motions, so that
         # K_RI B K_IR = L_R L_Rᵀ: the residual blocks Λ_R below are exactly the Schur complement's
         # B is applied through the Cholesky factor of K_II + λ (rigid motions lifted by μ Q Qᵀ, then
@@ -99,16 +99,30 @@ class SchurPreconditioner:
         self._B_chol = _chol_jitter(KII, lp)
         del KII, QI
         # Λ_R: residual diagonal blocks of the rest, inverted on the complement of their rigid motions
-        inv = torch.empty(len(rest), w, w, dtype=dt, device=dev)
-        for s in range(0, len(rest), 256):
-            Lc, Qc = L[self._rows_R[s:s + 256]], self._QR[s:s + 256]  # (c, w, k)
+        inv = torch.empty(M, w, w, dtype=dt, device=dev)
+        n3, k = kernel.n3, L.shape[1]
+        for a0 in range(0, M, 256):  # rows of L are read as views: a gather of n x k rows is slow
+            a1 = min(M, a0 + 256)
+            Fc = L[a0 * n3:a1 * n3].view(a1 - a0, n3, k)
+            LL = torch.empty(a1 - a0, w, w, dtype=dt, device=dev)
+            LL[:, :n3, :n3] = torch.bmm(Fc, Fc.transpose(1, 2))
+            if kernel.energy:  # the energy unknowns' rows come after all force rows
+                ec = L[M * n3 + a0:M * n3 + a1]
+                LL[:, :n3, n3] = torch.bmm(Fc, ec[..., None])[..., 0]
+                LL[:, n3, :n3] = LL[:, :n3, n3]
+                LL[:, n3, n3] = (ec * ec).sum(1)
+            Qc = Q[a0:a1]
             Pc = torch.eye(w, dtype=dt, device=dev) - Qc @ Qc.transpose(1, 2)
-            Lam = diag[rest[s:s + 256]] - Lc @ Lc.transpose(1, 2)
+            Lam = diag[a0:a1] - LL
+            piv = is_piv[a0:a1]
+            Lam[piv] = torch.eye(w, dtype=dt, device=dev)  # the pivots' blocks are not used
             Lam.diagonal(dim1=1, dim2=2).add_(self.lam)  # (K_RR + λp - L_R L_Rᵀ) + (λ - λp)
             Lam = Pc @ (0.5 * (Lam + Lam.transpose(1, 2))) @ Pc  # Schur complement block of K + λ
             scale = Lam.diagonal(dim1=1, dim2=2).mean(1).clamp_min(self.lam)
             Lam += scale[:, None, None] * (Qc @ Qc.transpose(1, 2))  # lift the rigid motions to invert
-            inv[s:s + 256] = Pc @ torch.cholesky_inverse(_chol_jitter(Lam, self.lam)) @ Pc
+            inv[a0:a1] = Pc @ torch.cholesky_inverse(_chol_jitter(Lam, self.lam)) @ Pc
+            del Fc, LL, Lam
+        inv = inv[rest]  # the pivots' blocks are not used
         self._LamR_inv = inv
         del L, diag
         self._K_RI = KernelSlice(kernel, rest, self.points)

@@ -100,7 +100,7 @@ def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int
         if shift:
             C[rj, torch.arange(len(rj), device=dev)] += shift
         if k:
-            C -= L[:, :k] @ L[rj, :k].T
+            C.addmm_(L[:, :k], L[rj, :k].T, alpha=-1.0)
         S = 0.5 * (C[rj] + C[rj].T)
         if rigid is not None:
             Qj = torch.block_diag(*rigid[js])
