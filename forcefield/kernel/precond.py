@@ -57,6 +57,8 @@ class SchurPreconditioner:
     n_points : inducing training points (see :func:`~forcefield.kernel.solvers.n_inducing_points`).
     pivot_block : training points taken per pivoting step of the pivoted Cholesky that picks them.
     max_bytes : memory allowed for the transient n x k pivoted-Cholesky factor of the build.
+    nystrom_shift : the shift λp of the pivoted Cholesky of K + λp (default λ; on aspirin smaller shifts
+        needed more PCG iterations).
     progress : tqdm bar over the pivots.
     """
 
@@ -84,10 +86,11 @@ class SchurPreconditioner:
         rest = torch.nonzero(~is_piv)[:, 0]
         rows_of = kernel.point_rows(torch.arange(M, device=dev))
         self._rows_I, self._rows_R = rows_of[I], rows_of[rest]
-        # B = T Tᵀ = (K_II + λ)⁻¹ on the complement of the pivots' rigid motions, so that
-        # K_RI B K_IR = L_R L_Rᵀ: the residual blocks Λ_R below are exactly the Schur complement's
-        # B is applied through the Cholesky factor of K_II + λ (rigid motions lifted by μ Q Qᵀ, then
-        # projected out): half the memory traffic of T (Tᵀ v); the explicit product T Tᵀ lost ~5 digits
+        # B = (K_II + λ)⁻¹ on the complement of the pivots' rigid motions equals T Tᵀ of the pivoted
+        # factor L = (K + λ)[:, I] T, so K_RI B K_IR = L_R L_Rᵀ and the residual blocks Λ_R below are
+        # exactly the Schur complement. B is applied through the Cholesky factor of K_II + λ (rigid motions
+        # lifted by μ Q Qᵀ, then projected out): half the memory traffic of T (Tᵀ v), and more accurate
+        # than an explicit T Tᵀ (which lost ~5 digits with energy constraints)
         m = len(points)
         KII = kernel.dense(self.points, self.points)
         order = kernel_order(m, kernel.n3, kernel.energy, dev)
@@ -129,7 +132,7 @@ class SchurPreconditioner:
         self._K_IR = KernelSlice(kernel, self.points, rest)
 
     def _apply_B(self, v: torch.Tensor) -> torch.Tensor:
-        """B v = T Tᵀ v for v (m, w) (B annihilates the pivots' rigid motions: T has none)."""
+        """B v = (K_II + λ)⁻¹ v on the complement of the pivots' rigid motions, for v (m, w)."""
         Q = self._QI
         v = v - (Q @ (Q.transpose(1, 2) @ v[..., None]))[..., 0]
         x = torch.cholesky_solve(v.reshape(-1, 1), self._B_chol).reshape(v.shape)
