@@ -66,4 +66,6 @@ def jacobian_apply(v: torch.Tensor, diff: torch.Tensor, d3: torch.Tensor) -> tor
     i, j = pair_index(n)
     i_t = torch.as_tensor(i, device=v.device)
     j_t = torch.as_tensor(j, device=v.device)
-    return -d3 * ((v[:, i_t] - v[:, j_t]) * diff).sum(-1)
+    x = (v[:, i_t] - v[:, j_t]).mul_(diff)
+    # the three components summed by hand: a reduction over the trailing size-3 axis is ~2.5x slower
+    return x[..., 0].add(x[..., 1]).add_(x[..., 2]).mul_(d3).neg_()

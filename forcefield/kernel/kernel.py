@@ -86,6 +86,7 @@ class DescriptorKernel:
     def __init__(self, d: torch.Tensor, q: torch.Tensor, sigma: float, block_size: int | None = None) -> None:
         self.sigma = float(sigma)
         self.q = q
+        self.d = d
         self.dp = d[:, q].reshape(-1, d.shape[1])  # (MP, D)
         self.dp_sq = (self.dp * self.dp).sum(1)  # (MP,)
         mp = self.dp.shape[0]
@@ -98,7 +99,8 @@ class DescriptorKernel:
     def prepare(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Permuted weights (MP, D) and products t = d_b^p · w_b^p (MP,) for descriptor weights w (M, D)."""
         wp = self.permuted(w)
-        return wp, (self.dp * wp).sum(1)
+        # d_b^p · w_b^p = d_b · w_b (both permuted alike): one product per training point
+        return wp, (self.d * w).sum(1).repeat_interleave(self.q.shape[0])
 
     def _profile(self, x: torch.Tensor, x_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """base and r (b, MP) for query descriptors x (b, D)."""

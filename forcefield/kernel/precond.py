@@ -135,7 +135,9 @@ class SchurPreconditioner:
         """B v = (K_II + λ)⁻¹ v on the complement of the pivots' rigid motions, for v (m, w)."""
         Q = self._QI
         v = v - (Q @ (Q.transpose(1, 2) @ v[..., None]))[..., 0]
-        x = torch.cholesky_solve(v.reshape(-1, 1), self._B_chol).reshape(v.shape)
+        C = self._B_chol  # two triangular solves: cholesky_solve copies the (m w)² factor on every call
+        x = torch.linalg.solve_triangular(C.mT, torch.linalg.solve_triangular(C, v.reshape(-1, 1), upper=False),
+                                          upper=True).reshape(v.shape)
         return x - (Q @ (Q.transpose(1, 2) @ x[..., None]))[..., 0]
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
