@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from forcefield import load_dataset
-from forcefield.kernel.kernel import HessianKernel, KernelSlice, TrainingSet
+from forcefield.kernel.kernel import HessianKernel, TrainingSet
+from forcefield.kernel.slices import KernelSlice
 from forcefield.kernel.precond import SchurPreconditioner
 from forcefield.kernel.solvers import cholesky_solve, kernel_order, pcg, pivoted_nystrom
 

@@ -460,7 +460,6 @@ class HessianKernel(DescriptorKernel):
         dt_, difft, d3t = descriptor(Rt.reshape(nb * P, N, 3))
         ct = (-d3t[..., None] * difft).reshape(nb, P, -1, 3)  # (b, P, D, 3)
         dt_ = dt_.reshape(nb, P, -1)
-        dsq = (dt_ * dt_).sum(-1)
         pi, pj = self._pi, self._pj
         if paired and na != nb:
             raise ValueError("paired blocks need as many rows as columns")
@@ -505,85 +504,6 @@ class HessianKernel(DescriptorKernel):
             return out.reshape(na, n3, n3)
         return out.reshape(na * n3, nb * n3)
 
-    def diagonal_traces(self) -> torch.Tensor:
-        """Traces (M,) of the diagonal 3N x 3N blocks K_ii (all permutations included), without the blocks."""
-        tr = self.train
-        M, N, P = tr.n, tr.n_atoms, tr.q.shape[0]
-        dev = tr.d.device
-        inv = torch.argsort(tr.perms, dim=1)  # column atom n of permutation p comes from atom inv[p, n]
-        dt_, difft, d3t = descriptor(tr.R[:, tr.perms].reshape(M * P, N, 3))
-        ct = (-d3t[..., None] * difft).reshape(M, P, -1, 3)
-        dt_ = dt_.reshape(M, P, -1)
-        c = -tr.d3[..., None] * tr.diff
-        u = tr.d[:, None] - dt_
-        r = SQRT5 * torch.linalg.vector_norm(u, dim=-1)
-        base = torch.exp(-r / self.sigma) * (5.0 / (3.0 * self.sigma ** 3))
-        A = base * (r + self.sigma)
-        ja = torch.zeros(M, P, N, 3, dtype=u.dtype, device=dev)
-        wa = u[..., None] * c[:, None]
-        ja.index_add_(2, self._pi, wa).index_add_(2, self._pj, -wa)
-        jb = torch.zeros_like(ja)
-        wb = u[..., None] * ct
-        jb.index_add_(2, self._pi, wb).index_add_(2, self._pj, -wb)
-        e = (c[:, None] * ct).sum(-1)  # (M, P, D)
-        dn = torch.zeros(M, P, N, dtype=u.dtype, device=dev)
-        dn.index_add_(2, self._pi, e).index_add_(2, self._pj, e)
-        lookup = torch.zeros(N, N, dtype=torch.long, device=dev)
-        lookup[self._pi, self._pj] = torch.arange(len(self._pi), device=dev)
-        lookup[self._pj, self._pi] = lookup[self._pi, self._pj]
-        out = torch.zeros(M, dtype=u.dtype, device=dev)
-        for p in range(P):
-            m = inv[p]
-            same = m == self._ar
-            trG = torch.where(same[None], dn[:, p], -e[:, p][:, lookup[self._ar, m]]).sum(1)
-            rank1 = (ja[:, p] * jb[:, p][:, m]).sum((1, 2))
-            out += A[:, p] * trG - (5.0 / self.sigma) * base[:, p] * rank1
-        return out
-
-
-class KernelSlice:
-    """The block K[rows, cols] of a :class:`HessianKernel` as a matrix-free operator.
-
-    The kernel profile between the two point sets (``len(rows) x len(cols) * P`` numbers) is computed once;
-    each application then costs three products of that size with the descriptor dimension, so a slice with
-    a few columns (e.g. the inducing points of a preconditioner) is much cheaper than a full matvec.
-    Vectors are point-major: ``(len(cols), width)`` in, ``(len(rows), width)`` out, where a point's row
-    holds its 3N Cartesian unknowns then (energy constraints) its energy unknown.
-    """
-
-    def __init__(self, kernel: "HessianKernel", rows, cols) -> None:
-        tr = kernel.train
-        dev = tr.d.device
-        self.kernel = kernel
-        self.rows = torch.as_tensor(np.asarray(rows), device=dev).reshape(-1)
-        self.cols = torch.as_tensor(np.asarray(cols), device=dev).reshape(-1)
-        self.dk = DescriptorKernel(tr.d[self.cols], tr.q, kernel.sigma)
-        self.xr = tr.d[self.rows]
-        self._jr = (tr.diff[self.rows], tr.d3[self.rows])
-        self._jc = (tr.diff[self.cols], tr.d3[self.cols])
-        base, r = self.dk._profile(self.xr, (self.xr * self.xr).sum(1))
-        self.A = base * (r + kernel.sigma)
-        self.kv = self.dk.kernel_value(base, r) if kernel.energy else None
-        self.c5 = base.mul_(5.0 / kernel.sigma)
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        """K[rows, cols] v for v (len(cols), width); returns (len(rows), width)."""
-        k = self.kernel
-        n3, nc = k.n3, len(self.cols)
-        w = jacobian_apply(v[:, :n3].reshape(nc, -1, 3), *self._jc)
-        wp, t = self.dk.prepare(w)
-        sdot = self.xr @ wp.T - t[None, :]
-        c = sdot * self.c5
-        csum = c.sum(1, keepdim=True)
-        if k.energy:
-            ap, apd = self.dk.energy_weights(v[:, n3])
-            Te = (self.A * sdot).sum(1) + self.kv @ ap
-            csum += (self.A @ ap)[:, None]
-            wp = wp + apd
-        y = self.A @ wp - csum * self.xr + c @ self.dk.dp
-        out = jacobian_t_apply(y, *self._jr).reshape(len(self.rows), n3)
-        return torch.cat([out, Te[:, None]], 1) if k.energy else out
-
 
 def dense_jacobian(diff: torch.Tensor, d3: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     """Dense descriptor Jacobians (B, D, 3N) from pair vectors (B, D, 3) and cubes (B, D).
@@ -606,11 +526,3 @@ def dense_jacobian(diff: torch.Tensor, d3: torch.Tensor, transposed: bool = Fals
     J[:, ar, torch.as_tensor(i, device=diff.device)] = g
     J[:, ar, torch.as_tensor(j, device=diff.device)] = -g
     return J.reshape(B, D, 3 * n)
-
-
-def predict_descriptors(kernel: DescriptorKernel, wp: torch.Tensor, t: torch.Tensor, R: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """T(x) (B,) and ∇_x T (B, N, 3) for positions R (B, N, 3)."""
-    d, diff, d3 = descriptor(R)
-    T, y = kernel.contract(d, wp, t)
-    return T, jacobian_t_apply(y, diff, d3)

@@ -15,7 +15,7 @@ elimination, whose Schur complement is exactly Λ_R:
 
 which is symmetric positive definite by construction (P⁻¹ = Eᵀ diag(B, Λ_R⁻¹) E).
 
-Nothing n x k is stored: K_RI and K_IR are applied matrix-free (:class:`~forcefield.kernel.kernel.KernelSlice`,
+Nothing n x k is stored: K_RI and K_IR are applied matrix-free (:class:`~forcefield.kernel.slices.KernelSlice`,
 costing m/M of a kernel matvec), B is applied through a dense (m w)² Cholesky factor and Λ_R is one
 w x w block per point, so memory is linear in the number of training points (the n x k pivoted factor
 exists only while the preconditioner is built) and more inducing points cost little per iteration. The
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .kernel import KernelSlice
+from .slices import KernelSlice
 from .solvers import kernel_order, pivoted_nystrom
 
 
