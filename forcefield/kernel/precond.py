@@ -76,7 +76,7 @@ class SchurPreconditioner:
         Q = kernel.rigid_basis()  # (M, w, 6)
         # pivoted Cholesky of K + λ on the complement of the rigid motions: L = (K + λ)[:, I] T
         lp = self.lam if nystrom_shift is None else float(nystrom_shift)
-        L, points, _ = pivoted_nystrom(kernel, n_points, resid, pivot_block, progress=progress,
+        L, points = pivoted_nystrom(kernel, n_points, resid, pivot_block, progress=progress,
                                        shift=lp, rigid=Q)
         self.points = np.array(points)
         self.n_columns = L.shape[1]

@@ -61,9 +61,8 @@ def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1, coef: float 
 
 
 def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int = 1,
-                    rank_per_point: int | None = None, progress: bool = False, track_T: bool = False,
-                    shift: float = 0.0, rigid: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+                    rank_per_point: int | None = None, progress: bool = False, shift: float = 0.0,
+                    rigid: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
     """Block-pivoted Cholesky of the kernel over training points: K ≈ L Lᵀ on the pivots' columns.
 
     Each step takes the ``pivot_block`` points with the largest residual traces ``resid`` (M,), computes
@@ -73,9 +72,8 @@ def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int
     ``shift`` factorises K + shift I instead (its pivot columns); with ``rigid`` (the bases (M, w, 6) of
     :meth:`HessianKernel.rigid_basis`) each pivot block is taken on the complement of its rigid motions.
 
-    Returns L (n_unknowns, k), the pivot points in the order taken and (``track_T``) the matrix T
-    (m w, k) with L = K[:, pivot unknowns] T, so that T Tᵀ is the pseudo-inverse of K on the pivots that
-    the factor implies (L_I L_Iᵀ = K_II); else None.
+    Returns L (n_unknowns, k) and the pivot points in the order taken; L = K[:, pivot unknowns] T for
+    some T with T Tᵀ = (K_II + shift I)⁻¹ on the kept directions (L_I L_Iᵀ = K_II + shift I there).
     """
     from tqdm.auto import tqdm
 
@@ -85,7 +83,6 @@ def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int
     rows_of = kernel.point_rows(torch.arange(M, device=dev))  # (M, w)
     total = float(resid.sum())
     L = torch.empty(n, n_points * w, dtype=dt, device=dev)
-    T = torch.zeros(n_points * w, n_points * w, dtype=dt, device=dev) if track_T else None
     k = 0
     points: list[int] = []
     bar = tqdm(total=n_points, desc="Nyström pivots", disable=not progress, mininterval=1.0)
@@ -112,11 +109,6 @@ def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int
             keep &= torch.arange(len(s), device=s.device) >= len(s) - rank_per_point * len(js)
         Vk = V[:, keep] / s[keep].sqrt()
         Lnew = C @ Vk
-        if T is not None:  # C = K[:, js] - K[:, I] T L[rj]ᵀ, so the new columns of T follow
-            c0, kn = len(points) * w, Vk.shape[1]
-            if k:
-                T[:c0, k:k + kn] = -T[:c0, :k] @ (L[rj, :k].T @ Vk)
-            T[c0:c0 + Vk.shape[0], k:k + kn] = Vk
         L[:, k:k + Lnew.shape[1]] = Lnew
         k += Lnew.shape[1]
         resid -= (Lnew * Lnew).sum(1)[rows_of].sum(1)
@@ -124,7 +116,7 @@ def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int
         points += js.tolist()
         bar.update(len(js))
     bar.close()
-    return L[:, :k], points, (T[:len(points) * w, :k].clone() if T is not None else None)
+    return L[:, :k], points
 
 
 class NystromPreconditioner:
@@ -175,7 +167,7 @@ class NystromPreconditioner:
             resid = diag.diagonal(dim1=1, dim2=2).sum(1).clone()
         else:
             resid = kernel.diag_blocks().diagonal(dim1=1, dim2=2).sum(1)
-        L, points, _ = pivoted_nystrom(kernel, n_points, resid, self.pivot_block, rank_per_point, progress)
+        L, points = pivoted_nystrom(kernel, n_points, resid, self.pivot_block, rank_per_point, progress)
         k = L.shape[1]
         self.lam = float(lam)
         self.points = np.array(points)
