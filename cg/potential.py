@@ -10,7 +10,7 @@ A second, cheaper network, :class:`FeatureNet`, is an MLP over standardised inte
 
 Network (continuous-filter convolutions, Schütt et al. 2018, written here from the paper): bead-type
 embeddings; Gaussian radial basis with a cosine cutoff; ``n_interactions`` residual interaction blocks;
-per-bead MLP summed to the energy. Messages are aggregated with ``torch_geometric.utils.scatter`` over
+per-bead MLP summed to the energy. Messages are aggregated with ``Tensor.index_add_`` over
 a flattened (batch × bead) index, so the same code runs on CPU and GPU (``device=``). The network runs in
 float32; positions of any dtype are accepted and results returned in that dtype.
 """
@@ -50,15 +50,13 @@ class Interaction(nn.Module):
         self.post = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, h: torch.Tensor, rbf: torch.Tensor, env: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        from torch_geometric.utils import scatter
-
         B, n, H = h.shape
         W = self.filt(rbf) * env[..., None]                     # (B, P, H), one filter per unordered pair
         W = torch.cat([W, W], 1)                                # both directions: edges (src->dst), (dst->src)
         s2, d2 = torch.cat([src, dst]), torch.cat([dst, src])
         msg = self.pre(h)[:, s2] * W                            # (B, 2P, H)
         off = (torch.arange(B, device=h.device) * n)[:, None]
-        agg = scatter(msg.reshape(-1, H), (d2[None] + off).reshape(-1), dim=0, dim_size=B * n, reduce="sum")
+        agg = msg.new_zeros(B * n, H).index_add_(0, (d2[None] + off).reshape(-1), msg.reshape(-1, H))
         return h + self.post(agg.view(B, n, H))
 
 

@@ -110,7 +110,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "kernel-FF MD → learned 6-bead mapping → force-matched CG potential → CG MD → backmapping → "
                "evaluation. Finished stages are skipped on a re-run."),
         ("code", SETUP),
-        ("code", "from cg.pipeline.run import run_pipeline\n"
+        ("code", "from cgwb.pipeline.run import run_pipeline\n"
                  "report = run_pipeline(quick=TINY, out='run', progress=False)\n"
                  "{k: v for k, v in report.items() if not isinstance(v, (list, dict))}"),
         ("code", "from IPython.display import Image, display\n"

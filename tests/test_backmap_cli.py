@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cg.cli import main
+from cgwb.cli import main
 
 
 def test_help_for_every_subcommand(capsys):

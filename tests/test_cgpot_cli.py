@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cg.cli import main
+from cgwb.cli import main
 
 HEAVY10 = [[0, 1, 2, 3], [4], [5], [6, 7], [8, 9], [10, 11, 12, 13], [14], [15], [16, 17], [18, 19, 20, 21]]
 NAMES = ["CAY", "CY", "OY", "N", "CA", "CB", "C", "O", "NT", "CAT"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cg.cli import main
+from cgwb.cli import main
 from forcefield import load_dataset
 
 
 def test_every_subcommand_has_help(capsys):
-    from cg.cli import GROUPS, build_parser
+    from cgwb.cli import GROUPS, build_parser
 
     build_parser()
     for group in ["data"]:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cg.cli import main
+from cgwb.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

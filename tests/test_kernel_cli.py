@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cg.cli import main
+from cgwb.cli import main
 from forcefield import KernelForceField, load_dataset
 
 DATA = Path(__file__).parent / "data" / "ethanol_xtb.npz"

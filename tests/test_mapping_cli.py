@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cg
-from cg.cli import main
+from cgwb.cli import main
 
 
 def test_map_cli_preset_apply_learn(ala_md, ala_pdb, tmp_path, capsys):

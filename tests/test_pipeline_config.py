@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cg.pipeline.config import load_config
+from cgwb.pipeline.config import load_config
 from forcefield import InputError
 
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from cg.cli import main
-from cg.pipeline import steps_cg
-from cg.pipeline.run import run_pipeline
+from cgwb.cli import main
+from cgwb.pipeline import steps_cg
+from cgwb.pipeline.run import run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
 def _run(a: argparse.Namespace) -> int:
     import json
 
-    from cg.pipeline.config import load_config
-    from cg.pipeline.run import run_pipeline
+    from cgwb.pipeline.config import load_config
+    from cgwb.pipeline.run import run_pipeline
 
     over = {"device": a.device} if a.device else None
     cfg = load_config(a.config, quick=a.quick, overrides=over)

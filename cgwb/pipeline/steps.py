@@ -27,7 +27,7 @@ TRAIN_FRACTION = 0.9  # reference frames: the first 90 % train the mapping/CG/ba
 
 
 def _device(ctx: RunContext) -> str:
-    from cg.cli.common import pick_device
+    from cgwb.cli.common import pick_device
 
     return pick_device(ctx.config["device"])
 

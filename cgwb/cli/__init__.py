@@ -13,13 +13,13 @@ from forcefield.errors import InputError
 
 #: (group name, module, help)
 GROUPS = [
-    ("data", "cg.cli.data", "reference data: OpenMM MD, GFN2-xTB labels, dataset conversion"),
-    ("kernel", "cg.cli.kernel", "kernel global force field: train, test, label, MD"),
-    ("map", "cg.cli.mapping", "CG mappings: learn (autoencoder) or apply to trajectories"),
-    ("cg", "cg.cli.cgpot", "CG potential: force matching, CG MD, evaluation"),
-    ("backmap", "cg.cli.backmap", "backmapping: train, sample, evaluate"),
-    ("diffsim", "cg.cli.diffsim", "differentiable simulation: fit pair potentials to RDFs (vs IBI)"),
-    ("run", "cg.cli.run", "the whole pipeline on the embedded default or a config file"),
+    ("data", "cgwb.cli.data", "reference data: OpenMM MD, GFN2-xTB labels, dataset conversion"),
+    ("kernel", "cgwb.cli.kernel", "kernel global force field: train, test, label, MD"),
+    ("map", "cgwb.cli.mapping", "CG mappings: learn (autoencoder) or apply to trajectories"),
+    ("cg", "cgwb.cli.cgpot", "CG potential: force matching, CG MD, evaluation"),
+    ("backmap", "cgwb.cli.backmap", "backmapping: train, sample, evaluate"),
+    ("diffsim", "cgwb.cli.diffsim", "differentiable simulation: fit pair potentials to RDFs (vs IBI)"),
+    ("run", "cgwb.cli.run", "the whole pipeline on the embedded default or a config file"),
 ]
 
 
