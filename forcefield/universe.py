@@ -153,3 +153,26 @@ def write_universe(u: Any, path: str | os.PathLike, pdb: str | os.PathLike | Non
                 for _ in u.trajectory:
                     w.write(u.atoms)
     return path
+
+
+def backbone_phi_psi_atoms(u: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Atom indices of the first backbone φ (C-N-CA-C) and ψ (N-CA-C-N) pair of a peptide, or None."""
+    res = u.residues
+    for k in range(1, len(res) - 1):
+        try:
+            c0 = res[k - 1].atoms.select_atoms("name C")[0].index
+            n, ca, c = (res[k].atoms.select_atoms(f"name {x}")[0].index for x in ("N", "CA", "C"))
+            n1 = res[k + 1].atoms.select_atoms("name N")[0].index
+        except IndexError:
+            continue
+        return (int(c0), int(n), int(ca), int(c)), (int(n), int(ca), int(c), int(n1))
+    return None
+
+
+def bond_indices(u: Any) -> np.ndarray | None:
+    """Bonds of a Universe as an (n_bonds, 2) int array, or None when it has none."""
+    try:
+        b = u.bonds.indices
+    except Exception:  # noqa: BLE001 - topologies without bonds
+        return None
+    return np.asarray(b, dtype=int) if len(b) else None

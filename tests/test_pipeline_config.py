@@ -29,7 +29,11 @@ def test_toml_and_yaml(tmp_path, ala_pdb):
     ('[mapping]\nn_beads = 40\n', "larger than the number of atoms (22)"),
     ('[reference]\nforces = "magic"\n', "reference.forces = 'magic'"),
     ('[mapping]\nbeads = 3\n', "unknown field 'mapping.beads'"),
-    ('[sampling]\nframes = -5\n', "sampling.frames must be a positive integer"),
+    ('[sampling]\nframes = -5\n', "sampling.frames = -5: Input should be greater than 0"),
+    ('[cg]\ntimestep_fs = "fast"\n', "cg.timestep_fs = 'fast'"),
+    ('[kernel_md]\nreplicas = 2.5\n', "kernel_md.replicas = 2.5"),
+    ('[backmap]\nepochs = true\n', "backmap.epochs = True"),
+    ('[system]\nsolvent = "water"\n', "system.solvent = 'water'"),
     ('[system\n', "cannot parse config"),
 ])
 def test_bad_config_fails_fast(tmp_path, body, message):

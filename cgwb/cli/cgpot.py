@@ -21,11 +21,11 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT.ckpt)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("-T", "--temperature", type=float, default=300.0, help="K, for Boltzmann inversion")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--val", type=float, default=0.1, help="validation fraction")
-    p.add_argument("--patience", type=int, default=8, help="epochs without validation gain before stopping")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val", type=float, default=0.1, help="validation fraction (the last part of each replica)")
+    p.add_argument("--patience", type=int, default=25, help="epochs without validation gain before stopping")
     p.add_argument("--net", choices=["features", "schnet"], default="features",
                    help="features: MLP over internal coordinates (fast, CGnet-style); schnet: message passing "
                         "with bead-type embeddings (default: %(default)s)")
@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("-T", "--temperature", type=float, default=None, help="K (default: the model's)")
     p.add_argument("--friction", type=float, default=1.0, help="1/ps")
     p.add_argument("--max-bond-dev", type=float, default=0.5, help="Å; stop a replica past it (<=0: off)")
+    p.add_argument("--widen", type=float, default=1.5,
+                   help="per-bond stop threshold max(--max-bond-dev, WIDEN x the largest deviation in the starting "
+                        "frames), the stability rule of the pipeline (0: a fixed --max-bond-dev)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_quiet(p)
@@ -99,9 +102,11 @@ def _frames(path: str, mapping):
     if "R" not in d:
         raise InputError(f"{path}: no array 'R' of positions")
     R = np.asarray(d["R"], dtype=float)
-    if "n_valid" in d:  # a run of cgwb cg simulate: R (saved, B, n, 3)
-        runs = [R[: int(k), b] for b, k in enumerate(d["n_valid"])]
-        return (np.concatenate(runs, 0), None, runs, float(d["dt_ps"]), d["bonds"], int(R.shape[0]))
+    if "n_valid" in d:  # a CG trajectory (cgwb cg simulate, cgwb run)
+        from cg.simulate import CGTrajectory
+
+        t = CGTrajectory.load(path)
+        return t.frames(), None, t.runs(), t.dt_ps, t.bonds, int(t.R.shape[0])
     F = np.asarray(d["F"], dtype=float) if "F" in d else None
     if mapping is not None and R.shape[1] == mapping.n_atoms:
         R = mapping.map_positions(R)
@@ -131,58 +136,41 @@ def _mapping(path: str | None, dataset: str | None = None):
 # ----------------------------------------------------------------------------- commands
 def _train(a: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
+    from cg.forcematching import ForceMatchingConfig, fit_cg_model
     from cg.plots import plot_training
-    from cg.potential import build_potential
-    from cg.priors import Priors
-    from cg.train import train_force_matching
-    from forcefield.errors import InputError
+    from forcefield import load_dataset
 
-    torch.manual_seed(a.seed)
     mp = _mapping(a.mapping, a.dataset)
-    if a.force_map == "optimal":
-        from forcefield.fileio import load_npz
-
-        d = load_npz(a.dataset)
-        if "F" not in d or d["F"].ndim != 3 or d["F"].shape[1] != mp.n_atoms:
-            raise InputError(f"{a.dataset}: --force-map optimal needs all-atom forces 'F' ({mp.n_atoms} atoms)")
-        mp = mp.with_optimal_forces(np.asarray(d["F"], dtype=float))
-    R, F, *_ = _frames(a.dataset, mp)
-    if F is None:
-        raise InputError(f"{a.dataset}: no forces 'F'; force matching needs them")
-    pri = Priors.fit(R, mp.bonds, a.temperature, n_fourier=a.fourier)
-    if a.priors_only:
-        kw, net = {}, False
-    elif a.net == "schnet":
-        kw, net = dict(hidden=a.hidden or 32, n_rbf=a.rbf, n_interactions=a.interactions, cutoff=a.cutoff), "schnet"
-    else:
-        kw, net = dict(hidden=a.hidden or 128, layers=a.layers), "features"
-    pot = build_potential(pri, mp.names, mp.masses, mp.bonds, temperature=a.temperature, network=net,
-                          device=pick_device(a.device), reference=R, **kw)
-    if not a.quiet:
-        print(pri.describe())
-    if not a.priors_only:
-        res = train_force_matching(pot, R, F, epochs=a.epochs, batch_size=a.batch, lr=a.lr, val_fraction=a.val,
-                                   patience=a.patience, seed=a.seed, device=pick_device(a.device),
-                                   checkpoint=a.checkpoint or str(a.out) + ".ckpt", resume=not a.no_resume,
-                                   progress=not a.quiet, max_seconds=a.max_seconds)
-        print(f"best validation force RMSE {res.best_val_rmse:.3f} kcal/mol/Å (epoch {res.best_epoch + 1}; priors "
-              f"only {res.prior_val_rmse:.3f}); {np.mean(res.epoch_seconds) if res.epoch_seconds else 0:.1f} s/epoch")
+    ds = load_dataset(a.dataset)
+    net = "none" if a.priors_only else a.net
+    cfg = ForceMatchingConfig.build(dict(network=net, hidden=a.hidden, layers=a.layers, n_rbf=a.rbf,
+                                         interactions=a.interactions, cutoff=a.cutoff, n_fourier=a.fourier,
+                                         epochs=a.epochs, patience=a.patience, batch_size=a.batch, lr=a.lr,
+                                         val_fraction=a.val, force_map=a.force_map, max_seconds=a.max_seconds),
+                                    source="cgwb cg train")
+    model = fit_cg_model(mp, ds, cfg, temperature=a.temperature, device=pick_device(a.device), seed=a.seed,
+                         checkpoint=a.checkpoint or str(a.out) + ".ckpt", resume=not a.no_resume,
+                         progress=not a.quiet, log=print)
+    if not a.quiet and model.potential.priors is not None:
+        print(model.potential.priors.describe())
+    if model.history:
+        i = model.info
+        print(f"best validation force RMSE {i['best_val_rmse']:.3f} kcal/mol/Å (epoch {i['best_epoch']}; priors "
+              f"only {i['prior_val_rmse']:.3f}); {np.nan_to_num(i['seconds_per_epoch']):.1f} s/epoch")
         if a.plot:
-            plot_training(res, a.plot)
-    pot.save(a.out)
-    print(f"wrote {a.out}: {pot.n_beads} beads, {len(mp.bonds)} bonds")
+            from cg.train import TrainResult
+
+            plot_training(TrainResult(**model.history), a.plot)
+    model.save(a.out)
+    print(f"wrote {a.out}: {model.potential.n_beads} beads, {len(model.mapping.bonds)} bonds")
     return 0
 
 
 def _simulate(a: argparse.Namespace) -> int:
-    import numpy as np
-
-    from cg.md import run_cg_md, write_run
     from cg.potential import CGPotential
+    from cg.simulate import SimulationConfig, simulate_cg
     from forcefield.errors import InputError
-    from forcefield.fileio import save_npz
 
     dev = pick_device(a.device)
     pot = CGPotential.load(a.model, dev)
@@ -190,19 +178,28 @@ def _simulate(a: argparse.Namespace) -> int:
     if R.shape[1] != pot.n_beads:
         raise InputError(f"{a.start}: frames have {R.shape[1]} particles, the model has {pot.n_beads} beads "
                          "(give --mapping for all-atom frames)")
-    idx = np.random.default_rng(a.seed).choice(len(R), a.replicas, replace=len(R) < a.replicas)
-    run = run_cg_md(pot, R[idx], a.steps, dt_fs=a.dt, save_every=a.save_every, temperature=a.temperature,
-                    friction_per_ps=a.friction, max_bond_deviation=a.max_bond_dev if a.max_bond_dev > 0 else None,
-                    device=dev, seed=a.seed, progress=not a.quiet)
-    print(run.summary())
-    save_npz(a.out, R=np.nan_to_num(run.traj.R), n_valid=run.traj.n_valid, E=np.nan_to_num(run.traj.E),
-             bonds=run.bonds, masses=run.masses, names=np.array(run.names), dt_ps=np.array(a.save_every * a.dt / 1000),
-             start_frames=idx)
+    cfg = SimulationConfig.build(dict(replicas=a.replicas, n_steps=a.steps, timestep_fs=a.dt, save_every=a.save_every,
+                                      friction_per_ps=a.friction, temperature=a.temperature,
+                                      stop=a.max_bond_dev > 0, stop_base=a.max_bond_dev if a.max_bond_dev > 0 else 0.5,
+                                      stop_widen=a.widen), source="cgwb cg simulate")
+    traj = simulate_cg(pot, R, cfg, reference=R if a.widen > 0 else None, device=dev, seed=a.seed,
+                       progress=not a.quiet)
+    sp = traj.speed
+    print(f"{traj.n_replicas} replicas x {a.steps} steps of {a.dt:g} fs: {sp['bead_steps_per_s']:.3g} bead-steps/s, "
+          f"{sp['ns_per_day']:.1f} ns/day; {int(round(traj.stable_fraction * traj.n_replicas))}/{traj.n_replicas} stable")
+    traj.save(a.out)
     print(f"wrote {a.out}")
     if a.traj:
-        for p in write_run(run, a.traj):
-            print(f"wrote {p}")
-    return 0 if run.all_stable else 1
+        from cg.md import write_cg_trajectory
+
+        from pathlib import Path as _P
+
+        p = _P(a.traj)
+        for b in range(traj.n_replicas):
+            if traj.n_valid[b]:
+                q = p if traj.n_replicas == 1 else p.with_name(f"{p.stem}_r{b}{p.suffix}")
+                print(f"wrote {write_cg_trajectory(q, traj.replica(b), traj.names, traj.bonds, traj.masses, traj.dt_ps)}")
+    return 0 if traj.stable_fraction == 1.0 else 1
 
 
 def _evaluate(a: argparse.Namespace) -> int:

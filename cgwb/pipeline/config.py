@@ -28,32 +28,99 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, ValidationError
+
+from backmap.recipe import BackmapConfig
+from cg.fit_mapping import MappingConfig
+from cg.forcematching import ForceMatchingConfig
+from cg.simulate import SimulationConfig
+from forcefield.config import Config, config_error
 from forcefield.errors import InputError
 
 FORCE_SOURCES = ("trajectory", "kernel", "xtb", "openmm")
 MAP_KINDS = ("learned", "preset", "selections", "file")
 
-DEFAULTS: dict[str, Any] = {
-    "name": "alanine-dipeptide",
-    "seed": 0,
-    "device": None,
-    "system": {"pdb": None, "topology": None, "trajectory": None, "selection": "all", "solvent": "vacuum",
-               "temperature": 300.0},
-    "sampling": {"frames": 5000, "save_every": 200, "timestep_fs": 1.0},
-    "reference": {"forces": "kernel", "dataset": None, "label_frames": 200, "test_frames": 200, "sigma": None},
-    "kernel_md": {"replicas": 16, "frames": 800, "save_every": 50, "timestep_fs": 1.0},
-    "mapping": {"kind": "learned", "n_beads": 6, "preset": "backbone", "selections": None, "file": None,
-                "epochs": 100},
-    "cg": {"epochs": 200, "replicas": 16, "timestep_fs": 2.0, "friction_per_ps": 1.0, "network": "features",
-           "patience": 25, "force_map": "sum"},
-    "backmap": {"epochs": 30, "samples": 4, "frames": 200, "train_frames": 3000},
-}
+
+class SystemConfig(Config):
+    """The molecule: a PDB to simulate with OpenMM, or a user's topology (+ trajectory) read by MDAnalysis."""
+
+    pdb: str | None = None
+    topology: str | None = None
+    trajectory: str | None = None
+    selection: str = "all"
+    solvent: Literal["vacuum", "obc2", "gbn2", "tip3p"] = "vacuum"
+    temperature: float = Field(300.0, gt=0)
+
+
+class SamplingConfig(Config):
+    """AA sampling with OpenMM (frames saved every ``save_every`` steps of ``timestep_fs``)."""
+
+    frames: int = Field(5000, gt=0)
+    save_every: int = Field(200, gt=0)
+    timestep_fs: float = Field(1.0, gt=0)
+
+
+class ReferenceConfig(Config):
+    """Where the reference forces come from; for ``kernel``: labels and the kernel force field's σ."""
+
+    forces: Literal["trajectory", "kernel", "xtb", "openmm"] = "kernel"
+    dataset: str | None = None
+    label_frames: int = Field(200, gt=0)
+    test_frames: int = Field(200, gt=0)
+    sigma: float | list[float] | None = None
+
+
+class KernelMDConfig(Config):
+    """AA Langevin MD with the kernel force field: the reference ensemble."""
+
+    replicas: int = Field(16, gt=0)
+    frames: int = Field(800, gt=0)
+    save_every: int = Field(50, gt=0)
+    timestep_fs: float = Field(1.0, gt=0)
+
+
+class CGSection(ForceMatchingConfig):
+    """Force matching (:class:`cg.forcematching.ForceMatchingConfig`) and CG MD settings of the pipeline."""
+
+    force_map: Literal["auto", "sum", "optimal"] = "sum"  # type: ignore[assignment]
+    replicas: int = Field(16, gt=0)
+    timestep_fs: float = Field(2.0, gt=0)
+    friction_per_ps: float = Field(1.0, gt=0)
+
+    def forcematching(self, force_map: str) -> ForceMatchingConfig:
+        """The recipe config, with ``auto`` already resolved into ``force_map``."""
+        d = {k: v for k, v in self.model_dump().items() if k in ForceMatchingConfig.model_fields}
+        return ForceMatchingConfig.build({**d, "force_map": force_map})
+
+    def simulation(self, n_steps: int, save_every: int, temperature: float) -> SimulationConfig:
+        return SimulationConfig(replicas=self.replicas, n_steps=n_steps, timestep_fs=self.timestep_fs,
+                                save_every=save_every, friction_per_ps=self.friction_per_ps,
+                                temperature=float(temperature))
+
+
+class PipelineConfig(Config):
+    """The whole ``cgwb run`` config: one typed section per stage."""
+
+    name: str = "alanine-dipeptide"
+    seed: int = Field(0, ge=0)
+    device: str | None = None
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    kernel_md: KernelMDConfig = Field(default_factory=KernelMDConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig)
+    cg: CGSection = Field(default_factory=CGSection)
+    backmap: BackmapConfig = Field(default_factory=BackmapConfig)
+
+
+#: the pipeline's own defaults where they differ from the recipes' (the embedded alanine-dipeptide run)
+DEFAULTS: dict[str, Any] = {}
 
 QUICK: dict[str, Any] = {
     "sampling": {"frames": 300, "save_every": 50},
-    "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40},
+    "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40.0},
     "kernel_md": {"replicas": 2, "frames": 60, "save_every": 10},
     "mapping": {"epochs": 20},
     "cg": {"epochs": 3, "replicas": 2},
@@ -61,13 +128,11 @@ QUICK: dict[str, Any] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if k not in base:
-            raise InputError(f"config: unknown field {path + k!r}; expected one of {sorted(base)}")
-        if isinstance(base[k], dict) and base[k] and isinstance(v, dict) and k != "selections":
-            out[k] = _merge(base[k], v, f"{path}{k}.")
+        if isinstance(out.get(k), dict) and isinstance(v, dict) and k != "selections":
+            out[k] = _merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -75,17 +140,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[s
 
 @dataclass
 class RunConfig:
-    """A validated run configuration (nested dicts as in :data:`DEFAULTS`)."""
+    """A validated run configuration: ``model`` (typed sections) and ``data`` (the same as nested dicts)."""
 
-    data: dict[str, Any]
+    model: PipelineConfig
     source: str = "embedded default"
     base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.model.model_dump()
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
-    def section(self, key: str) -> dict[str, Any]:
-        return self.data[key]
+    def section(self, key: str) -> Any:
+        """The typed config of one section (e.g. ``cfg.section("cg")``)."""
+        return getattr(self.model, key)
 
     def path(self, value: str | None) -> Path | None:
         """A path from the config, relative to the config file's folder."""
@@ -100,7 +170,11 @@ class RunConfig:
 
 def load_config(path: str | os.PathLike | None = None, quick: bool = False,
                 overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a run configuration (TOML or YAML); ``None`` gives the embedded default."""
+    """Read and validate a run configuration (TOML or YAML); ``None`` gives the embedded default.
+
+    Types, ranges, allowed values and files are checked before any work starts; errors name the file, the
+    section and the field.
+    """
     user: dict[str, Any] = {}
     src, base = "embedded default", Path.cwd()
     if path is not None:
@@ -122,16 +196,15 @@ def load_config(path: str | os.PathLike | None = None, quick: bool = False,
             raise InputError(f"{p}: cannot parse config ({e})") from e
         if not isinstance(user, dict):
             raise InputError(f"{p}: the config must be a table/mapping at the top level")
-    data = _merge(DEFAULTS, {})
-    if quick:
-        data = _merge(data, QUICK)
+    data = _merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
+    data = _merge(data, user)
+    if overrides:
+        data = _merge(data, overrides)
     try:
-        data = _merge(data, user)
-        if overrides:
-            data = _merge(data, overrides)
-    except InputError as e:
-        raise InputError(f"{src}: {e}") from None
-    cfg = RunConfig(data=data, source=src, base_dir=base)
+        model = PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, src) from None
+    cfg = RunConfig(model=model, source=src, base_dir=base)
     validate(cfg)
     return cfg
 
@@ -147,16 +220,10 @@ def validate(cfg: RunConfig) -> None:
             raise InputError(f"{src}: system.{key} = {s[key]!r}: no such file")
     if s["trajectory"] and not s["topology"]:
         raise InputError(f"{src}: system.trajectory needs system.topology")
-    if ref["forces"] not in FORCE_SOURCES:
-        raise InputError(f"{src}: reference.forces = {ref['forces']!r}; expected one of {FORCE_SOURCES}")
     if ref["dataset"] and not cfg.path(ref["dataset"]).exists():
         raise InputError(f"{src}: reference.dataset = {ref['dataset']!r}: no such file")
     if ref["forces"] == "trajectory" and not s["trajectory"]:
         raise InputError(f"{src}: reference.forces = 'trajectory' needs system.topology and system.trajectory")
-    if ref["forces"] == "openmm" and s["topology"] and not s["pdb"]:
-        pass  # OpenMM forces for a user trajectory need a PDB OpenMM can parametrise: checked at load time
-    if mp["kind"] not in MAP_KINDS:
-        raise InputError(f"{src}: mapping.kind = {mp['kind']!r}; expected one of {MAP_KINDS}")
     if mp["kind"] == "preset":
         from cg.presets import PRESETS
 
@@ -166,23 +233,11 @@ def validate(cfg: RunConfig) -> None:
         raise InputError(f"{src}: mapping.kind = 'selections' needs a mapping.selections table")
     if mp["kind"] == "file" and (not mp["file"] or not cfg.path(mp["file"]).exists()):
         raise InputError(f"{src}: mapping.file = {mp['file']!r}: no such file")
-    if cfg["cg"]["network"] not in ("features", "schnet"):
-        raise InputError(f"{src}: cg.network = {cfg['cg']['network']!r}; expected 'features' or 'schnet'")
-    if cfg["cg"]["force_map"] not in ("auto", "sum", "optimal"):
-        raise InputError(f"{src}: cg.force_map = {cfg['cg']['force_map']!r}; expected 'auto', 'sum' or 'optimal'")
     n_atoms = count_atoms(cfg)
     if mp["kind"] == "learned":
         nb = mp["n_beads"]
-        if not isinstance(nb, int) or nb < 2:
-            raise InputError(f"{src}: mapping.n_beads must be an integer >= 2, got {nb!r}")
         if nb > n_atoms:
             raise InputError(f"{src}: mapping.n_beads = {nb} is larger than the number of atoms ({n_atoms})")
-    for sec, keys in (("sampling", ("frames", "save_every")), ("kernel_md", ("replicas", "frames")),
-                      ("cg", ("epochs", "replicas")), ("backmap", ("epochs", "samples"))):
-        for k in keys:
-            v = cfg[sec][k]
-            if not isinstance(v, int) or v < 1:
-                raise InputError(f"{src}: {sec}.{k} must be a positive integer, got {v!r}")
 
 
 def count_atoms(cfg: RunConfig) -> int:
