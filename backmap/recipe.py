@@ -23,7 +23,7 @@ from .api import Backmapper, evaluate
 class BackmapConfig(Config):
     """Settings of :func:`fit_backmapper` / :func:`evaluate_backmapper`.
 
-    train_frames : at most this many training frames (evenly spaced). frames, samples : held-out frames
+    train_frames : at most this many training frames (evenly spaced; None: all). frames, samples : held-out frames
     evaluated and prior samples drawn per frame. temperature : scale of the prior's spread when sampling.
     """
 
@@ -33,7 +33,7 @@ class BackmapConfig(Config):
     beta: float = Field(0.01, ge=0)
     hidden: int = Field(64, gt=0)
     latent: int = Field(16, gt=0)
-    train_frames: int = Field(3000, gt=1)
+    train_frames: int | None = Field(3000, gt=1)
     frames: int = Field(200, gt=0)
     samples: int = Field(4, gt=0)
     temperature: float = Field(1.0, gt=0)

@@ -42,10 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cg.diffsim.ensemble import State, sample_all, state_name  # noqa: E402
-from cg.diffsim.fit import DiffSimFitter, fit_to_pmf, lj_guess_from_rdf  # noqa: E402
+from cg.diffsim.fit import lj_guess_from_rdf  # noqa: E402
+from cg.diffsim.recipe import DiffSimConfig, fit_pair_potential  # noqa: E402
 from cg.diffsim.ibi import ibi  # noqa: E402
 from cg.diffsim.observables import RDF, type_pairs  # noqa: E402
-from cg.diffsim.potentials import (EntropicPairPotential, LennardJones, NeuralPairPotential,  # noqa: E402
+from cg.diffsim.potentials import (LennardJones, NeuralPairPotential,  # noqa: E402
                                    TabulatedPotential, TypedPairPotential, potential_error)
 
 CONFIGS = {
@@ -102,7 +103,6 @@ def main(argv=None) -> int:
     t_start, cpu_start = time.perf_counter(), time.process_time()
     rdf = RDF(2.5, 100)
     true = LennardJones(learnable=False)
-    true_tab = true.table(create_graph=False)
     n_of = {RHO_TRAIN: c["n_train"], **c["n_val"]}
 
     def sample(pot, states, equil, prod, seed, **kw):
@@ -151,18 +151,16 @@ def main(argv=None) -> int:
 
     # ---- DiffSim at rho=0.3, T=1.2 -------------------------------------------------------------
     eps0, sig0 = lj_guess_from_rdf(rdf.r, target[train_name], T_TRAIN)
-    torch.manual_seed(a.seed)
-    pot = NeuralPairPotential(prior="lj", epsilon=eps0, sigma=sig0)
     t0 = time.perf_counter()
-    # the LJ prior converges first (network frozen for 60 % of the steps), then the network corrects what the
-    # prior cannot express; the parameters of the last 30 % of the steps are averaged
-    fitter = DiffSimFitter(pot, train, rdf, tau=c["ds_tau"], lr=0.02, lr_decay=0.1 ** (1 / c["ds_steps"]),
-                           residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed + 2, device=dev,
-                           net_start=int(0.6 * c["ds_steps"]))
-    fitter.fit(c["ds_steps"], progress=False, final_steps=c["ds_final"], final_tau=c["ds_final_tau"],
-               final_momentum=0.8, average_last=0.3)
+    # the shared recipe (cg.diffsim.recipe): the LJ prior converges first (network frozen for 60 % of the steps),
+    # then the network corrects what the prior cannot express; the parameters of the last 30 % are averaged
+    fit = fit_pair_potential(train, rdf, DiffSimConfig(steps=c["ds_steps"], tau=c["ds_tau"], lr=0.02,
+                                                       net_start=int(0.6 * c["ds_steps"]), final_steps=c["ds_final"],
+                                                       final_tau=c["ds_final_tau"], average_last=0.3),
+                             device=dev, seed=a.seed, progress=False)
+    pot = fit.potential
     t_ds = time.perf_counter() - t0
-    step_s = float(np.mean([h["time_s"] for h in fitter.history[1:] if h["tau"] == c["ds_tau"]]))
+    step_s = float(np.mean([h["time_s"] for h in fit.history[1:] if h["tau"] == c["ds_tau"]]))
     print(f"DiffSim: {c['ds_steps']} steps in {t_ds:.1f} s ({step_s:.3f} s/step at tau={c['ds_tau']}, "
           f"{c['ds_reps']} replicas x {c['n_train']} particles)", flush=True)
 
@@ -223,10 +221,10 @@ def main(argv=None) -> int:
         "potential_true": {"r_min": 2 ** (1 / 6), "u_min": -1.0},
         "initial_guess": {"epsilon": eps0, "sigma": sig0},
         "diffsim_step_s": step_s, "diffsim_fit_s": t_ds,
-        "diffsim_md_steps": sum(h["tau"] for h in fitter.history),
+        "diffsim_md_steps": fit.info["md_steps"],
         "ibi_iteration_s": t_ibi / c["ibi_iter"], "ibi_fit_s": t_ibi,
         "ibi_md_steps": c["ibi_iter"] * (c["ibi_equil"] + c["ibi_prod"]),
-        "ibi_history": res.history, "diffsim_final_window_loss": fitter.history[-1]["loss"],
+        "ibi_history": res.history, "diffsim_final_window_loss": fit.history[-1]["loss"],
         "device": str(dev), "threads": a.threads,
     }
     g_ds, g_ibi, g_ibi_avg = ({k: v.mean(0) for k, v in ev[m].items()} for m in ("diffsim", "ibi", "ibi_averaged"))
@@ -252,28 +250,17 @@ def main(argv=None) -> int:
 
         mt = [mst(T, c["ds_reps"]) for T in T_MULTI]
         names = [s.name for s in mt]
-        e0, s0 = lj_guess_from_rdf(rdf.r, mtarget[names[0]], T_MULTI[0])
-        # started from the PMFs, the networks carry the shape: prior and networks learn at the same small rate
-        # (0.001: two fits of u(r;T) gave g(r) MAE 0.0048/0.0073 at T=1.2 and 0.0087/0.0064 at T=2 against
-        # 0.0098 and 0.0090 with 0.002; 0.005 and more diverge from the good PMF start)
-        dkw = dict(tau=c["ds_tau"], lr=0.001, lr_decay=0.1 ** (1 / c["mt_ds_steps"]), residual_momentum=0.5,
-                   net_lr_scale=1.0, device=dev)
-        fkw = dict(progress=False, final_steps=c["mt_ds_final"], final_tau=c["ds_final_tau"], final_momentum=0.8)
         # both DiffSim models start from the Boltzmann-inverted targets (IBI's start), fitted without MD:
-        # u(r; T) to -kT ln g_T at each training temperature, the T-independent u(r) to their mean
-        pmfs = {s.temperature: s.target for s in mt}
-        torch.manual_seed(a.seed)
-        pot_ent = EntropicPairPotential(t_ref=float(np.mean(T_MULTI)), prior="lj", epsilon=e0, sigma=s0,
-                                        t_scale=0.5 * (max(T_MULTI) - min(T_MULTI)))
+        # u(r; T) to -kT ln g_T at each training temperature, the T-independent u(r) to their mean; started from
+        # the PMFs, prior and networks learn at the same small rate (0.001: two fits of u(r;T) gave g(r) MAE
+        # 0.0048/0.0073 at T=1.2 and 0.0087/0.0064 at T=2 against 0.0098 and 0.0090 with 0.002)
+        mcfg = DiffSimConfig(init="pmf", lr=0.001, net_lr_scale=1.0, steps=c["mt_ds_steps"], tau=c["ds_tau"],
+                             final_steps=c["mt_ds_final"], final_tau=c["ds_final_tau"])
         t1 = time.perf_counter()
-        fit_to_pmf(pot_ent, rdf.r, pmfs)
-        f_ent = DiffSimFitter(pot_ent, mt, rdf, seed=a.seed + 4, **dkw)
-        f_ent.fit(c["mt_ds_steps"], **fkw)
+        pot_ent = fit_pair_potential(mt, rdf, mcfg.replace(temperature_dependent=True), device=dev, seed=a.seed + 2,
+                                     progress=False).potential
         t_ent = time.perf_counter() - t1
-        torch.manual_seed(a.seed)
-        pot_one = NeuralPairPotential(prior="lj", epsilon=e0, sigma=s0)
-        fit_to_pmf(pot_one, rdf.r, pmfs)
-        DiffSimFitter(pot_one, mt, rdf, seed=a.seed + 4, **dkw).fit(c["mt_ds_steps"], **fkw)
+        pot_one = fit_pair_potential(mt, rdf, mcfg, device=dev, seed=a.seed + 2, progress=False).potential
         ikw = dict(n_iter=c["mt_ibi_iter"], equil_steps=c["ibi_equil"], prod_steps=c["ibi_prod"], device=dev,
                    progress=False, average_last=c["mt_ibi_iter"] // 2)
         t1 = time.perf_counter()
@@ -312,16 +299,17 @@ def main(argv=None) -> int:
         _, o = sample(mix, ms, c["target_equil"], c["mt_target_prod"], a.seed + 40)
         fit_states = [State(RHO_TRAIN, T_TRAIN, target=o["g_partial"][i], n_particles=c["n_train"],
                             replicas=c["mix_reps"], composition=x) for i, x in enumerate(comps)]
-        # start: every pair potential from the Boltzmann-inverted partial RDF of the 50:50-weighted channels
+        # start: every pair potential a learnable LJ at the minimum of the Boltzmann-inverted partial RDF of the
+        # 50:50-weighted channels (the recipe's start); the guess is kept for the table
         guess = {}
         for ch, (i, j) in enumerate(type_pairs(2)):
             gch = np.mean([o["g_partial"][k][ch] for k in range(len(comps))], axis=0)
             guess[(i, j)] = lj_guess_from_rdf(rdf.r, gch, T_TRAIN)
-        learn = TypedPairPotential({k: LennardJones(*guess[k]) for k in guess})
         t1 = time.perf_counter()
-        fm = DiffSimFitter(learn, fit_states, rdf, tau=c["ds_tau"], lr=0.01, lr_decay=0.1 ** (1 / c["mix_steps"]),
-                           residual_momentum=0.5, seed=a.seed + 8, device=dev)
-        fm.fit(c["mix_steps"], progress=False, average_last=0.3)
+        fm = fit_pair_potential(fit_states, rdf, DiffSimConfig(pair_model="lj", lr=0.01, steps=c["mix_steps"],
+                                                               tau=c["ds_tau"], average_last=0.3),
+                                device=dev, seed=a.seed + 6, progress=False)
+        learn = fm.potential
         t_fit = time.perf_counter() - t1
         ev_states = [State(RHO_TRAIN, T_TRAIN, n_particles=c["n_train"], replicas=c["mt_eval_reps"], composition=x)
                      for x in comps]
@@ -337,7 +325,7 @@ def main(argv=None) -> int:
                       for i, j in type_pairs(2)},
             "partial_rdf_mae": {name: {s.name: mae(g["g_partial"][k], o["g_partial"][k]) for k, s in enumerate(ms)}
                                 for name, g in (("diffsim", og), ("initial_guess", o0), ("true_resimulated", of))},
-            "fit_s": t_fit, "step_s": DiffSimFitter.step_time(fm.history), "s": time.perf_counter() - t0}
+            "fit_s": t_fit, "step_s": fm.info["step_s"], "s": time.perf_counter() - t0}
         print(f"typed-mixture recovery in {time.perf_counter() - t0:.1f} s", flush=True)
     out["total_s"] = time.perf_counter() - t_start
     out["total_cpu_s"] = time.process_time() - cpu_start

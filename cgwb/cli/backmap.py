@@ -75,15 +75,17 @@ def _open(top: str, traj: str | None):
 
 
 def _train(a: argparse.Namespace) -> int:
-    from backmap import Backmapper
+    from backmap.recipe import BackmapConfig, fit_backmapper
     from cg.mapping import Mapping
 
     mapping = Mapping.load(a.mapping)
     aa = _open(a.topology, a.traj)
-    bm = Backmapper(mapping, hidden=a.hidden, latent=a.latent, device=pick_device(a.device), epochs=a.epochs,
-                    batch_size=a.batch_size, lr=a.lr, beta=a.beta, seed=a.seed)
+    cfg = BackmapConfig.build(dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, beta=a.beta, hidden=a.hidden,
+                                   latent=a.latent, train_frames=a.max_frames),
+                              source="cgwb backmap train")
     t = time.time()
-    bm.fit(aa, checkpoint=a.checkpoint, progress=not a.quiet, max_frames=a.max_frames)
+    bm = fit_backmapper(mapping, aa, cfg, device=pick_device(a.device), seed=a.seed, checkpoint=a.checkpoint,
+                        progress=not a.quiet)
     bm.save(a.out)
     last = bm.history.val[-1] if bm.history.val else {}
     print(f"trained {mapping.n_beads}-bead backmapper in {time.time() - t:.1f} s; validation posterior RMSD "

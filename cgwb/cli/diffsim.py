@@ -165,12 +165,10 @@ def _fit(a: argparse.Namespace) -> int:
     import numpy as np
 
     from cg.diffsim.ensemble import load_targets, sample_all
-    from cg.diffsim.fit import DiffSimFitter, lj_guess_from_rdf
     from cg.diffsim.ibi import ibi
     from cg.diffsim.plots import plot_potentials, plot_rdfs
     from cg.diffsim.observables import type_pairs
-    from cg.diffsim.potentials import (EntropicPairPotential, NeuralPairPotential, TabulatedPotential,
-                                       TypedPairPotential, save_model, well, write_table)
+    from cg.diffsim.potentials import TabulatedPotential, save_model, well, write_table
 
     dev = pick_device(a.device)
     rdf, states = load_targets(a.target)
@@ -191,36 +189,15 @@ def _fit(a: argparse.Namespace) -> int:
     if partial and a.method != "diffsim":
         raise InputError("partial RDF targets (mixtures) are fitted with --method diffsim only")
     if a.method == "diffsim":
-        if partial:
-            nt = states[0].n_types
-            pots = {}
-            for ch, (i, j) in enumerate(type_pairs(nt)):
-                gch = np.mean([s.target[ch] for s in states], axis=0)
-                eps, sig = lj_guess_from_rdf(rdf.r, gch, states[0].temperature)
-                pots[(i, j)] = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
-            pot = TypedPairPotential(pots)
-        elif a.temperature_dependent:
-            eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
-            pot = EntropicPairPotential(t_ref=float(np.mean(temps)), prior=a.prior, epsilon=eps, sigma=sig,
-                                        hidden=a.hidden, t_scale=0.5 * (max(temps) - min(temps)))
-        else:
-            eps, sig = lj_guess_from_rdf(rdf.r, states[0].target, states[0].temperature)
-            pot = NeuralPairPotential(prior=a.prior, epsilon=eps, sigma=sig, hidden=a.hidden)
-        if a.init == "pmf":
-            from cg.diffsim.fit import fit_to_pmf
+        from cg.diffsim.recipe import DiffSimConfig, fit_pair_potential
 
-            if partial:
-                raise InputError("--init pmf is for total-g(r) targets (not partial RDFs)")
-            by_t = {T: np.mean([s.target for s in states if s.temperature == T], axis=0) for T in temps}
-            fit_to_pmf(pot, rdf.r, by_t)
-        fitter = DiffSimFitter(pot, states, rdf, tau=a.tau, lr=a.lr, lr_decay=0.1 ** (1 / max(1, a.steps)),
-                               residual_momentum=0.5, net_lr_scale=0.1, seed=a.seed, device=dev,
-                               vacf_weight=a.vacf_weight, observe_every=10 if a.vacf_weight > 0 else 5)
-        if not 0 <= a.final_steps <= a.steps or a.final_tau < 1:
-            raise InputError("--final-steps must be between 0 and --steps, --final-tau at least 1")
-        history = fitter.fit(a.steps, checkpoint=a.checkpoint, progress=not a.quiet, final_steps=a.final_steps,
-                             final_tau=a.final_tau, final_momentum=0.8 if a.final_steps else None)
-        info = {"method": "diffsim", "history": history, "step_s": DiffSimFitter.step_time(history)}
+        cfg = DiffSimConfig.build(dict(prior=a.prior, hidden=a.hidden, temperature_dependent=a.temperature_dependent,
+                                       init=a.init, steps=a.steps, tau=a.tau, lr=a.lr, final_steps=a.final_steps,
+                                       final_tau=a.final_tau, vacf_weight=a.vacf_weight), source="cgwb diffsim fit")
+        fit = fit_pair_potential(states, rdf, cfg, device=dev, seed=a.seed, checkpoint=a.checkpoint,
+                                 progress=not a.quiet)
+        pot = fit.potential
+        info = {"method": "diffsim", "history": fit.history, "step_s": fit.info["step_s"]}
     else:
         res = ibi(states, rdf, n_iter=a.steps, prod_steps=a.ibi_steps, seed=a.seed, device=dev,
                   progress=not a.quiet)
