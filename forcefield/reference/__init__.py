@@ -1,5 +1,8 @@
-"""Reference data from real engines: OpenMM (classical MD) and GFN2-xTB via tblite (quantum labels)."""
+"""Reference data from real engines: OpenMM (classical MD) and GFN2-xTB via tblite (quantum labels); peptide
+builder (ideal geometry, amber names)."""
 from .openmm_md import openmm_energy_forces, run_openmm_md
+from .peptide import build_peptide, parse_sequence
 from .xtb import XTB, label_dataset, xtb_energy_forces, xtb_md
 
-__all__ = ["XTB", "label_dataset", "openmm_energy_forces", "run_openmm_md", "xtb_energy_forces", "xtb_md"]
+__all__ = ["XTB", "build_peptide", "label_dataset", "openmm_energy_forces", "parse_sequence", "run_openmm_md",
+           "xtb_energy_forces", "xtb_md"]
