@@ -130,13 +130,14 @@ class KernelForceField:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, R, z, F, E=None, valid: tuple | None = None, n_valid: int | None = None,
-            seed: int = 0) -> "KernelForceField":
+            seed: int = 0, client=None) -> "KernelForceField":
         """Train on geometries R (M, N, 3) Å with forces F (M, N, 3) kcal/mol/Å and optional energies E (M,).
 
         If ``sigma`` is a sequence, each value is trained and the one with the lowest force MAE on the
         validation set is kept: ``valid=(R_v, F_v)`` or, if not given, ``n_valid`` frames (default a fifth)
         split off energy-stratified. Energies set the integration constant c = mean(E - E_pred); with
-        ``energy_constraints=True`` they are also fitted (then E is required).
+        ``energy_constraints=True`` they are also fitted (then E is required). ``client`` (``"local"``, a
+        scheduler address or a Dask Client; see :mod:`forcefield.parallel`) trains the σ values on workers.
         """
         z = check_z(np.asarray(z))
         n = len(z)
@@ -170,7 +171,13 @@ class KernelForceField:
         else:
             Rv, Fv = _as_positions(valid[0], n, "valid R"), _as_positions(valid[1], n, "valid F")
         scores, best = {}, None
-        for s in sigmas:
+        if client is not None:
+            from ..parallel import sigma_grid
+
+            scores, (mae, s, st, info) = sigma_grid(self, R, z, F, E, Rv, Fv, sigmas, client)
+            self.info.update(info)
+            best = (mae, s, st)
+        for s in (sigmas if client is None else []):
             self._fit_one(R, z, F, E, float(s))
             _, Fp = self.predict(Rv)
             scores[float(s)] = float(np.abs(Fp - Fv).mean())

@@ -73,27 +73,65 @@ class XTB:
 
 
 def xtb_energy_forces(R: np.ndarray, z: np.ndarray, method: str = "GFN2-xTB", charge: float = 0.0,
-                      uhf: int = 0, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """GFN2-xTB energies (M,) in kcal/mol and forces (M, N, 3) in kcal/mol/Å of geometries R (M, N, 3) in Å."""
-    from tqdm.auto import tqdm
+                      uhf: int = 0, progress: bool = True, client=None, n_workers: int | None = None,
+                      chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """GFN2-xTB energies (M,) in kcal/mol and forces (M, N, 3) in kcal/mol/Å of geometries R (M, N, 3) in Å.
+
+    Parameters
+    ----------
+    client : ``None`` (serial, here), ``"local"`` (a local Dask cluster of ``n_workers`` processes made for
+        this call), a scheduler address ``"tcp://host:8786"`` or a Dask Client (see :mod:`forcefield.parallel`).
+    chunk_size : frames per task. Each chunk gets its own calculator whose SCF restarts from the chunk's
+        previous frame, so labels agree with serial labelling to the SCF tolerance, and bit for bit when the
+        serial call uses the same ``chunk_size``. Default: all frames serially; four chunks per worker with
+        a client.
+    """
+    from ..parallel import chunks, dask_client, map_blocks
 
     R = np.asarray(R, dtype=float)
     if R.ndim == 2:
         R = R[None]
+    z = check_z(np.asarray(z))
+    if R.ndim != 3 or R.shape[1:] != (len(z), 3):
+        raise InputError(f"geometries must be (frames, {len(z)}, 3), got {R.shape}")
+    bad = ~np.isfinite(R).all(axis=(1, 2))
+    if bad.any():
+        raise InputError(f"frame {int(np.argmax(bad))}: coordinates contain NaN or infinite values")
+    if len(R) == 0:
+        return np.empty(0), np.empty_like(R)
+    with dask_client(client, n_workers) as c:
+        if chunk_size is None:
+            n_w = 1 if c is None else max(1, len(c.scheduler_info().get("workers", {})))
+            chunk_size = len(R) if c is None else -(-len(R) // (4 * n_w))
+        tasks = [(R[s], z, method, charge, uhf) for s in chunks(len(R), chunk_size)]
+        if c is None and len(tasks) == 1:
+            return _label_chunk(tasks[0], progress)
+        out = map_blocks(_label_chunk, tasks, c, progress=progress, desc=f"{method} labels")
+    return np.concatenate([e for e, _ in out]), np.concatenate([f for _, f in out])
+
+
+def _label_chunk(task: tuple, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Label one chunk of frames with one calculator (also the task run on Dask workers)."""
+    from tqdm.auto import tqdm
+
+    R, z, method, charge, uhf = task
     calc = XTB(z, method, charge, uhf)
     E = np.empty(len(R))
     F = np.empty_like(R)
     for k in tqdm(range(len(R)), desc=f"{method} labels", disable=not progress, mininterval=1.0):
-        if not np.isfinite(R[k]).all():
-            raise InputError(f"frame {k}: coordinates contain NaN or infinite values")
         E[k], F[k] = calc(R[k])
     return E, F
 
 
 def label_dataset(ds: Dataset, method: str = "GFN2-xTB", charge: float = 0.0, uhf: int = 0,
-                  progress: bool = True) -> Dataset:
-    """A copy of ``ds`` with energies and forces replaced by GFN2-xTB labels."""
-    E, F = xtb_energy_forces(ds.R, ds.z, method, charge, uhf, progress)
+                  progress: bool = True, client=None, n_workers: int | None = None,
+                  chunk_size: int | None = None) -> Dataset:
+    """A copy of ``ds`` with energies and forces replaced by GFN2-xTB labels.
+
+    ``client``, ``n_workers``, ``chunk_size``: label chunks of frames on Dask workers
+    (see :func:`xtb_energy_forces`).
+    """
+    E, F = xtb_energy_forces(ds.R, ds.z, method, charge, uhf, progress, client, n_workers, chunk_size)
     out = ds.subset(slice(None))
     out.E, out.F, out.theory = E, F, method
     return out
