@@ -32,9 +32,18 @@ def _save(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
 def plot_fes(ref_phipsi: np.ndarray, test_phipsi: np.ndarray, path: str | os.PathLike, bins: int = 60,
              temperature: float = 300.0, labels: tuple[str, str] = ("reference", "test"), vmax: float = 8.0) -> Path:
     """Side-by-side φ/ψ free-energy surfaces (kcal/mol) of two (frames, 2) arrays in degrees."""
+    return plot_fes_panels([ref_phipsi, test_phipsi], path, bins, temperature, labels, vmax)
+
+
+def plot_fes_panels(phipsi: list[np.ndarray], path: str | os.PathLike, bins: int = 60, temperature: float = 300.0,
+                    labels: tuple[str, ...] | list[str] = (), vmax: float = 8.0) -> Path:
+    """φ/ψ free-energy surfaces (kcal/mol) of several (frames, 2) arrays in degrees, side by side."""
     plt = _plt()
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
-    for ax, pp, lab in zip(axs, (ref_phipsi, test_phipsi), labels):
+    n = len(phipsi)
+    labels = list(labels) + [f"set {k + 1}" for k in range(len(labels), n)]
+    fig, axs = plt.subplots(1, n, figsize=(5 * n, 4.3), sharey=True, squeeze=False)
+    axs = axs[0]
+    for ax, pp, lab in zip(axs, phipsi, labels):
         F, e = free_energy_surface(pp, bins, temperature)
         m = ax.pcolormesh(e, e, np.ma.masked_invalid(F).T, vmin=0, vmax=vmax, cmap="viridis")
         ax.set(title=f"{lab} (n={len(pp)})", xlabel="φ (deg)", xlim=(-180, 180), ylim=(-180, 180))

@@ -70,6 +70,8 @@ class ReferenceConfig(Config):
     label_frames: int = Field(200, gt=0)
     test_frames: int = Field(200, gt=0)
     sigma: float | list[float] | None = None
+    spot_frames: int = Field(50, gt=0)
+    max_selfconsistency: float | None = Field(1.5, gt=0)
 
 
 class KernelMDConfig(Config):
@@ -120,7 +122,7 @@ DEFAULTS: dict[str, Any] = {}
 
 QUICK: dict[str, Any] = {
     "sampling": {"frames": 300, "save_every": 50},
-    "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40.0},
+    "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40.0, "spot_frames": 10},
     "kernel_md": {"replicas": 2, "frames": 60, "save_every": 10},
     "mapping": {"epochs": 20},
     "cg": {"epochs": 3, "replicas": 2},

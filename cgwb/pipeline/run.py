@@ -30,6 +30,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                   {"sigma": d["reference"]["sigma"], "device": d["device"]}),
             Stage("kernel_md", steps.kernel_md, ["reference.npz"], ["kernel.npz", "aa.npz"],
                   {"kernel_md": d["kernel_md"], "T": d["system"]["temperature"], "seed": d["seed"]}),
+            Stage("kernel_check", steps.kernel_check, ["labels_spot.npz"], ["kernel.npz", "reference.npz",
+                                                                             "labels_test.npz"],
+                  {"spot": d["reference"]["spot_frames"], "seed": d["seed"]}),
         ]
     else:
         st.append(Stage("reference", steps.reference_direct, ["reference.npz"], ["aa.npz"], d["reference"]))

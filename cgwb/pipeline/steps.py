@@ -131,8 +131,58 @@ def kernel_md(ctx: RunContext) -> dict[str, Any]:
     ref.name, ref.theory = aa.name, "kernel force field MD"
     ref.extra = {"replica_frames": traj.n_valid[traj.n_valid > 0].astype(np.int64)}
     ref.save(ctx.file("reference.npz"))
-    return {"kernel_md_frames": len(ref), "kernel_md_stable_fraction": float(np.mean(traj.n_valid == km["frames"])),
-            "kernel_md_ps_per_replica": km["frames"] * km["save_every"] * km["timestep_fs"] / 1000}
+    out = {"kernel_md_frames": len(ref), "kernel_md_stable_fraction": float(np.mean(traj.n_valid == km["frames"])),
+           "kernel_md_ps_per_replica": km["frames"] * km["save_every"] * km["timestep_fs"] / 1000,
+           "kernel_md_steps_per_s": float(getattr(traj, "steps_per_s", float("nan")))}
+    out.update(_reference_floor(ctx, ref))
+    return out
+
+
+def _reference_floor(ctx: RunContext, ref: Dataset) -> dict[str, Any]:
+    """The reference's own φ/ψ sampling noise: JS of its first half of replicas against the second half."""
+    from cg.evaluate import fes_js, phi_psi
+    from forcefield import open_universe
+    from forcefield.universe import backbone_phi_psi_atoms
+
+    quads = backbone_phi_psi_atoms(open_universe(ctx.file("topology.pdb"), to_guess=("types", "masses")))
+    if quads is None or len(ref) < 4:
+        return {}
+    pp = phi_psi(ref.R, *quads)
+    half = len(pp) // 2
+    return {"reference_fes_js_floor": fes_js(pp[:half], pp[half:], bins=36)["js"],
+            "reference_frac_phi_positive": float((pp[:, 0] > 0).mean())}
+
+
+def kernel_check(ctx: RunContext) -> dict[str, Any]:
+    """Spot-check of the kernel force field on its own MD: random reference frames relabelled with GFN2-xTB.
+
+    ``kernel_selfconsistency`` = force MAE on these frames / force MAE on the held-out labels. Near 1, the
+    reference ensemble lies where the kernel FF was validated; far above 1, its MD wandered where it was
+    never trained and the reference (and every later stage) is not to be trusted.
+    """
+    from forcefield import KernelForceField
+    from forcefield.reference import label_dataset
+
+    cfg = ctx.config
+    n = cfg["reference"]["spot_frames"]
+    ref = load_dataset(ctx.file("reference.npz"))
+    rng = np.random.default_rng(cfg["seed"] + 11)
+    spot = label_dataset(ref[np.sort(rng.choice(len(ref), min(n, len(ref)), replace=False))], progress=ctx.progress)
+    spot.save(ctx.file("labels_spot.npz"))
+    ff = KernelForceField.load(ctx.file("kernel.npz"), device=_device(ctx))
+    te = load_dataset(ctx.file("labels_test.npz"))
+    _, F_te = ff.predict(te.R)
+    E_sp, F_sp = ff.predict(spot.R)
+    held, own = float(np.abs(F_te - te.F).mean()), float(np.abs(F_sp - spot.F).mean())
+    if not held > 0:
+        raise InputError("the kernel force field's held-out force error is zero: no held-out labels to compare")
+    out = {"kernel_spot_force_mae": own, "kernel_selfconsistency": own / held, "kernel_spot_frames": len(spot),
+           "kernel_spot_energy_mae": float(np.abs((E_sp - E_sp.mean()) - (spot.E - spot.E.mean())).mean())}
+    if cfg["reference"]["max_selfconsistency"] and out["kernel_selfconsistency"] > cfg["reference"]["max_selfconsistency"]:
+        ctx.log(f"[kernel_check] WARNING: the kernel FF's force error on its own MD frames is "
+                f"{out['kernel_selfconsistency']:.1f}x its held-out error: the reference left the FF's domain "
+                "(more active-learning rounds or seed sampling needed)")
+    return out
 
 
 def reference_direct(ctx: RunContext) -> dict[str, Any]:

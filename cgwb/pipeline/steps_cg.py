@@ -169,7 +169,7 @@ def backmap_cg(ctx: RunContext) -> dict[str, Any]:
     """Backmap CG-MD frames and compare the φ/ψ free-energy surface with the AA reference."""
     import backmap
     from cg.evaluate import fes_js, phi_psi
-    from cg.plots import plot_fes
+    from cg.plots import plot_fes_panels
     from cg.simulate import CGTrajectory
     from forcefield.universe import backbone_phi_psi_atoms
 
@@ -192,5 +192,9 @@ def backmap_cg(ctx: RunContext) -> dict[str, Any]:
         floor = fes_js(pp_ref[:half], pp_ref[half:], bins=36)["js"]
         out.update({"cg_fes_js": res["js"], "cg_fes_js_floor": floor, "cg_fes_grid": res["grid"],
                     "cg_fes_n_ref": res["n_ref"], "cg_fes_n_test": res["n_test"]})
-        plot_fes(pp_ref, pp_gen, ctx.file("fes_aa_vs_cg.png"), bins=36, labels=("AA kernel-FF MD", "backmapped CG MD"))
+        panels, names = [pp_ref, pp_gen], ["AA reference", "backmapped CG MD"]
+        if ctx.file("aa.npz").exists():
+            panels.insert(0, phi_psi(load_dataset(ctx.file("aa.npz")).R, *quads))
+            names.insert(0, "seed sampling (OpenMM)")
+        plot_fes_panels(panels, ctx.file("fes_aa_vs_cg.png"), bins=36, labels=names)
     return out
