@@ -69,20 +69,22 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "m.save('heavy.json')\n"
                  "learned = cg.learn_mapping(u.atoms, n_beads=4, epochs=20 if TINY else 200, progress=False)\n"
                  "print('learned 4-bead map:', [list(b) for b in learned.beads])"),
-        ("code", "from cg.priors import Priors\n"
-                 "from cg.potential import build_potential\n"
-                 "from cg.train import train_force_matching\n"
-                 "R = np.stack([cgu.atoms.positions.astype(float) for _ in cgu.trajectory])\n"
-                 "F = np.stack([cgu.atoms.forces.astype(float) / 4.184 for _ in cgu.trajectory])   # kJ/(mol Å) -> kcal/mol/Å\n"
-                 "pri = Priors.fit(R, m.bonds, 300.0)\n"
-                 "pot = build_potential(pri, m.names, m.masses, m.bonds)\n"
-                 "hist = train_force_matching(pot, R, F, epochs=2 if TINY else 40, progress=False)\n"
-                 "print(f'validation force RMSE {hist.best_val_rmse:.2f} kcal/mol/Å (priors alone {hist.prior_val_rmse:.2f})')"),
-        ("code", "from cg.md import run_cg_md\n"
+        ("md", "Force matching is one recipe with a typed config: the force map, Boltzmann-inversion priors, a "
+               "network, and training with contiguous validation blocks (never shuffled MD frames)."),
+        ("code", "from forcefield import Dataset\n"
+                 "from cg.forcematching import ForceMatchingConfig, fit_cg_model\n"
+                 "ds = Dataset.from_universe(u)                      # forces converted to kcal/mol/Å at the edge\n"
+                 "model = fit_cg_model(m, ds, ForceMatchingConfig(epochs=2 if TINY else 40), temperature=300.0, progress=False)\n"
+                 "print(f\"validation force RMSE {model.info['best_val_rmse']:.2f} kcal/mol/Å \"\n"
+                 "      f\"(priors alone {model.info['prior_val_rmse']:.2f})\")\n"
+                 "model.save('cg_model.pt')"),
+        ("code", "from cg.simulate import SimulationConfig, simulate_cg\n"
                  "from cg.evaluate import bonded_js\n"
-                 "run = run_cg_md(pot, R[:4], 200 if TINY else 20000, dt_fs=2.0, save_every=50, temperature=300.0, progress=False)\n"
-                 "print(run.summary())\n"
-                 "print('bonded JS (mean):', bonded_js(R, run.frames(), m.bonds)['all_mean'])"),
+                 "R = m.map_positions(ds.R)\n"
+                 "traj = simulate_cg(model.potential, R, SimulationConfig(replicas=4, n_steps=200 if TINY else 20000,\n"
+                 "                   save_every=50, temperature=300.0), reference=R, progress=False)\n"
+                 "print('stable replicas:', traj.stable_fraction, ' ns/day:', round(traj.speed['ns_per_day']))\n"
+                 "print('bonded JS (mean):', bonded_js(R, traj.frames(), m.bonds)['all_mean'])"),
     ],
     "03_backmapping.ipynb": [
         ("md", "# Backmapping CG frames to all-atom coordinates\n\n"
@@ -96,10 +98,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "u = aa.to_universe(alanine_dipeptide_pdb())\n"
                  "m = cg.Mapping.from_preset(u.atoms, 'backbone')\n"
                  "train, test = aa[:100 if TINY else 2700], aa[100 if TINY else 2700:]"),
-        ("code", "bm = backmap.Backmapper(m).fit(train, epochs=2 if TINY else 100, progress=False)\n"
+        ("code", "from backmap.recipe import BackmapConfig, evaluate_backmapper, fit_backmapper\n"
+                 "cfg = BackmapConfig(epochs=2 if TINY else 100, samples=2, frames=50)\n"
+                 "bm = fit_backmapper(m, train, cfg, progress=False)\n"
+                 "print(evaluate_backmapper(bm, test, cfg))             # prior_* (samples) and recon_* (posterior) figures\n"
                  "cg_frames = m.map_positions(test.R)\n"
-                 "gen = bm.sample(cg_frames, n_samples=2)              # AA Universe: frame f*2+s is sample s of CG frame f\n"
-                 "print(backmap.evaluate(gen, test))"),
+                 "gen = bm.sample(cg_frames, n_samples=2)              # AA Universe: frame f*2+s is sample s of CG frame f"),
         ("code", "from forcefield.universe import write_universe\n"
                  "write_universe(gen, 'backmapped.dcd')                 # PDB + DCD with the original topology\n"
                  "bm.save('backmap.pt'); bm2 = backmap.Backmapper.load('backmap.pt')"),
