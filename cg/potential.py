@@ -250,7 +250,12 @@ class CGPotential(nn.Module):
         net = None
         if s["net_config"] is not None:
             c = dict(s["net_config"])
-            if c.pop("kind", "schnet") == "features":
+            kind = c.pop("kind", "schnet")
+            if kind == "e3nn":
+                from .nets.equivariant import EquivariantCG
+
+                net = EquivariantCG.from_config(s["net_types"].numpy(), c)
+            elif kind == "features":
                 net = FeatureNet(c["n_beads"], np.array(c["bonds"]), c["hidden"], c["layers"],
                                  torsions=c.get("torsions", "angle"))
             else:
@@ -303,15 +308,20 @@ def build_potential(priors: Priors | None, names: list[str], masses: np.ndarray,
     """Priors + a fresh network over the beads.
 
     ``network``: ``True``/``"schnet"`` (:class:`SchNetCG`; types default to one per distinct bead name),
-    ``"features"`` (:class:`FeatureNet`; ``reference`` frames set its feature scaling), or ``False`` (priors only).
+    ``"features"`` (:class:`FeatureNet`; ``reference`` frames set its feature scaling), ``"e3nn"``
+    (:class:`cg.nets.equivariant.EquivariantCG`, equivariant message passing), or ``False`` (priors only).
     """
     if network in (True, "schnet"):
         t = bead_types(names) if types is None else np.asarray(types, dtype=int)
         net = SchNetCG(t, **net_kw)
     elif network == "features":
         net = FeatureNet(len(names), bonds, reference=reference, **net_kw)
+    elif network == "e3nn":
+        from .nets.equivariant import EquivariantCG
+
+        net = EquivariantCG(bead_types(names) if types is None else np.asarray(types, dtype=int), **net_kw)
     elif network in (False, None, "none"):
         net = None
     else:
-        raise ValueError(f"unknown network {network!r}; expected 'schnet', 'features' or False")
+        raise ValueError(f"unknown network {network!r}; expected 'schnet', 'features', 'e3nn' or False")
     return CGPotential(priors, net, names, masses, bonds, temperature).to(device)
