@@ -259,8 +259,10 @@ def evaluate(generated: Any, reference: Any, z: np.ndarray | None = None, energi
 
     Returns
     -------
-    dict with ``rmsd_all``, ``rmsd_heavy``, ``valid_ratio``, ``graph_edit_ratio``, ``clash_rate``,
-    ``diversity``, ``cov``, ``mat`` and more (``energy_*`` with ``energies=True``).
+    dict with ``rmsd_all`` and ``rmsd_heavy`` (symmetry-aware: minimum over the graph automorphisms of the
+    reference bond graph), ``rmsd_all_plain`` and ``rmsd_heavy_plain`` (atom order as given),
+    ``valid_ratio``, ``graph_edit_ratio``, ``clash_rate``, ``diversity``, ``cov``, ``mat``, ``nan_reasons``
+    (why a figure is NaN) and more (``energy_*`` with ``energies=True``).
     """
     from .metrics import compute_metrics
     from .metrics import energies as amber_energies

@@ -77,6 +77,25 @@ def aligned_rmsd(P: np.ndarray, Q: np.ndarray, weights: np.ndarray | None = None
     return float(np.sqrt((w * (diff**2).sum(-1)).sum() / w.sum()))
 
 
+def kabsch_rmsd(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """Aligned RMSD (Å) of each P[k] onto Q[k], batched: P, Q (..., N, 3) broadcastable, no weights.
+
+    Same value as :func:`aligned_rmsd` (proper rotations only), from the singular values of the
+    covariance, so no rotation is formed.
+    """
+    P, Q = np.broadcast_arrays(np.asarray(P, dtype=float), np.asarray(Q, dtype=float))
+    shape = P.shape[:-2]
+    P = P.reshape(-1, *P.shape[-2:])
+    Q = Q.reshape(-1, *Q.shape[-2:])
+    Pc = P - P.mean(1, keepdims=True)
+    Qc = Q - Q.mean(1, keepdims=True)
+    H = np.einsum("kni,knj->kij", Pc, Qc)
+    U, S, Vt = np.linalg.svd(H)
+    S[:, -1] *= np.sign(np.linalg.det(U) * np.linalg.det(Vt))
+    msd = ((Pc**2).sum((1, 2)) + (Qc**2).sum((1, 2)) - 2.0 * S.sum(1)) / P.shape[1]
+    return np.sqrt(np.clip(msd, 0.0, None)).reshape(shape)
+
+
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly random proper rotation matrix (3, 3)."""
     q = rng.normal(size=4)

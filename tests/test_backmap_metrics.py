@@ -109,3 +109,102 @@ def test_evaluate_universes_with_energies(ala_md, ala_pdb):
     E, _ = openmm_energy_forces(ala_pdb, ala_md.R[:3])
     assert out["energy_ref_mean"] == pytest.approx(E.mean(), abs=0.05)  # float32 positions in the Universe
     assert out["energy_mean"] == pytest.approx(out["energy_ref_mean"], abs=0.05)
+
+
+# ----------------------------------------------------------------------------- symmetry-aware RMSD, empty sets
+def _ideal_methyl(R: np.ndarray, c: int, x: int, hs: list[int]) -> np.ndarray:
+    """R with the hydrogens ``hs`` of the methyl on carbon ``c`` (bonded to ``x``) placed C3-symmetric about
+    the x-c axis (first hydrogen kept, the others turned by 120° and 240°)."""
+    from scipy.spatial.transform import Rotation
+
+    out = R.copy()
+    axis = (R[c] - R[x]) / np.linalg.norm(R[c] - R[x])
+    for k, h in enumerate(hs[1:], start=1):
+        out[h] = R[c] + Rotation.from_rotvec(axis * 2 * np.pi * k / 3).apply(R[hs[0]] - R[c])
+    return out
+
+
+def test_symmetry_rmsd_zero_for_methyl_turned_by_120_degrees(ala):
+    from scipy.spatial.transform import Rotation
+
+    from backmap.metrics import symmetry_rmsd
+    from forcefield.topology import automorphisms
+
+    R, z = ala
+    # alanine dipeptide: CB (10) bonded to CA (8), hydrogens 11-13
+    assert z[10] == 6 and (z[[11, 12, 13]] == 1).all()
+    ref = _ideal_methyl(R, 10, 8, [11, 12, 13])
+    turned = ref.copy()
+    axis = (ref[10] - ref[8]) / np.linalg.norm(ref[10] - ref[8])
+    turned[11:14] = ref[10] + Rotation.from_rotvec(axis * 2 * np.pi / 3).apply(ref[11:14] - ref[10])
+    perms = automorphisms(covalent_bonds(ref, z), z)
+    plain = kabsch_rmsd(turned, ref)
+    # each of the three H's moved by 2 r sin 60° = √3 r ≈ 1.8 Å (r: its distance from the axis), so before
+    # alignment the RMSD is sqrt(3 · 3 r² / 22) ≈ 0.66 Å; alignment barely lowers it
+    r = np.linalg.norm(np.cross(ref[11] - ref[10], axis))
+    assert np.sqrt(((turned - ref) ** 2).sum(-1).mean()) == pytest.approx(np.sqrt(9 * r**2 / 22), rel=1e-9)
+    assert 0.6 < plain <= np.sqrt(9 * r**2 / 22)
+    assert symmetry_rmsd(turned, ref, perms) < 1e-6
+    # and the same through the metrics, beside the plain figure; heavy atoms did not move
+    m = compute_metrics(turned[None, None], ref[None], z)
+    assert m["rmsd_all"] < 1e-6 and m["rmsd_all_plain"] == pytest.approx(plain)
+    assert m["rmsd_heavy"] < 1e-6 and m["n_automorphisms"] == 216
+    assert set(m["nan_reasons"]) == {"diversity", "sample_spread"}  # one sample: no sample pairs
+
+
+def test_symmetry_rmsd_equals_plain_without_symmetry_and_brute_force(ala, rng):
+    from backmap.metrics import symmetry_rmsd
+    from forcefield.topology import automorphisms
+
+    R, z = ala
+    # heavy atoms of alanine dipeptide: no two are equivalent in the element-labelled graph
+    heavy = np.flatnonzero(z > 1)
+    bh = covalent_bonds(R[heavy], z[heavy])
+    ph = automorphisms(bh, z[heavy])
+    assert len(ph) == 1
+    gen = R[heavy][None] + rng.normal(scale=0.3, size=(5, len(heavy), 3))
+    assert np.array_equal(symmetry_rmsd(gen, R[heavy], ph), kabsch_rmsd(gen, R[heavy]))
+    # with symmetry: the minimum over all 216 permutations, checked one by one with aligned_rmsd
+    perms = automorphisms(covalent_bonds(R, z), z)
+    noisy = R[None] + rng.normal(scale=0.3, size=(3, *R.shape))
+    noisy[:, 11:14] = noisy[:, [12, 13, 11]]  # methyl H's exchanged
+    brute = [min(aligned_rmsd(g[p], R) for p in perms) for g in noisy]
+    sym = symmetry_rmsd(noisy, R, perms)
+    np.testing.assert_allclose(sym, brute, rtol=1e-9)
+    assert (kabsch_rmsd(noisy, R) - sym > 0.2).all()
+
+
+def test_evaluate_reports_symmetric_and_plain(ala):
+    R, z = ala
+    swapped = R.copy()
+    swapped[[11, 12, 13]] = R[[12, 13, 11]]  # relabelled methyl hydrogens: the same structure
+    out = evaluate(np.stack([swapped, R]), R[None], z=z)
+    assert out["rmsd_all"] < 1e-6 and out["rmsd_all_plain"] > 0.3 and out["rmsd_heavy"] < 1e-6
+    assert out["valid_ratio"] == 1.0
+
+
+def test_empty_sets_are_errors_or_nan_with_reason(ala):
+    R, z = ala
+    with pytest.raises(InputError, match="no reference frames"):
+        compute_metrics(R[None, None], np.zeros((0, len(z), 3)), z)
+    with pytest.raises(InputError, match="no generated"):
+        compute_metrics(np.zeros((1, 0, len(z), 3)), R[None], z)
+    # one sample per frame: no sample pairs, diversity is NaN with its reason (not 0)
+    m = compute_metrics(R[None, None], R[None], z)
+    assert np.isnan(m["diversity"]) and np.isnan(m["sample_spread"]) and "diversity" in m["nan_reasons"]
+    # samples that all equal their reference: 0/0
+    assert np.isnan(diversity(np.repeat(R[None, None], 3, axis=1), R[None]))
+    # H2 + a lone H: no heavy-atom pair to clash, no heavy atoms; a molecule without bonds: no graph-edit ratio
+    zs = np.array([1, 1, 1])
+    pos = np.array([[0.0, 0.0, 0.0], [0.74, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    m = compute_metrics(np.stack([pos, pos + 0.01])[None], pos[None], zs)
+    for k in ("clash_rate", "rmsd_heavy", "cov"):
+        assert np.isnan(m[k]) and m["nan_reasons"][k]
+    assert m["graph_edit_ratio"] == 0.0 and m["valid_ratio"] == 1.0  # one H-H bond: defined
+    apart = pos * 10.0
+    m = compute_metrics(apart[None, None], apart[None], zs)
+    assert np.isnan(m["graph_edit_ratio"]) and "no bonds" in m["nan_reasons"]["graph_edit_ratio"]
+    with pytest.raises(InputError, match="three or more bonds"):
+        clash_counts(pos[None], zs, np.array([[0, 1]]))
+    with pytest.raises(InputError, match="COV/MAT"):
+        cov_mat(np.zeros((0, len(z), 3)), R[None])
