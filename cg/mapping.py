@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from forcefield.errors import InputError, where
+from forcefield import topology as topo
 from forcefield.fileio import atomic_path
 
 WEIGHTINGS = ("com", "cog")
@@ -39,6 +40,9 @@ class Mapping:
     source : free-text provenance ("preset backbone", "learned 6 beads", ...).
     force_weights : optional (n_beads, N) force map W replacing the plain per-bead sum (it must satisfy
         ``W @ C.T = I``); see :meth:`with_optimal_forces`.
+    bead_bonds : optional (n, 2) bead pairs bonded at the CG level although their atoms share no bond
+        (e.g. consecutive Cα beads of a protein chain, disulfide bridges); :attr:`bonds` adds them.
+    bead_types : type label of every bead (e.g. residue names for Cα beads); default: the bead names.
     """
 
     beads: list[np.ndarray]
@@ -49,6 +53,8 @@ class Mapping:
     atom_names: list[str] | None = None
     source: str = "indices"
     force_weights: np.ndarray | None = None
+    bead_bonds: np.ndarray | None = None
+    bead_types: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.atom_masses = np.asarray(self.atom_masses, dtype=float)
@@ -61,6 +67,14 @@ class Mapping:
             raise InputError(f"{len(self.names)} bead names for {len(self.beads)} beads")
         if self.atom_bonds is not None:
             self.atom_bonds = np.asarray(self.atom_bonds, dtype=int).reshape(-1, 2)
+        self.bead_types = [str(t) for t in (self.bead_types or self.names)]
+        if len(self.bead_types) != len(self.beads):
+            raise InputError(f"{len(self.bead_types)} bead types for {len(self.beads)} beads")
+        if self.bead_bonds is not None:
+            try:
+                self.bead_bonds = np.sort(topo.as_bonds(self.bead_bonds, len(self.beads)), axis=1)
+            except InputError as e:
+                raise InputError(f"bead_bonds: {e}") from None
         self.validate()
         if self.force_weights is not None:
             W = np.asarray(self.force_weights, dtype=float)
@@ -154,16 +168,41 @@ class Mapping:
         W = optimal_force_map(self.matrix(), F, ridge)
         return replace(self, force_weights=W, source=f"{self.source}; optimal force map")
 
+    # ---------------------------------------------------------------- CG topology
     @property
     def bonds(self) -> np.ndarray:
-        """(n_bonds, 2) bead pairs (i < j) joined by at least one atomic bond."""
-        if self.atom_bonds is None or len(self.atom_bonds) == 0:
-            return np.zeros((0, 2), dtype=int)
-        a = self.assignment()
-        bi, bj = a[self.atom_bonds[:, 0]], a[self.atom_bonds[:, 1]]
-        keep = (bi >= 0) & (bj >= 0) & (bi != bj)
-        pairs = np.sort(np.stack([bi[keep], bj[keep]], 1), axis=1)
-        return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), dtype=int)
+        """(n_bonds, 2) bead pairs (i < j, sorted) joined by at least one atomic bond, or listed in
+        :attr:`bead_bonds` (chain bonds between Cα beads, disulfides)."""
+        pairs = [np.zeros((0, 2), dtype=int)]
+        if self.atom_bonds is not None and len(self.atom_bonds):
+            a = self.assignment()
+            bi, bj = a[self.atom_bonds[:, 0]], a[self.atom_bonds[:, 1]]
+            keep = (bi >= 0) & (bj >= 0) & (bi != bj)
+            pairs.append(np.sort(np.stack([bi[keep], bj[keep]], 1), axis=1))
+        if self.bead_bonds is not None:
+            pairs.append(self.bead_bonds)
+        p = np.concatenate(pairs)
+        return np.unique(p, axis=0) if len(p) else np.zeros((0, 2), dtype=int)
+
+    @property
+    def angles(self) -> np.ndarray:
+        """(n_angles, 3) bead triples (i, j, k) along CG bonds, j the vertex, i < k."""
+        return topo.angle_triples(self.bonds)
+
+    @property
+    def dihedrals(self) -> np.ndarray:
+        """(n_dihedrals, 4) bead quadruples i-j-k-l along CG bonds (every path once)."""
+        return topo.dihedral_quads(self.bonds)
+
+    @property
+    def exclusions(self) -> np.ndarray:
+        """(n_pairs, 2) bead pairs i < j excluded from non-bonded terms: 1-2 (bonded) and 1-3 (angle ends)."""
+        return topo.exclusions(self.bonds, self.n_beads)
+
+    @property
+    def nonbonded_pairs(self) -> np.ndarray:
+        """(n_pairs, 2) bead pairs i < j not excluded (more than two CG bonds apart, or unconnected)."""
+        return topo.nonbonded_pairs(self.bonds, self.n_beads)
 
     # ---------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +213,8 @@ class Mapping:
             "atom_bonds": None if self.atom_bonds is None else self.atom_bonds.tolist(),
             "atom_names": None if self.atom_names is None else list(self.atom_names),
             "force_weights": None if self.force_weights is None else self.force_weights.tolist(),
+            "bead_bonds": None if self.bead_bonds is None else self.bead_bonds.tolist(),
+            "bead_types": list(self.bead_types),
         }
 
     @classmethod
@@ -183,7 +224,8 @@ class Mapping:
         try:
             m = cls(beads=d["beads"], atom_masses=d["atom_masses"], weighting=d["weighting"], names=d["names"],
                     atom_bonds=d.get("atom_bonds"), atom_names=d.get("atom_names"), source=d.get("source", "file"),
-                    force_weights=d.get("force_weights"))
+                    force_weights=d.get("force_weights"), bead_bonds=d.get("bead_bonds"),
+                    bead_types=d.get("bead_types") or [])
         except KeyError as e:
             raise InputError(f"{where(source)}mapping file lacks the field {e.args[0]!r}") from None
         if m.n_atoms != d.get("n_atoms", m.n_atoms):
@@ -299,5 +341,6 @@ class Mapping:
         out = [f"{self.n_beads} beads over {self.n_atoms} atoms ({self.weighting}, {self.source})"]
         for k, b in enumerate(self.beads):
             who = [self.atom_names[i] for i in b] if self.atom_names else b.tolist()
-            out.append(f"  {k:3d} {self.names[k]:>6s} {self.atom_masses[b].sum():8.3f} amu  {' '.join(map(str, who))}")
+            typ = f" [{self.bead_types[k]}]" if self.bead_types[k] != self.names[k] else ""
+            out.append(f"  {k:3d} {self.names[k]:>6s}{typ} {self.atom_masses[b].sum():8.3f} amu  {' '.join(map(str, who))}")
         return "\n".join(out)

@@ -104,3 +104,102 @@ def test_bad_indices_and_files(tmp_path):
     bad.write_text("{nope")
     with pytest.raises(InputError, match="not valid JSON"):
         cg.Mapping.load(bad)
+
+
+# ----------------------------------------------------------------------------- peptides: CG topology
+CHIGNOLIN = ["GLY", "TYR", "ASP", "PRO", "GLU", "THR", "GLY", "THR", "TRP", "GLY"]
+
+
+@pytest.fixture(scope="module")
+def chig_pdb(tmp_path_factory):
+    from forcefield.reference import build_peptide
+
+    path = tmp_path_factory.mktemp("chig") / "chignolin.pdb"
+    build_peptide("GYDPETGTWG", caps="ace-nme", out=path)
+    return path
+
+
+def _universe(path):
+    import MDAnalysis as mda
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mda.Universe(str(path))
+
+
+def test_ca_map_of_a_peptide_has_its_chain_topology(chig_pdb, tmp_path):
+    u = _universe(chig_pdb)
+    m = cg.Mapping.from_preset(u.atoms, "ca")
+    n = 10
+    assert m.n_beads == n and m.bead_types == CHIGNOLIN and m.names == ["CA"] * n
+    assert m.bonds.tolist() == [[i, i + 1] for i in range(n - 1)]
+    assert m.angles.tolist() == [[i, i + 1, i + 2] for i in range(n - 2)]
+    assert sorted(m.dihedrals.tolist()) == [[i, i + 1, i + 2, i + 3] for i in range(n - 3)]
+    assert sorted(map(tuple, m.exclusions.tolist())) == [(i, j) for i in range(n) for j in range(i + 1, min(i + 3, n))]
+    assert sorted(map(tuple, m.nonbonded_pairs.tolist())) == [(i, j) for i in range(n) for j in range(i + 3, n)]
+    # trans peptides: consecutive Cα atoms 3.8 Å apart
+    X = m.map_positions(u.atoms.positions[None])[0]
+    assert np.allclose(np.linalg.norm(X[1:] - X[:-1], axis=1), 3.82, atol=0.06)
+    # files keep the CG bonds and types; files written before they existed still load
+    back = cg.Mapping.load(m.save(tmp_path / "ca.json"))
+    assert np.array_equal(back.bonds, m.bonds) and back.bead_types == CHIGNOLIN
+    old = m.to_dict()
+    del old["bead_bonds"], old["bead_types"]
+    legacy = cg.Mapping.from_dict(old)
+    assert len(legacy.bonds) == 0 and legacy.bead_types == legacy.names
+    # a Cα-only trace (no C/N atoms, no atom bonds) gets the same chain from Cα-Cα distances
+    trace = cg.Mapping.from_preset(u.select_atoms("name CA"), "ca")
+    assert np.array_equal(trace.bonds, m.bonds)
+
+
+def test_chain_breaks_and_disulfides(chig_pdb):
+    u = _universe(chig_pdb)
+    # move residues 6-10 (+ NME) 10 Å away: the chain breaks between THR 6 and GLY 7
+    moved = u.atoms.positions.copy()
+    tail = u.atoms.resindices >= 7  # ACE is residue 0
+    moved[tail] += np.array([10.0, 0.0, 0.0])
+    u.atoms.positions = moved
+    m = cg.Mapping.from_preset(u.atoms, "ca")
+    assert [5, 6] not in m.bonds.tolist() and len(m.bonds) == 8
+    assert (5, 6) in set(map(tuple, m.nonbonded_pairs.tolist())) and (4, 6) not in set(map(tuple, m.exclusions.tolist()))
+    # a disulfide: CYS 2 and CYS 9 with SG-SG at 2.05 Å bond their Cα beads (and residue beads)
+    import io
+
+    import MDAnalysis as mda
+
+    from cg.presets import residue_links
+    from forcefield.reference import build_peptide
+
+    text = build_peptide("ACAAAAAACA", conformation="helix", minimize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = mda.Universe(io.StringIO(text), format="PDB")
+    sg = w.select_atoms("resname CYS and name SG")
+    cb = w.select_atoms("resname CYS and name CB")
+    pos = w.atoms.positions.copy()
+    d = pos[sg[0].index] - pos[cb[0].index]
+    pos[sg[1].index] = pos[sg[0].index] + 2.05 * d / np.linalg.norm(d)
+    w.atoms.positions = pos
+    pep, ss = residue_links(w.atoms)
+    assert ss.tolist() == [[2, 9]] and pep.tolist() == [[i, i + 1] for i in range(11)]
+    ca = cg.Mapping.from_preset(w.atoms, "ca")
+    assert [1, 8] in ca.bonds.tolist() and len(ca.bonds) == 10
+    res = cg.Mapping.from_preset(w.atoms, "residue")
+    assert [2, 9] in res.bonds.tolist()
+
+
+def test_sidechain_preset(chig_pdb):
+    u = _universe(chig_pdb)
+    m = cg.Mapping.from_preset(u.atoms, "sidechain")
+    n_sc = sum(r != "GLY" for r in CHIGNOLIN)
+    assert m.n_beads == 10 + n_sc and m.names.count("SC") == n_sc
+    m.check(complete=True, connected=True)
+    assert [t for t in m.bead_types if t != "BB"] == [r for r in CHIGNOLIN if r != "GLY"]
+    bb = [k for k, nm in enumerate(m.names) if nm == "BB"]
+    bonds = set(map(tuple, m.bonds.tolist()))
+    assert all((a, b) in bonds for a, b in zip(bb[:-1], bb[1:]))  # backbone chain
+    assert all((k - 1, k) in bonds for k, nm in enumerate(m.names) if nm == "SC")  # SC on its own BB
+    assert len(bonds) == m.n_beads - 1  # a tree: no side chain touches another residue
+    # the residue preset: a chain over the caps too; bead force sums keep the total force
+    r = cg.Mapping.from_preset(u.atoms, "residue")
+    assert r.bonds.tolist() == [[i, i + 1] for i in range(11)] and r.bead_types == ["ACE"] + CHIGNOLIN + ["NME"]
