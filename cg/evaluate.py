@@ -61,6 +61,8 @@ def histogram_js(ref: np.ndarray, test: np.ndarray, bins: int = 100, range_: tup
                  base: float = np.e) -> float:
     """JS divergence between the histograms of two 1D samples on a common grid (reference range by default)."""
     ref, test = np.asarray(ref, dtype=float).ravel(), np.asarray(test, dtype=float).ravel()
+    if ref.size == 0 or test.size == 0:
+        raise InputError(f"histogram_js: no samples (reference {ref.size}, test {test.size})")
     if range_ is None:
         lo, hi = ref.min(), ref.max()
         pad = 0.1 * max(hi - lo, 1e-6)
@@ -86,10 +88,13 @@ def bonded_js(ref: np.ndarray, test: np.ndarray, bonds: np.ndarray, bins: int = 
     """JS divergence of every bond-length, angle and dihedral distribution (test vs reference).
 
     Returns per-kind lists and their mean and max (``{"bonds": [...], "bonds_mean": .., "bonds_max": .., ...}``)
-    and ``"all_mean"``/``"all_max"`` over every term.
+    and ``"all_mean"``/``"all_max"`` over every term. A kind without terms (no angles in a two-bead
+    molecule) has NaN mean and max, with the reason under ``"nan_reasons"``; no bonds at all is an error.
     """
+    if len(np.asarray(bonds).reshape(-1, 2)) == 0:
+        raise InputError("bonded_js: no bonds, so no bonded distributions to compare")
     ci, ct = internal_coordinates(ref, bonds), internal_coordinates(test, bonds)
-    out: dict[str, Any] = {"bins": bins, "n_ref": len(ci["bonds"]), "n_test": len(ct["bonds"])}
+    out: dict[str, Any] = {"bins": bins, "n_ref": len(ci["bonds"]), "n_test": len(ct["bonds"]), "nan_reasons": {}}
     every = []
     for kind in ("bonds", "angles", "dihedrals"):
         vals = []
@@ -97,11 +102,13 @@ def bonded_js(ref: np.ndarray, test: np.ndarray, bonds: np.ndarray, bins: int = 
             rng = (-np.pi, np.pi) if kind == "dihedrals" else None
             vals.append(histogram_js(ci[kind][:, k], ct[kind][:, k], bins, rng, base))
         out[kind] = vals
-        out[f"{kind}_mean"] = float(np.mean(vals)) if vals else 0.0
-        out[f"{kind}_max"] = float(np.max(vals)) if vals else 0.0
+        out[f"{kind}_mean"] = float(np.mean(vals)) if vals else float("nan")
+        out[f"{kind}_max"] = float(np.max(vals)) if vals else float("nan")
+        if not vals:
+            out["nan_reasons"][f"{kind}_mean"] = out["nan_reasons"][f"{kind}_max"] = f"no {kind} in the topology"
         every += vals
-    out["all_mean"] = float(np.mean(every)) if every else 0.0
-    out["all_max"] = float(np.max(every)) if every else 0.0
+    out["all_mean"] = float(np.mean(every))
+    out["all_max"] = float(np.max(every))
     return out
 
 
@@ -130,9 +137,15 @@ def free_energy_surface(phipsi: np.ndarray, bins: int = 60, temperature: float =
 
 
 def fes_js(ref_phipsi: np.ndarray, test_phipsi: np.ndarray, bins: int = 60, base: float = np.e) -> dict[str, Any]:
-    """JS divergence between two φ/ψ distributions on a ``bins × bins`` grid, with grid and sample sizes."""
+    """JS divergence between two φ/ψ distributions on a ``bins × bins`` grid, with grid and sample sizes.
+
+    Raises :class:`InputError` when either side has no frame with finite angles.
+    """
     hr, e = fes_histogram(ref_phipsi, bins)
     ht, _ = fes_histogram(test_phipsi, bins)
+    for name, h in (("reference", hr), ("test", ht)):
+        if h.sum() == 0:
+            raise InputError(f"fes_js: the {name} φ/ψ histogram is empty (no frames with finite angles)")
     return {"js": js_divergence(hr, ht, base), "grid": f"{bins}x{bins}", "bin_deg": 360.0 / bins,
             "n_ref": int(hr.sum()), "n_test": int(ht.sum()), "base": "nats" if base == np.e else f"log{base:g}"}
 
@@ -149,6 +162,10 @@ def stability(R: np.ndarray, bonds: np.ndarray, ref_lengths: np.ndarray, thresho
     """
     R = _frames(R)
     b = np.asarray(bonds, dtype=int).reshape(-1, 2)
+    if len(b) == 0:
+        raise InputError("stability: no bonds, so the bond-deviation rule cannot be applied")
+    if np.size(ref_lengths) != len(b):
+        raise InputError(f"stability: {np.size(ref_lengths)} reference lengths for {len(b)} bonds")
     r = np.linalg.norm(R[:, b[:, 1]] - R[:, b[:, 0]], axis=-1)
     dev = np.abs(r - np.asarray(ref_lengths, dtype=float)[None])
     thr = np.broadcast_to(np.asarray(threshold, dtype=float), dev.shape[1:])
@@ -204,11 +221,13 @@ def evaluate_pair(ref: np.ndarray, test: np.ndarray, bonds: np.ndarray, *, phi_q
     out: dict[str, Any] = {"bonded_js": bonded_js(ref, test, bonds, bins), "h_r_error": h_r_error(ref, test)}
     r0 = reference_bond_lengths(ref, bonds)
     runs = test_runs if test_runs is not None else [test]
+    if len(runs) == 0:
+        raise InputError("evaluate_pair: test_runs is empty (no replica to count as stable or not)")
     st = [stability(r, bonds, r0, threshold, test_dt_ps, run_frames) if len(r) else
           {"stable": False, "stable_ps": 0.0} for r in runs]
     out["stability"] = {"n_runs": len(runs), "n_stable": int(sum(s["stable"] for s in st)),
-                        "min_stable_ps": float(min(s["stable_ps"] for s in st)) if st else 0.0,
-                        "mean_stable_ps": float(np.mean([s["stable_ps"] for s in st])) if st else 0.0,
+                        "min_stable_ps": float(min(s["stable_ps"] for s in st)),
+                        "mean_stable_ps": float(np.mean([s["stable_ps"] for s in st])),
                         "threshold": threshold}
     if phi_quad is not None and psi_quad is not None:
         out["fes"] = fes_js(phi_psi(ref, phi_quad, psi_quad), phi_psi(test, phi_quad, psi_quad), fes_bins)

@@ -106,3 +106,33 @@ def test_plots_write_png(rng, tmp_path):
     for p in (plot_fes(pp, pp, tmp_path / "f.png"), plot_distributions(R, R2, BONDS, tmp_path / "d.png"),
               plot_hr(R, R2, tmp_path / "h.png"), plot_stability([1.0, 2.0], 2.0, tmp_path / "s.png")):
         assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_over_nothing_raise_or_are_nan_with_reason(rng):
+    """No bonds, no frames, empty histograms, no replicas: an error or NaN with its reason, never 0.0."""
+    from forcefield.errors import InputError
+
+    R = _traj(rng, M=50)
+    with pytest.raises(InputError, match="no bonds"):
+        bonded_js(R, R, np.zeros((0, 2)))
+    # two beads, one bond: bond distributions exist, angles and dihedrals do not
+    b = bonded_js(R[:, :2], R[:, :2] + 0.1, np.array([[0, 1]]))
+    assert b["bonds_mean"] >= 0 and b["all_mean"] == b["bonds_mean"]
+    for k in ("angles_mean", "angles_max", "dihedrals_mean", "dihedrals_max"):
+        assert np.isnan(b[k]) and "no " in b["nan_reasons"][k]
+    with pytest.raises(InputError, match="no samples"):
+        histogram_js(np.array([]), np.ones(5))
+    pp = phi_psi(R, (0, 1, 2, 3), (1, 2, 3, 4))
+    with pytest.raises(InputError, match="test φ/ψ histogram is empty"):
+        fes_js(pp, np.full((10, 2), np.nan))
+    with pytest.raises(InputError, match="empty"):
+        fes_js(np.zeros((0, 2)), pp)
+    with pytest.raises(InputError, match="no bonds"):
+        stability(R, np.zeros((0, 2)), np.zeros(0))
+    with pytest.raises(InputError, match="frame"):
+        stability(R[:0], BONDS, np.ones(4))
+    with pytest.raises(InputError, match="test_runs is empty"):
+        evaluate_pair(R, R, BONDS, test_runs=[])
+    # a replica that produced no frame counts as unstable, not as a missing run
+    out = evaluate_pair(R, R, BONDS, test_runs=[R, R[:0]], threshold=10.0)["stability"]
+    assert out["n_runs"] == 2 and out["n_stable"] == 1 and out["min_stable_ps"] == 0.0
