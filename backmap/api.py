@@ -64,11 +64,18 @@ class Backmapper:
     hidden, latent, layers, enc_layers, cutoff : network sizes (see :class:`backmap.model.ModelConfig`).
     device : torch device for training and sampling.
     train_config : :class:`backmap.train.TrainConfig`, or keyword overrides in ``**train``.
+    decoder : ``"vae"`` (the conditional VAE, default) or ``"e3nn"`` (:mod:`backmap.e3nn_decoder`, an e3nn
+        generator keyed by residue/atom names; ``decoder_options``: its :class:`DecoderConfig` fields and
+        ``max_seconds``; the network sizes above apply to the VAE only).
     """
 
     def __init__(self, mapping: Any, hidden: int = 64, latent: int = 16, layers: int = 3, enc_layers: int = 2,
                  cutoff: float | None = None, device: str | torch.device = "cpu",
-                 train_config: TrainConfig | None = None, **train: Any) -> None:
+                 train_config: TrainConfig | None = None, decoder: str = "vae", decoder_options: dict | None = None,
+                 **train: Any) -> None:
+        if decoder not in ("vae", "e3nn"):  # "e3nn": backmap.e3nn_decoder (options: its DecoderConfig fields)
+            raise InputError(f"unknown decoder {decoder!r}; expected 'vae' or 'e3nn'")
+        self.decoder, self.decoder_options = decoder, dict(decoder_options or {})
         self.mapping = mapping
         self.net_kw = {"hidden": hidden, "latent": latent, "layers": layers, "enc_layers": enc_layers,
                        "cutoff": cutoff}
@@ -99,16 +106,27 @@ class Backmapper:
 
     # ------------------------------------------------------------------ training
     def fit(self, aa: Any, epochs: int | None = None, checkpoint: str | os.PathLike | None = None,
-            resume: bool = True, progress: bool = True, max_frames: int | None = None) -> "Backmapper":
+            resume: bool = True, progress: bool = True, max_frames: int | None = None,
+            lengths: Any = None, log_dir: str | os.PathLike | None = None, devices: Any = None,
+            accelerator: str | None = None, strategy: Any = "auto", num_nodes: int = 1) -> "Backmapper":
         """Train on an AA trajectory (MDAnalysis Universe or :class:`forcefield.Dataset`, positions in Å).
 
         ``checkpoint``: file written every epoch; an existing one is resumed (``resume=True``).
-        ``max_frames``: use at most this many frames, evenly spaced. Returns ``self``.
+        ``max_frames``: use at most this many frames, evenly spaced. ``lengths``: frames of each trajectory
+        (replica) in order (default: a Dataset's ``replica_frames``, else one trajectory); the last part of
+        each validates. ``log_dir``, ``devices``, ``accelerator``, ``strategy``, ``num_nodes``: see
+        :func:`backmap.train.train_model`. Returns ``self``.
         """
+        from forcefield.splits import trajectory_lengths
+
         R, z, top = aa_arrays(aa, "fit")
         self._check_aa(R, z, "fit")
+        if lengths is None:
+            lengths = trajectory_lengths(getattr(aa, "extra", None) or {}, len(R))
         if max_frames is not None and len(R) > max_frames:
-            R = R[np.linspace(0, len(R) - 1, max_frames).round().astype(int)]
+            keep = np.linspace(0, len(R) - 1, max_frames).round().astype(int)
+            R = R[keep]
+            lengths = np.bincount(np.searchsorted(np.cumsum(lengths), keep, side="right"), minlength=len(lengths))
         if len(R) < 2:
             raise InputError(f"fit: {len(R)} frame(s); at least 2 are needed (training and validation)")
         from forcefield.geometry import covalent_bonds
@@ -127,12 +145,20 @@ class Backmapper:
         cfg = ModelConfig(n_atoms=m.n_atoms, n_beads=m.n_beads, rbf_max=rbf_max, **self.net_kw)
         tc = self.train_config if epochs is None else TrainConfig(**{**self.train_config.to_dict(), "epochs": epochs})
         self.train_config = tc
+        if self.decoder == "e3nn":
+            from .e3nn_decoder import fit_e3nn_decoder
+
+            self.model, self.history = fit_e3nn_decoder(m, R, X, host, weights, self.bonds, top, self.z, tc,
+                                                        self.decoder_options, self.device, checkpoint, resume,
+                                                        progress, lengths)
+            return self
         torch.manual_seed(tc.seed)
         self.model = CGVAE(cfg, host, weights)
         loss = BackmapLoss(GeometryTerms.build(self.bonds, R, tc.clash_distance), tc.beta, tc.gamma_bond,
                            tc.gamma_angle, tc.gamma_clash, tc.gamma_prior)
         self.history = train_model(self.model, loss, R, X, tc, self.device, checkpoint, resume, progress,
-                                   extra={"mapping": m.to_dict()})
+                                   extra={"mapping": m.to_dict()}, lengths=lengths, log_dir=log_dir,
+                                   devices=devices, accelerator=accelerator, strategy=strategy, num_nodes=num_nodes)
         return self
 
     # ------------------------------------------------------------------ generation
@@ -201,7 +227,8 @@ class Backmapper:
         meta = {"format": FORMAT, "version": 1, "model": model.cfg.to_dict(), "net_kw": self.net_kw,
                 "train": self.train_config.to_dict(), "mapping": self.mapping.to_dict(),
                 "z": self.z.tolist(), "bonds": self.bonds.tolist(), "topology": self.topology,
-                "history": {"train": self.history.train, "val": self.history.val}}
+                "history": {"train": self.history.train, "val": self.history.val},
+                "decoder": self.decoder, "decoder_options": self.decoder_options}
         path = Path(path)
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save({"meta": json.dumps(meta), "state_dict": {k: v.detach().cpu() for k, v in
@@ -229,9 +256,14 @@ class Backmapper:
         bm.z, bm.bonds, bm.topology = np.array(meta["z"], dtype=np.int64), np.array(meta["bonds"]).reshape(-1, 2), meta["topology"]
         bm.history = History(meta["history"]["train"], meta["history"]["val"])
         sd = d["state_dict"]
-        cfg = ModelConfig(**meta["model"])
-        bm.model = CGVAE(cfg, sd["host"].numpy(), sd["weights"].numpy())
-        bm.model.load_state_dict(sd)
+        bm.decoder, bm.decoder_options = meta.get("decoder", "vae"), meta.get("decoder_options", {})
+        if bm.decoder == "e3nn":
+            from .e3nn_decoder import E3nnDecoder
+
+            bm.model = E3nnDecoder.from_state(meta["model"], sd)
+        else:
+            bm.model = CGVAE(ModelConfig(**meta["model"]), sd["host"].numpy(), sd["weights"].numpy())
+            bm.model.load_state_dict(sd)
         bm.model.to(bm.device).eval()
         return bm
 

@@ -1,8 +1,10 @@
-"""Training loop of the backmapping VAE: train/validation split, Adam, checkpoint/resume, progress.
+"""Training of the backmapping VAE on the shared Lightning trainer (:mod:`cg.trainer`).
 
-Checkpoints are plain ``torch.save`` dicts of tensors, numbers and strings, written atomically and read back
-with ``torch.load(weights_only=True)``. A checkpoint holds the model, optimizer and scheduler state, the
-epoch, the history and the split, so an interrupted run resumes where it stopped.
+The last ``val_fraction`` of every trajectory (``lengths``: frames per replica) validates, in contiguous
+blocks (:func:`forcefield.splits.block_split`); Adam with a cosine learning-rate decay per step; an
+autoencoder phase, then β and the geometry weights ramp up. Checkpoints are the trainer's plain dicts of
+tensors, numbers and strings, written atomically and read back with ``torch.load(weights_only=True)``;
+an interrupted run resumes where it stopped and ends with the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from functools import lru_cache
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from forcefield.errors import InputError
-from forcefield.fileio import atomic_path
+from forcefield.splits import block_split
 
 from .losses import BackmapLoss
 
@@ -56,52 +58,90 @@ class History:
     val: list[dict] = field(default_factory=list)
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random train/validation split of ``n`` frames (at least one validation frame when n > 1)."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    n_val = 0 if n < 2 or val_fraction <= 0 else max(1, int(round(val_fraction * n)))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise InputError(f"{path}: not a readable checkpoint ({e})") from e
+    """Read a training checkpoint (``torch.load(weights_only=True)``; :class:`InputError` when unreadable)."""
+    from cg.trainer import load_checkpoint as load
+
+    return load(path)
 
 
-@torch.no_grad()
-def _evaluate(model: torch.nn.Module, loss_fn: BackmapLoss, R: torch.Tensor, X: torch.Tensor, bs: int,
-              beta: float) -> dict:
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    for k in range(0, len(R), bs):
-        r, x = R[k:k + bs], X[k:k + bs]
-        out = model(r, x)
-        out["mu_q"], out["lv_q"] = out["mu_q"], out["lv_q"]
-        rec = model.decode(x, out["mu_q"])
-        _, parts = loss_fn(out, r, beta)
-        parts["rmsd_post"] = float(torch.sqrt(((rec - r) ** 2).sum(-1).mean(-1)).sum())
-        for key, v in parts.items():
-            sums[key] = sums.get(key, 0.0) + (v * len(r) if key != "rmsd_post" else v)
-        n += len(r)
-    return {k: v / n for k, v in sums.items()}
+@lru_cache(maxsize=None)
+def _module_class() -> type:
+    """The Lightning module class, built on first use (importing Lightning takes seconds)."""
+    from cg.trainer import TrainModule
+
+    class BackmapModule(TrainModule):
+        """Lightning module of the backmapping VAE: loss schedule per global step, validation on the posterior mean."""
+
+        def __init__(self, model: torch.nn.Module, loss_fn: BackmapLoss, cfg: TrainConfig, steps_per_epoch: int) -> None:
+            super().__init__()
+            self.model, self.loss_fn, self.cfg = model, loss_fn, cfg
+            self.steps_per_epoch = steps_per_epoch
+            self.total = cfg.epochs * steps_per_epoch
+            self.n_ae = min(max(int(cfg.ae_warmup * self.total), cfg.ae_min_steps), self.total // 2)
+            self.beta = 0.0
+
+        def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
+            c, total = self.cfg, self.total
+            opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: (c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / c.lr)
+            return opt, sched, "step"
+
+        def train_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, dict]:
+            r, x = batch
+            step = self.epoch * self.steps_per_epoch + batch_idx
+            ae = step < self.n_ae
+            ramp = 0.0 if ae else min(1.0, (step + 1 - self.n_ae) / max(1.0, self.cfg.beta_warmup * self.total))
+            self.beta = self.cfg.beta * ramp
+            out = self.model(r, x, deterministic=ae, prior_sample=not ae and self.loss_fn.gamma_prior > 0)
+            # the bonded and clash terms wait for the autoencoder phase: from the start they would hold the
+            # hydrogens at an average placement (they are blind to rotations about bonds) and stall training
+            loss, parts = self.loss_fn(out, r, self.beta, ramp)
+            return loss, {k: (float(v) * len(r), len(r)) for k, v in parts.items()}
+
+        def val_step(self, batch: Any) -> dict:
+            r, x = batch
+            out = self.model(r, x)
+            rec = self.model.decode(x, out["mu_q"])
+            _, parts = self.loss_fn(out, r, self.beta)
+            d = {k: (float(v) * len(r), len(r)) for k, v in parts.items()}
+            d["rmsd_post"] = (float(torch.sqrt(((rec - r) ** 2).sum(-1).mean(-1)).sum()), len(r))
+            return d
+
+        def epoch_line(self, r: dict) -> str:
+            return (f"coord {r.get('train_coord', float('nan')):.4f}  kl {r.get('train_kl', float('nan')):.2f}  "
+                    f"val RMSD {r.get('val_rmsd_post', float('nan')):.3f} Å  {r['seconds']:.1f} s")
+
+        def history_records(self) -> History:
+            """The per-epoch records in the backmapper's format (epoch 1-based, training beta)."""
+            h = History()
+            for rec in self.history:
+                e = int(rec["epoch"]) + 1
+                tr = {k[6:]: v for k, v in rec.items() if k.startswith("train_")}
+                tr["epoch"], tr["beta"] = e, rec.get("beta", 0.0)
+                h.train.append(tr)
+                va = {k[4:]: v for k, v in rec.items() if k.startswith("val_")}
+                if va:
+                    va["epoch"] = e
+                    h.val.append(va)
+            return h
+
+        def epoch_extra(self) -> dict[str, float]:
+            return {"beta": float(self.beta)}
+
+        def load_extra(self, ck: dict) -> None:
+            self.beta = float(self.history[-1].get("beta", 0.0)) if self.history else 0.0
+
+    return BackmapModule
 
 
 def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: np.ndarray,
                 cfg: TrainConfig, device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
                 resume: bool = True, progress: bool = True, extra: dict | None = None,
-                checkpoint_every: int = 1) -> History:
+                checkpoint_every: int = 1, lengths: Sequence[int] | None = None, log_dir: str | os.PathLike | None = None,
+                devices: Any = None, accelerator: str | None = None, strategy: Any = "auto",
+                num_nodes: int = 1) -> History:
     """Fit ``model`` to atoms R (M, N, 3) and beads X (M, n, 3) (Å).
 
     Parameters
@@ -111,76 +151,33 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
     checkpoint : file written every ``checkpoint_every`` epochs (atomically) and at the end; with
         ``resume=True`` an existing file is loaded first and training goes on from its epoch.
     extra : JSON-able dict stored in the checkpoint (e.g. the mapping and model config).
+    lengths : frames of each trajectory (replica), in order; the last ``cfg.val_fraction`` of each validates.
+    log_dir : folder for ``metrics.csv``. devices, accelerator, strategy, num_nodes : Lightning settings.
 
     Returns
     -------
     History of per-epoch mean training losses and validation losses (``rmsd_post``: RMSD of the decoded
     posterior mean, Å, without alignment).
     """
-    from tqdm.auto import tqdm
+    from cg.trainer import TrainerConfig, fit, loader
 
-    device = torch.device(device)
-    model.to(device)
-    loss_fn.to(device)
-    tr, va = split_indices(len(R), cfg.val_fraction, cfg.seed)
+    M = len(R)
+    tr, va = block_split(M, cfg.val_fraction, lengths) if M > 1 else (np.arange(M), np.zeros(0, int))
     Rt = torch.as_tensor(R, dtype=torch.float32)
     Xt = torch.as_tensor(X, dtype=torch.float32)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / cfg.lr)
-    n_ae = min(max(int(cfg.ae_warmup * total), cfg.ae_min_steps), total // 2)
-    hist = History()
-    start = 0
-    if checkpoint is not None and resume and Path(checkpoint).exists():
-        ck = load_checkpoint(checkpoint)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start = int(ck["epoch"])
-        h = json.loads(ck["history"])
-        hist = History(h["train"], h["val"])
-        tr, va = ck["train_idx"].numpy(), ck["val_idx"].numpy()
-    gen = torch.Generator().manual_seed(cfg.seed + start)
-    torch.manual_seed(cfg.seed + 1000 + start)
-    bar = tqdm(range(start, cfg.epochs), desc="backmap train", disable=not progress, mininterval=1.0)
-    for epoch in bar:
-        model.train()
-        perm = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
-        sums: dict[str, float] = {}
-        for k in range(0, len(perm), cfg.batch_size):
-            idx = perm[k:k + cfg.batch_size]
-            step = epoch * steps_per_epoch + k // cfg.batch_size
-            ae = step < n_ae
-            ramp = 0.0 if ae else min(1.0, (step + 1 - n_ae) / max(1.0, cfg.beta_warmup * total))
-            beta = cfg.beta * ramp
-            r, x = Rt[idx].to(device), Xt[idx].to(device)
-            out = model(r, x, deterministic=ae, prior_sample=not ae and loss_fn.gamma_prior > 0)
-            # the bonded and clash terms wait for the autoencoder phase: from the start they would hold the
-            # hydrogens at an average placement (they are blind to rotations about bonds) and stall training
-            loss, parts = loss_fn(out, r, beta, ramp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            for key, v in parts.items():
-                sums[key] = sums.get(key, 0.0) + v * len(idx)
-        rec = {k: v / len(tr) for k, v in sums.items()}
-        rec["epoch"], rec["beta"] = epoch + 1, beta
-        hist.train.append(rec)
-        if len(va):
-            vrec = _evaluate(model, loss_fn, Rt[va].to(device), Xt[va].to(device), 4 * cfg.batch_size, beta)
-            vrec["epoch"] = epoch + 1
-            hist.val.append(vrec)
-            bar.set_postfix(coord=f"{rec['coord']:.4f}", kl=f"{rec['kl']:.2f}", val_rmsd=f"{vrec['rmsd_post']:.3f}")
-        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            save_checkpoint(checkpoint, {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                "history": json.dumps(asdict(hist)), "train_idx": torch.as_tensor(tr), "val_idx": torch.as_tensor(va),
-                "train_config": json.dumps(cfg.to_dict()), "extra": json.dumps(extra or {}),
-            })
+    steps = max(1, math.ceil(len(tr) / cfg.batch_size))
+    module = _module_class()(model, loss_fn, cfg, steps)
+    tcfg = TrainerConfig(max_epochs=cfg.epochs, patience=None, monitor="val_rmsd_post", restore_best=False,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, log_dir=log_dir,
+                         progress=progress, device=device, accelerator=accelerator, devices=devices,
+                         strategy=strategy, num_nodes=num_nodes, grad_clip=cfg.grad_clip, seed=cfg.seed)
+    signature = {"n_frames": M, "n_train": len(tr), "n_val": len(va), "n_atoms": int(Rt.shape[1]),
+                 "n_beads": int(Xt.shape[1])}
+    payload = {"train_config": json.dumps(cfg.to_dict()), "extra": json.dumps(extra or {}),
+               "train_idx": torch.as_tensor(tr), "val_idx": torch.as_tensor(va)}
+    val = loader((Rt, Xt), va, 4 * cfg.batch_size, shuffle=False, pad=False) if len(va) else None
+    fit(module, loader((Rt, Xt), tr, cfg.batch_size, shuffle=True, seed=cfg.seed), val, tcfg,
+        signature=signature, payload=payload, find_unused_parameters=True)
+    model.to(device)
     model.eval()
-    return hist
+    return module.history_records()

@@ -11,7 +11,14 @@ __all__ += ["learn_mapping", "reconstruction_rmsd", "map_universe", "iter_mapped
 from .md import run_cg_md, write_cg_trajectory
 from .potential import CGPotential, SchNetCG, build_potential
 from .priors import Priors
-from .train import train_force_matching
+
+
+def __getattr__(name: str):  # train_force_matching imports Lightning (seconds): only when it is used
+    if name == "train_force_matching":
+        from .train import train_force_matching
+
+        return train_force_matching
+    raise AttributeError(f"module 'cg' has no attribute {name!r}")
 
 __all__ += ["Priors", "CGPotential", "SchNetCG", "build_potential", "train_force_matching", "run_cg_md",
             "write_cg_trajectory"]

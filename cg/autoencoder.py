@@ -26,8 +26,8 @@ single-atom moves on the same hard loss over the training frames (:func:`cg.repa
 """
 from __future__ import annotations
 
-import time
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -245,25 +245,14 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
 
 
 def _train_logits(c: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """One autoencoder training run; returns the final logits (n_beads, groups) and the history."""
+    """One autoencoder training run on the shared trainer; returns the final logits (n_beads, groups) and the history."""
     import torch
-    from tqdm.auto import tqdm
+
+    from .trainer import TrainerConfig, fit, loader
 
     A, ref, Fa, group, G, w_np = c["A"], c["ref"], c["Fa"], c["group"], c["G"], c["w_np"]
     n_beads, epochs, batch_size, device = c["n_beads"], c["epochs"], c["batch_size"], c["device"]
-    t0, tmin, hard, decoder, rho = c["t0"], c["tmin"], c["hard"], c["decoder"], c["rho"]
-    n_tr, N = A.shape[:2]
     rng = np.random.default_rng(seed)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    dt = torch.float32
-    x_all = torch.as_tensor(A, dtype=dt, device=device)
-    f_all = None
-    if Fa is not None:  # forces summed over united-atom groups (G groups): a bead's force sums its groups'
-        Fg = np.zeros((len(Fa), G, 3))
-        np.add.at(Fg, (slice(None), group), Fa)
-        f_all = torch.as_tensor(Fg, dtype=dt, device=device)
-    w_atom = torch.as_tensor(w_np, dtype=dt, device=device)
     gw = np.bincount(group, weights=w_np, minlength=G)
     gref = np.stack([np.bincount(group, weights=w_np * ref[:, d], minlength=G) for d in range(3)], 1) / gw[:, None]
     if c["init"] == "kmeans":
@@ -272,55 +261,94 @@ def _train_logits(c: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, A
         L0 = rng.standard_normal((n_beads, G))
     else:
         raise InputError(f"unknown init {c['init']!r}; expected 'kmeans' or 'random'")
-    logits = torch.nn.Parameter(torch.as_tensor(L0, dtype=dt, device=device))
-    gidx = torch.as_tensor(group, device=device)
-    params = [logits]
-    if decoder != "ridge":
-        C0 = torch.softmax(logits.detach(), 0)[:, gidx] * w_atom
-        D_par = torch.nn.Parameter((C0 / C0.sum(1, keepdim=True)).T.clone())
-        b_par = torch.nn.Parameter(torch.zeros(N, 3, dtype=dt, device=device))
-        params += [D_par] + ([b_par] if decoder == "linear" else [])
-    opt = torch.optim.Adam(params, lr=c["lr"])
-    hist: dict[str, Any] = {k: [] for k in ("epoch", "temperature", "loss", "recon_rmsd", "force_msq",
-                                             "compact_msd", "occupancy", "seconds")}
-    n_batches = max(1, n_tr // batch_size)
-    bar = tqdm(range(epochs), desc=f"learn {n_beads}-bead map", disable=not c["progress"])
-    for ep in bar:
-        t_ep = time.perf_counter()
-        T = t0 * (tmin / t0) ** (ep / max(1, epochs - 1))
-        perm = torch.randperm(n_tr, generator=gen, device=device)
-        sums = np.zeros(5)
-        for bi in range(n_batches):
-            sel = perm[bi * batch_size:(bi + 1) * batch_size] if n_batches > 1 else perm
-            x = x_all[sel]
-            u = torch.rand(logits.shape, generator=gen, device=device, dtype=dt)
+    tensors = [torch.as_tensor(A, dtype=torch.float32)]
+    if Fa is not None:  # forces summed over united-atom groups (G groups): a bead's force sums its groups'
+        Fg = np.zeros((len(Fa), G, 3))
+        np.add.at(Fg, (slice(None), group), Fa)
+        tensors.append(torch.as_tensor(Fg, dtype=torch.float32))
+    module = _autoencoder_module()(c, L0)
+    cfg = TrainerConfig(max_epochs=epochs, monitor=None, restore_best=False, progress=c["progress"],
+                        device=device, seed=int(seed))
+    fit(module, loader(tensors, np.arange(len(A)), batch_size, shuffle=True, seed=int(seed), drop_last=True),
+        None, cfg)
+    keys = ("loss", "recon_rmsd", "force_msq", "compact_msd", "occupancy")
+    hist: dict[str, Any] = {"epoch": [float(r["epoch"]) for r in module.history],
+                            "temperature": [float(r["temperature"]) for r in module.history]}
+    hist.update({k: [float(r[f"train_{k}"]) for r in module.history] for k in keys})
+    hist["seconds"] = [float(r["seconds"]) for r in module.history]
+    hist = {k: hist[k] for k in ("epoch", "temperature", *keys, "seconds")}
+    return module.logits.detach().cpu().numpy().astype(float), hist
+
+
+@lru_cache(maxsize=None)
+def _autoencoder_module() -> type:
+    """The Lightning module class (built on first use: Lightning is imported only when a map is learned)."""
+    import torch
+
+    from .trainer import TrainModule
+
+    class MapAutoencoder(TrainModule):
+        """Gumbel-softmax assignment logits + bead centroids + linear decoder; Gumbel noise seeded per epoch."""
+
+        def __init__(self, c: dict[str, Any], L0: np.ndarray) -> None:
+            super().__init__()
+            self.c = c
+            dt = torch.float32
+            self.logits = torch.nn.Parameter(torch.as_tensor(L0, dtype=dt))
+            self.register_buffer("w_atom", torch.as_tensor(c["w_np"], dtype=dt), persistent=False)
+            self.register_buffer("gidx", torch.as_tensor(c["group"]), persistent=False)
+            N = len(c["w_np"])
+            self.D_par = self.b_par = None
+            if c["decoder"] != "ridge":
+                C0 = torch.softmax(self.logits.detach(), 0)[:, self.gidx] * self.w_atom
+                self.D_par = torch.nn.Parameter((C0 / C0.sum(1, keepdim=True)).T.clone())
+                if c["decoder"] == "linear":
+                    self.b_par = torch.nn.Parameter(torch.zeros(N, 3, dtype=dt))
+            self.gen: torch.Generator | None = None
+            self.T = float(c["t0"])
+
+        def make_optimizer(self) -> tuple[Any, Any, str]:
+            params = [p for p in (self.logits, self.D_par, self.b_par) if p is not None]
+            return torch.optim.Adam(params, lr=self.c["lr"]), None, "epoch"
+
+        def on_train_epoch_start(self) -> None:
+            super().on_train_epoch_start()
+            c, ep = self.c, self.epoch
+            self.T = c["t0"] * (c["tmin"] / c["t0"]) ** (ep / max(1, c["epochs"] - 1))
+            self.gen = torch.Generator(device=self.device)
+            self.gen.manual_seed(int(np.random.SeedSequence([self.seed, ep, self.global_rank]).generate_state(1)[0]))
+
+        def train_step(self, batch: Any, batch_idx: int) -> tuple[Any, dict]:
+            c, T, logits = self.c, self.T, self.logits
+            x = batch[0]
+            u = torch.rand(logits.shape, generator=self.gen, device=self.device, dtype=logits.dtype)
             g = -torch.log(-torch.log(u + 1e-10) + 1e-10)
             soft = torch.softmax((logits + g) / T, dim=0)
-            if hard:
+            if c["hard"]:
                 one = torch.zeros_like(soft).scatter_(0, soft.argmax(0, keepdim=True), 1.0)
                 assign = (one - soft).detach() + soft
             else:
                 assign = soft
             soft_g = assign
-            assign = assign[:, gidx]
-            wts = assign * w_atom
+            assign = assign[:, self.gidx]
+            wts = assign * self.w_atom
             C = wts / (wts.sum(1, keepdim=True) + 1e-8)
             X = torch.einsum("kn,bnd->bkd", C, x)
-            if decoder == "ridge":
+            if c["decoder"] == "ridge":
                 xhat = _ridge_decode(X, x)
-            elif decoder == "linear":
-                xhat = torch.einsum("bkd,nk->bnd", X, D_par) + b_par
+            elif c["decoder"] == "linear":
+                xhat = torch.einsum("bkd,nk->bnd", X, self.D_par) + self.b_par
             else:
-                Dq = D_par + (1.0 - D_par.sum(1, keepdim=True)) / n_beads
+                Dq = self.D_par + (1.0 - self.D_par.sum(1, keepdim=True)) / c["n_beads"]
                 xhat = torch.einsum("bkd,nk->bnd", X, Dq)
             recon = ((xhat - x) ** 2).sum(-1).mean()
             comp = (assign * ((x[:, None] - X[:, :, None]) ** 2).sum(-1)).sum(1).mean()
             occ = torch.softmax(logits, 0).sum(1)  # expected groups per bead
             occ_pen = torch.relu(c["min_atoms"] - occ).pow(2).sum()
             loss = recon + c["compact"] * comp + c["occupancy"] * occ_pen
-            fterm = torch.zeros((), device=device)
-            if f_all is not None:
-                fg = f_all[sel]
+            fterm = torch.zeros((), device=self.device)
+            if len(batch) > 1:
+                fg = batch[1]
                 if c["force_term"] == "expected":
                     # exact expectation over independent categorical assignments P (groups -> beads):
                     # E|Σ_g A_kg F_g|² = |Σ_g P_kg F_g|² + Σ_g P_kg (1 - P_kg) |F_g|², with the annealed
@@ -328,17 +356,23 @@ def _train_logits(c: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, A
                     fterm = expected_squared_force(torch.softmax(logits / T, 0), fg)
                 else:  # one sampled (straight-through) assignment, as Autograin
                     fterm = (torch.einsum("kg,bgd->bkd", soft_g, fg) ** 2).sum(-1).mean()
-                loss = loss + rho * fterm
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sums += [loss.item(), recon.item(), fterm.item(), comp.item(), occ.min().item()]
-        sums /= n_batches
-        for k, v in zip(hist, [ep, T, sums[0], float(np.sqrt(sums[1])), sums[2], sums[3], sums[4],
-                               time.perf_counter() - t_ep]):
-            hist[k].append(float(v))
-        bar.set_postfix(T=f"{T:.2f}", recon=f"{np.sqrt(sums[1]):.3f}Å", f2=f"{sums[2]:.0f}")
-    return logits.detach().cpu().numpy().astype(float), hist
+                loss = loss + c["rho"] * fterm
+            parts = {"loss": loss, "recon": recon, "force_msq": fterm, "compact_msd": comp, "occupancy": occ.min()}
+            return loss, {k: (float(v.detach()), 1) for k, v in parts.items()}  # means over batches
+
+        def metrics(self, sums: dict, prefix: str) -> dict[str, float]:
+            m = {k: s / n for k, (s, n) in sums.items()}
+            return {f"{prefix}loss": m["loss"], f"{prefix}recon_rmsd": float(np.sqrt(m["recon"])),
+                    f"{prefix}force_msq": m["force_msq"], f"{prefix}compact_msd": m["compact_msd"],
+                    f"{prefix}occupancy": m["occupancy"]}
+
+        def epoch_extra(self) -> dict[str, float]:
+            return {"temperature": float(self.T)}
+
+        def epoch_line(self, r: dict) -> str:
+            return f"T {r['temperature']:.2f}  recon {r['train_recon_rmsd']:.3f} Å  f2 {r['train_force_msq']:.0f}"
+
+    return MapAutoencoder
 
 
 def expected_squared_force(P: Any, F: Any) -> Any:

@@ -5,24 +5,27 @@ beads and components (the multiscale coarse-graining / force-matching functional
 priors are fixed, so the network is trained on the residual ``F_ref - F_prior`` (computed once); this is
 the same loss as on the total force.
 
-Training: shuffled minibatches, a held-out validation split, ReduceLROnPlateau on the validation force
-RMSE, early stopping (patience), checkpoints after every epoch (atomic ``torch.save``; ``resume=True``
-continues from one; ``torch.load(weights_only=True)``), tqdm progress (``progress=False`` silences it).
+Training runs on the shared Lightning trainer (:mod:`cg.trainer`): the last ``val_fraction`` of every
+trajectory (``lengths``: frames per replica) validates, contiguous blocks (:func:`forcefield.splits.block_split`);
+training frames are shuffled per epoch (seeded by ``(seed, epoch)``); Adam, ReduceLROnPlateau on the
+validation force RMSE, early stopping (``patience`` epochs without improvement), a checkpoint after every
+epoch (weights_only-safe; ``resume=True`` continues one and ends where an uninterrupted run ends), tqdm
+progress (``progress=False`` silences it), ``devices``/``strategy``/``num_nodes`` for data-parallel runs.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from forcefield.errors import InputError
-from forcefield.fileio import atomic_path
+from forcefield.splits import block_split
 
 from .potential import CGPotential
+from .trainer import TrainerConfig, TrainModule, fit, loader
 
 
 @dataclass
@@ -49,6 +52,7 @@ def _prior_forces(model: CGPotential, R: torch.Tensor, batch: int, device: Any) 
     out = torch.zeros_like(R)
     if model.priors is None:
         return out
+    model.priors.to(device)
     for s in range(0, len(R), batch):
         x = R[s:s + batch].to(device).double().requires_grad_(True)
         (g,) = torch.autograd.grad(model.priors(x).sum(), x)
@@ -56,32 +60,92 @@ def _prior_forces(model: CGPotential, R: torch.Tensor, batch: int, device: Any) 
     return out
 
 
-def _eval(model: CGPotential, R: torch.Tensor, dF: torch.Tensor, batch: int, device: Any) -> tuple[float, float]:
-    se, ae, cnt = 0.0, 0.0, 0
-    for s in range(0, len(R), batch):
-        x = R[s:s + batch].to(device).requires_grad_(True)
-        (g,) = torch.autograd.grad(model.net(x).sum(), x)
-        d = (-g - dF[s:s + batch].to(device)).detach()
-        se += float((d**2).sum())
-        ae += float(d.abs().sum())
-        cnt += d.numel()
-    return float(np.sqrt(se / max(cnt, 1))), ae / max(cnt, 1)
+class ForceMatching(TrainModule):
+    """Lightning module: the network's forces -∇U_net against the residual forces ``F_ref - F_prior``."""
+
+    def __init__(self, net: torch.nn.Module, lr: float, weight_decay: float, lr_factor: float, lr_patience: int,
+                 min_lr: float) -> None:
+        super().__init__()
+        self.net = net
+        self.opt_kw = dict(lr=lr, weight_decay=weight_decay)
+        self.plateau_kw = dict(factor=lr_factor, patience=lr_patience, min_lr=min_lr)
+
+    def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
+        opt = torch.optim.Adam(self.net.parameters(), **self.opt_kw)
+        return opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **self.plateau_kw), "plateau"
+
+    def _forces(self, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        dtype = next(self.net.parameters()).dtype
+        x = x.to(dtype).requires_grad_(True)
+        (g,) = torch.autograd.grad(self.net(x).sum(), x, create_graph=create_graph)
+        return -g
+
+    def train_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, dict]:
+        x, f = batch
+        d = self._forces(x, True) - f
+        loss = (d**2).mean()
+        return loss, {"se": (loss.detach() * d.numel(), d.numel())}
+
+    def val_step(self, batch: Any) -> dict:
+        x, f = batch
+        with torch.enable_grad():
+            d = (self._forces(x, False) - f).detach()
+        return {"se": (float((d.double() ** 2).sum()), d.numel()), "ae": (float(d.double().abs().sum()), d.numel())}
+
+    def metrics(self, sums: dict, prefix: str) -> dict[str, float]:
+        out = {}
+        if "se" in sums:
+            s, c = sums["se"]
+            out[f"{prefix}rmse"] = float(np.sqrt(s / c)) if c else float("nan")
+        if "ae" in sums:
+            s, c = sums["ae"]
+            out[f"{prefix}mae"] = s / c if c else float("nan")
+        return out
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The potential and its best network, so that a checkpoint loads with :meth:`CGPotential.load`."""
+        pot = getattr(self, "potential", None)
+        best = self.best_state
+        return {} if pot is None else {
+            "potential": pot.state(),
+            "best_net": None if best is None else {k[4:]: v for k, v in best.items() if k.startswith("net.")}}
+
+    def epoch_line(self, r: dict) -> str:
+        return (f"train RMSE {r.get('train_rmse', float('nan')):.4f}  val RMSE {r.get('val_rmse', float('nan')):.4f}  "
+                f"MAE {r.get('val_mae', float('nan')):.4f} kcal/mol/Å  lr {r['lr']:.1e}  {r['seconds']:.1f} s")
 
 
 def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, epochs: int = 50, batch_size: int = 128,
                          lr: float = 1e-3, weight_decay: float = 0.0, val_fraction: float = 0.1, patience: int = 8,
                          lr_factor: float = 0.5, lr_patience: int = 3, min_lr: float = 1e-5, seed: int = 0,
                          device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
-                         resume: bool = True, progress: bool = True, max_seconds: float | None = None) -> TrainResult:
+                         resume: bool = True, progress: bool = True, max_seconds: float | None = None,
+                         lengths: Sequence[int] | None = None, log_dir: str | Path | None = None,
+                         checkpoint_every: int = 1, devices: Any = None, accelerator: str | None = None,
+                         strategy: Any = "auto", num_nodes: int = 1) -> TrainResult:
     """Train ``model.net`` by force matching on bead positions R (M, n, 3) Å and forces F (M, n, 3) kcal/mol/Å.
 
-    The best network (lowest validation force RMSE) is loaded into ``model`` at the end. With
-    ``checkpoint`` a file is written after every epoch holding the model, optimiser, scheduler, history
-    and split; with ``resume=True`` an existing checkpoint is continued (same data expected).
-    ``max_seconds`` bounds the wall time (training stops after the epoch that passes it).
-    """
-    from tqdm.auto import tqdm
+    Parameters
+    ----------
+    epochs, batch_size, lr, weight_decay : Adam settings (``batch_size`` is the global batch, shared over
+        data-parallel ranks).
+    val_fraction, lengths : the last ``val_fraction`` of each trajectory validates; ``lengths`` lists the
+        frames of each trajectory (replica) in the order they are concatenated (default: one trajectory).
+    patience : stop after this many epochs without a lower validation force RMSE.
+    lr_factor, lr_patience, min_lr : ReduceLROnPlateau on the validation force RMSE.
+    seed : seeds the per-epoch order of training frames.
+    device : torch device (sets the Lightning accelerator unless ``accelerator``/``devices`` are given).
+    checkpoint, resume, checkpoint_every : checkpoint file (written every ``checkpoint_every`` epochs and at
+        the end; ``weights_only``-safe; it also loads as a potential with :meth:`CGPotential.load`); with
+        ``resume`` an existing one is continued (same data required).
+    max_seconds : bound on wall time (training stops after the epoch that passes it).
+    log_dir : folder for ``metrics.csv`` (one row per epoch).
+    devices, accelerator, strategy, num_nodes : Lightning settings, e.g. ``devices=2, strategy="ddp"``.
 
+    Returns
+    -------
+    TrainResult; the best network (lowest validation force RMSE) is loaded into ``model``.
+    """
     if model.net is None:
         raise InputError("the CG potential has no network to train")
     R = np.asarray(R, dtype=np.float32)
@@ -91,78 +155,28 @@ def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, ep
     if not (np.isfinite(R).all() and np.isfinite(F).all()):
         raise InputError("positions or forces contain non-finite values")
     M = len(R)
-    n_val = max(1, int(round(val_fraction * M)))
-    if M - n_val < 1:
+    if M < 2:
         raise InputError(f"{M} frames are too few for a train/validation split")
-    perm = np.random.default_rng(seed).permutation(M)
-    model.to(device)
+    tr, va = block_split(M, max(val_fraction, 1e-9), lengths, min_val=1)
     Rt = torch.from_numpy(R)
     dF = torch.from_numpy(F) - _prior_forces(model, Rt, 1024, device).float()
-    opt = torch.optim.Adam(model.net.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=lr_factor, patience=lr_patience, min_lr=min_lr)
-    res = TrainResult()
-    best_state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
-    start_epoch, bad_epochs = 0, 0
-    ck = Path(checkpoint) if checkpoint else None
-    if ck is not None and resume and ck.exists():
-        s = torch.load(ck, map_location="cpu", weights_only=True)
-        if s.get("n_frames") != M:
-            raise InputError(f"{ck}: checkpoint was made with {s.get('n_frames')} frames, the data has {M}")
-        model.net.load_state_dict(s["potential"]["net_state"])
-        opt.load_state_dict(s["optimizer"])
-        sched.load_state_dict(s["scheduler"])
-        perm = s["perm"].numpy()
-        best_state = s["best_net"]
-        res = TrainResult(**s["history"])
-        start_epoch, bad_epochs = int(s["epoch"]) + 1, int(s["bad_epochs"])
-    tr, va = torch.from_numpy(perm[n_val:]), torch.from_numpy(perm[:n_val])
-    res.n_train, res.n_val = len(tr), len(va)
-    g = torch.Generator().manual_seed(seed + 1000 * start_epoch)
-    if np.isnan(res.prior_val_rmse):
-        res.prior_val_rmse = float(torch.sqrt((dF[va] ** 2).mean()))
-    t_start = time.perf_counter()
-    model.train()
-    for epoch in range(start_epoch, epochs):
-        if bad_epochs >= patience:
-            res.stopped_early = True
-            break
-        t0 = time.perf_counter()
-        order = tr[torch.randperm(len(tr), generator=g)]
-        se, cnt = 0.0, 0
-        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False, mininterval=1.0)
-        for s in bar:
-            idx = order[s:s + batch_size]
-            x = Rt[idx].to(device).requires_grad_(True)
-            (grad,) = torch.autograd.grad(model.net(x).sum(), x, create_graph=True)
-            loss = ((-grad - dF[idx].to(device)) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            se += float(loss.detach()) * idx.numel()
-            cnt += idx.numel()
-        v_rmse, v_mae = _eval(model, Rt[va], dF[va], 4 * batch_size, device)
-        sched.step(v_rmse)
-        res.train_rmse.append(float(np.sqrt(se / cnt)))
-        res.val_rmse.append(v_rmse)
-        res.val_mae.append(v_mae)
-        res.lr.append(float(opt.param_groups[0]["lr"]))
-        res.epoch_seconds.append(time.perf_counter() - t0)
-        if v_rmse < res.best_val_rmse - 1e-6:
-            res.best_val_rmse, res.best_epoch, bad_epochs = v_rmse, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
-        else:
-            bad_epochs += 1
-        if progress:
-            print(f"epoch {epoch + 1}: train RMSE {res.train_rmse[-1]:.4f}  val RMSE {v_rmse:.4f}  "
-                  f"MAE {v_mae:.4f} kcal/mol/Å  lr {res.lr[-1]:.1e}  {res.epoch_seconds[-1]:.1f} s", flush=True)
-        if ck is not None:
-            with atomic_path(ck) as tmp:
-                torch.save({"potential": model.state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "perm": torch.from_numpy(perm), "best_net": best_state, "history": res.as_dict(),
-                            "epoch": epoch, "bad_epochs": bad_epochs, "n_frames": M}, tmp)
-        if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-            break
-    model.net.load_state_dict(best_state)
+    module = ForceMatching(model.net, lr, weight_decay, lr_factor, lr_patience, min_lr)
+    cfg = TrainerConfig(max_epochs=epochs, patience=patience, min_delta=1e-6, monitor="val_rmse", checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every, resume=resume, log_dir=log_dir, progress=progress,
+                        device=device, accelerator=accelerator, devices=devices, strategy=strategy,
+                        num_nodes=num_nodes, max_seconds=max_seconds, seed=seed)
+    signature = {"n_frames": M, "n_train": len(tr), "n_val": len(va), "n_beads": int(model.n_beads)}
+    module.potential = model
+    fit(module, loader((Rt, dF), tr, batch_size, shuffle=True, seed=seed),
+        loader((Rt, dF), va, 4 * batch_size, shuffle=False, pad=False), cfg, signature=signature)
+    model.to(device)
     model.eval()
+    h = module.history
+    res = TrainResult(train_rmse=[r.get("train_rmse", float("nan")) for r in h],
+                      val_rmse=[r.get("val_rmse", float("nan")) for r in h],
+                      val_mae=[r.get("val_mae", float("nan")) for r in h], lr=[r["lr"] for r in h],
+                      epoch_seconds=[r["seconds"] for r in h], best_epoch=module.best_epoch,
+                      best_val_rmse=module.best_value, prior_val_rmse=float(torch.sqrt((dF[va].double() ** 2).mean())),
+                      stopped_early=bool(module.stopped_early), n_train=len(tr), n_val=len(va))
     return res
+
