@@ -99,6 +99,16 @@ def test_kernel_sigma_grid_on_workers_equals_serial(client, ethanol):
     np.testing.assert_allclose(Eb, Ea, rtol=0, atol=1e-8)
 
 
+def test_scheduler_address_connects_to_a_running_cluster(client):
+    """A scheduler address (as for a cluster spanning machines) connects, runs, and leaves the cluster up."""
+    address = client.scheduler.address
+    assert address.startswith("tcp://")
+    assert map_blocks(_replica_group, [7], client=address, progress=False)[0].shape == (10, 3, 2, 3)
+    with dask_client(address) as other:
+        assert len(other.scheduler_info()["workers"]) == 2
+    assert other.status == "closed" and client.status == "running"
+
+
 def test_chunks_and_bad_input():
     assert [(s.start, s.stop) for s in chunks(7, 3)] == [(0, 3), (3, 6), (6, 7)]
     assert map_blocks(abs, [-2, 3, -4], client=None, progress=False) == [2, 3, 4]
