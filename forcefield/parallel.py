@@ -75,25 +75,33 @@ def dask_client(client: ClientLike = None, n_workers: int | None = None, threads
         c.close()
 
 
-def map_blocks(fn: Callable[[Any], Any], items: Sequence[Any], client: ClientLike = None,
-               progress: bool = True, desc: str = "blocks", n_workers: int | None = None) -> list[Any]:
+def map_blocks(fn: Callable[..., Any], items: Sequence[Any], client: ClientLike = None,
+               progress: bool = True, desc: str = "blocks", n_workers: int | None = None,
+               common: Any = None) -> list[Any]:
     """``[fn(item) for item in items]``, on Dask workers when ``client`` is given; results in input order.
 
     Every item is one task (make items coarse: a chunk of frames, a group of replicas, one σ).
     ``fn`` must be deterministic for the results to equal the serial ones; it must be importable on the
     workers. A failing task raises its exception here. ``progress`` shows a tqdm bar (per finished item).
+    ``common``: data every task needs (training arrays, a model); then ``fn(item, common)`` is called, and
+    on a cluster ``common`` is sent to each worker once instead of with every task.
     """
     from tqdm.auto import tqdm
 
     items = list(items)
     with dask_client(client, n_workers) as c:
         if c is None:
-            return [fn(it) for it in tqdm(items, desc=desc, disable=not progress, mininterval=1.0)]
+            args = ((it,) if common is None else (it, common) for it in items)
+            return [fn(*a) for a in tqdm(args, total=len(items), desc=desc, disable=not progress, mininterval=1.0)]
         if not items:
             return []
         from distributed import as_completed
 
-        futures = c.map(fn, items, pure=False)
+        shared = None if common is None else c.scatter([common], broadcast=True)[0]
+        if common is None:
+            futures = c.map(fn, items, pure=False)
+        else:
+            futures = c.map(_with_common, items, fn=fn, common=shared, pure=False)
         bar = tqdm(total=len(futures), desc=desc, disable=not progress, mininterval=1.0)
         try:
             for _ in as_completed(futures):
@@ -101,8 +109,12 @@ def map_blocks(fn: Callable[[Any], Any], items: Sequence[Any], client: ClientLik
             return c.gather(futures)
         finally:
             bar.close()
-            for f in futures:
+            for f in futures + ([] if shared is None else [shared]):
                 f.release()
+
+
+def _with_common(item: Any, fn: Callable[..., Any], common: Any) -> Any:
+    return fn(item, common)
 
 
 def chunks(n: int, chunk_size: int) -> list[slice]:
@@ -113,9 +125,13 @@ def chunks(n: int, chunk_size: int) -> list[slice]:
 
 
 # ----------------------------------------------------------------------------- kernel σ grid
-def _fit_sigma(task: tuple) -> tuple[float, float, dict, dict]:
+def _fit_sigma(sigma: float, data: tuple) -> tuple[float, float, dict, dict]:
     """Worker side of :func:`sigma_grid`: fit one σ, score on the validation frames (force MAE)."""
-    model, sigma, R, z, F, E, Rv, Fv = task
+    import copy
+
+    proto, R, z, F, E, Rv, Fv = data
+    model = copy.copy(proto)
+    model.info = {}
     model._fit_one(R, z, F, E, float(sigma))
     _, Fp = model.predict(Rv)
     return float(sigma), float(np.abs(Fp - Fv).mean()), model._state(), dict(model.info)
@@ -128,9 +144,9 @@ def sigma_grid(model, R: np.ndarray, z: np.ndarray, F: np.ndarray, E: np.ndarray
 
     Parameters
     ----------
-    model : an (unfitted) :class:`~forcefield.kernel.KernelForceField` whose settings every fit uses; it is
-        copied to the workers and not changed here. Its PCG checkpoint is not used on workers (the fits would
-        share one file).
+    model : a :class:`~forcefield.kernel.KernelForceField` whose settings every fit uses; it is copied to
+        the workers and not changed here. Its PCG checkpoint is not used on workers (the fits would share
+        one file).
     R, z, F, E : training geometries (M, N, 3) Å, atomic numbers, forces kcal/mol/Å, energies or None.
     Rv, Fv : validation geometries and forces.
     sigmas : kernel widths to try.
@@ -147,8 +163,9 @@ def sigma_grid(model, R: np.ndarray, z: np.ndarray, F: np.ndarray, E: np.ndarray
         raise InputError("sigma_grid: no σ values to try")
     proto = copy.copy(model)
     proto.checkpoint, proto.progress, proto.info = None, False, {}
-    tasks = [(proto, float(s), R, z, F, E, Rv, Fv) for s in sigmas]
-    results = map_blocks(_fit_sigma, tasks, client, progress=progress, desc="σ grid", n_workers=n_workers)
+    data = (proto, R, z, F, E, Rv, Fv)
+    results = map_blocks(_fit_sigma, [float(s) for s in sigmas], client, progress=progress, desc="σ grid",
+                         n_workers=n_workers, common=data)
     scores = {s: mae for s, mae, _, _ in results}
     s, mae, state, info = min(results, key=lambda r: r[1])
     return scores, (mae, s, state, info)

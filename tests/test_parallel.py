@@ -104,6 +104,7 @@ def test_scheduler_address_connects_to_a_running_cluster(client):
     address = client.scheduler.address
     assert address.startswith("tcp://")
     assert map_blocks(_replica_group, [7], client=address, progress=False)[0].shape == (10, 3, 2, 3)
+    assert map_blocks(pow, [2, 3, 4], client=address, progress=False, common=3) == [8, 27, 64]
     with dask_client(address) as other:
         assert len(other.scheduler_info()["workers"]) == 2
     assert other.status == "closed" and client.status == "running"
@@ -112,6 +113,7 @@ def test_scheduler_address_connects_to_a_running_cluster(client):
 def test_chunks_and_bad_input():
     assert [(s.start, s.stop) for s in chunks(7, 3)] == [(0, 3), (3, 6), (6, 7)]
     assert map_blocks(abs, [-2, 3, -4], client=None, progress=False) == [2, 3, 4]
+    assert map_blocks(pow, [2, 3, 4], client=None, progress=False, common=2) == [4, 9, 16]
     with pytest.raises(InputError):
         chunks(5, 0)
     with pytest.raises(InputError, match="address"):
