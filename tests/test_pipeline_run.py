@@ -54,7 +54,7 @@ def test_crash_midway_resumes_from_finished_stages(tmp_path, monkeypatch):
     logs: list[str] = []
     run_pipeline(quick=True, out=tmp_path, progress=False, log=logs.append, stop_after="cg_train")
     skipped = [line.split("]")[0][1:] for line in logs if "skipped" in line]
-    assert skipped == ["aa_sampling", "labels", "kernel_train", "kernel_md", "mapping"]
+    assert skipped == ["aa_sampling", "labels", "kernel_train", "kernel_md", "kernel_check", "mapping"]
     assert (tmp_path / "cg_potential.pt").exists()
 
 
