@@ -44,14 +44,16 @@ import numpy as np
 from forcefield.elements import COVALENT_RADII
 from forcefield.errors import InputError
 from forcefield.geometry import kabsch_rmsd
-from forcefield.topology import automorphisms, bonds_from_adjacency, graph_distances, restrict_perms
+from forcefield.topology import (automorphism_count, bonds_from_adjacency, expand_terminal, graph_distances,
+                                 restrict_perms, skeleton_automorphisms, terminal_groups)
 
 __all__ = ["adjacency", "as_frames", "bond_graph_scores", "clash_counts", "compute_metrics", "cov_mat",
            "diversity", "energies", "kabsch_rmsd", "sample_spread", "symmetry_rmsd"]
 
 
 def symmetry_rmsd(gen: np.ndarray, ref: np.ndarray, perms: np.ndarray | None = None,
-                  atoms: np.ndarray | None = None) -> np.ndarray:
+                  atoms: np.ndarray | None = None, groups: list[np.ndarray] | None = None,
+                  n_iter: int = 20) -> np.ndarray:
     """Symmetry-aware aligned RMSD (Å): ``min_p kabsch_rmsd(gen[..., p, :], ref)`` over permutations p.
 
     Parameters
@@ -60,6 +62,11 @@ def symmetry_rmsd(gen: np.ndarray, ref: np.ndarray, perms: np.ndarray | None = N
     perms : (P, N) permutations of equivalent atoms (graph automorphisms,
         :func:`forcefield.topology.automorphisms`); None gives the plain aligned RMSD.
     atoms : restrict to these atoms (e.g. heavy atoms); every permutation must map them onto themselves.
+    groups : terminal sets (:func:`forcefield.topology.terminal_groups`) whose atoms may also be exchanged,
+        for when the whole group is too large to list (then ``perms`` are the skeleton automorphisms).
+        For each p, alignment and the best assignment within every set alternate until the assignment stops
+        changing (each step lowers the RMSD): exact for structures near the reference, an upper bound
+        otherwise.
     """
     gen = np.asarray(gen, dtype=float)
     ref = np.asarray(ref, dtype=float)
@@ -72,13 +79,51 @@ def symmetry_rmsd(gen: np.ndarray, ref: np.ndarray, perms: np.ndarray | None = N
     if atoms is not None:
         atoms = np.asarray(atoms, dtype=int)
         perms = restrict_perms(perms, atoms)
+        if groups:
+            pos = np.full(n, -1)
+            pos[atoms] = np.arange(len(atoms))
+            inside = [pos[g] for g in groups if (pos[g] >= 0).any()]
+            if any((g < 0).any() for g in inside):
+                raise InputError("a terminal group lies partly outside the selected atoms")
+            groups = inside
         gen, ref = gen[..., atoms, :], ref[..., atoms, :]
+    if groups:
+        gen, ref = np.broadcast_arrays(gen, ref)
+        shape = gen.shape[:-2]
+        G, Q = gen.reshape(-1, *gen.shape[-2:]), ref.reshape(-1, *ref.shape[-2:])
+        best = np.min([_assign_groups(G[:, p], Q, groups, n_iter) for p in perms], axis=0)
+        return best.reshape(shape)
     best = kabsch_rmsd(gen, ref)
     ident = np.arange(gen.shape[-2])
     for p in perms:
         if not np.array_equal(p, ident):
             best = np.minimum(best, kabsch_rmsd(gen[..., p, :], ref))
     return best
+
+
+def _assign_groups(X: np.ndarray, Q: np.ndarray, groups: list[np.ndarray], n_iter: int) -> np.ndarray:
+    """Aligned RMSD (B,) of X (B, N, 3) onto Q after alternating alignment / best assignment in each group."""
+    from itertools import permutations
+
+    B, N = X.shape[:2]
+    cur = np.tile(np.arange(N), (B, 1))
+    local = {k: np.array(list(permutations(range(k)))) for k in {len(g) for g in groups}}
+    rows = np.arange(B)[:, None]
+    for _ in range(n_iter):
+        Xc = X[rows, cur]
+        pc, qc = Xc.mean(1, keepdims=True), Q.mean(1, keepdims=True)
+        U, _, Vt = np.linalg.svd(np.einsum("kni,knj->kij", Xc - pc, Q - qc))
+        U[:, :, -1] *= np.sign(np.linalg.det(U) * np.linalg.det(Vt))[:, None]
+        Y = np.einsum("kni,kij->knj", X - pc, U @ Vt) + qc  # every atom of X, aligned as the current order
+        new = cur.copy()
+        for g in groups:
+            cand = g[local[len(g)]]                                     # (m, k) atoms of X to put at g
+            cost = ((Y[:, cand] - Q[:, None, g]) ** 2).sum((-1, -2))    # (B, m)
+            new[:, g] = cand[np.argmin(cost, axis=1)]
+        if np.array_equal(new, cur):
+            break
+        cur = new
+    return kabsch_rmsd(X[rows, cur], Q)
 
 
 def adjacency(R: np.ndarray, z: np.ndarray, scale: float = 1.3) -> np.ndarray:
@@ -159,11 +204,11 @@ def diversity(gen: np.ndarray, ref: np.ndarray) -> float:
 
 
 def cov_mat(gen: np.ndarray, ref: np.ndarray, threshold: float = 0.5, atoms: np.ndarray | None = None,
-            max_ref: int = 500, max_gen: int = 2000, seed: int = 0, perms: np.ndarray | None = None
-            ) -> tuple[float, float]:
+            max_ref: int = 500, max_gen: int = 2000, seed: int = 0, perms: np.ndarray | None = None,
+            groups: list[np.ndarray] | None = None) -> tuple[float, float]:
     """ConfVAE coverage and matching (recall): gen (G, N, 3), ref (M, N, 3); random subsets above the caps.
 
-    ``perms`` (P, N): equivalent-atom permutations for a symmetry-aware RMSD (see :func:`symmetry_rmsd`).
+    ``perms``, ``groups``: equivalent atoms for a symmetry-aware RMSD (see :func:`symmetry_rmsd`).
     """
     rng = np.random.default_rng(seed)
     gen = np.asarray(gen).reshape(-1, *np.shape(gen)[-2:])
@@ -174,7 +219,7 @@ def cov_mat(gen: np.ndarray, ref: np.ndarray, threshold: float = 0.5, atoms: np.
         gen = gen[rng.choice(len(gen), max_gen, replace=False)]
     if len(gen) == 0 or len(ref) == 0:
         raise InputError(f"COV/MAT need generated and reference structures, got {len(gen)} and {len(ref)}")
-    best = np.array([symmetry_rmsd(gen, r[None], perms, atoms).min() for r in ref])
+    best = np.array([symmetry_rmsd(gen, r[None], perms, atoms, groups).min() for r in ref])
     return float((best < threshold).mean()), float(best.mean())
 
 
@@ -207,8 +252,10 @@ def compute_metrics(gen: np.ndarray, ref: np.ndarray, z: np.ndarray, clash_dista
 
     ``ref_bonds``: the reference topology (default: covalent bonds of the first reference frame).
     ``perms``: equivalent-atom permutations (P, N) for the symmetry-aware RMSDs; default the automorphisms
-    of the reference bond graph with element labels (at most ``max_perms``). NaN figures come with their
-    reason in ``nan_reasons``.
+    of the reference bond graph with element labels, all of them when there are at most ``max_perms``
+    (``symmetry_search: "exhaustive"``), else the skeleton automorphisms with the best assignment within
+    terminal sets (``"alternating"``, see :func:`symmetry_rmsd`). NaN figures come with their reason in
+    ``nan_reasons``.
     """
     gen, ref = as_frames(gen, ref)
     z = np.asarray(z)
@@ -217,22 +264,31 @@ def compute_metrics(gen: np.ndarray, ref: np.ndarray, z: np.ndarray, clash_dista
     heavy = np.flatnonzero(z > 1)
     if ref_bonds is None:
         ref_bonds = bonds_from_adjacency(adjacency(ref[0], z))
+    groups = None
     if perms is None:
-        perms = automorphisms(ref_bonds, z, max_perms=max_perms)
+        n_auto = automorphism_count(ref_bonds, z, max_perms)
+        if n_auto <= max_perms:
+            perms = expand_terminal(skeleton_automorphisms(ref_bonds, z), terminal_groups(ref_bonds, z))
+        else:  # too many to list: skeleton automorphisms x best assignment within terminal sets
+            perms = skeleton_automorphisms(ref_bonds, z, max_perms)
+            groups = terminal_groups(ref_bonds, z)
+    else:
+        n_auto = len(perms)
     why: dict[str, str] = {}
     nan = float("nan")
     r_all_plain = kabsch_rmsd(gen, ref[:, None])
-    r_all = symmetry_rmsd(gen, ref[:, None], perms)
+    r_all = symmetry_rmsd(gen, ref[:, None], perms, groups=groups)
     valid, ged = bond_graph_scores(gen, ref, z)
     out: dict[str, Any] = {"n_frames": int(gen.shape[0]), "n_samples": int(gen.shape[1]),
-                           "n_automorphisms": int(len(perms)),
+                           "n_automorphisms": int(n_auto),
+                           "symmetry_search": "exhaustive" if groups is None else "alternating",
                            "rmsd_all": float(r_all.mean()), "rmsd_all_plain": float(r_all_plain.mean()),
                            "rmsd_all_median": float(np.median(r_all)), "valid_ratio": float(valid.mean()),
                            "graph_edit_ratio": _mean(ged, "graph_edit_ratio", "no bonds in the reference", why)}
     if len(heavy):
-        r_heavy = symmetry_rmsd(gen, ref[:, None], perms, heavy)
+        r_heavy = symmetry_rmsd(gen, ref[:, None], perms, heavy, groups)
         valid_h, ged_h = bond_graph_scores(gen, ref, z, heavy)
-        cov, mat = cov_mat(gen, ref, cov_threshold, heavy, perms=perms)
+        cov, mat = cov_mat(gen, ref, cov_threshold, heavy, perms=perms, groups=groups)
         out.update({"rmsd_heavy": float(r_heavy.mean()),
                     "rmsd_heavy_plain": float(kabsch_rmsd(gen[..., heavy, :], ref[:, None, heavy]).mean()),
                     "rmsd_heavy_median": float(np.median(r_heavy)), "valid_ratio_heavy": float(valid_h.mean()),

@@ -141,6 +141,98 @@ def connected_components(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
     return lab
 
 
+def _labels(labels: Sequence[Hashable] | np.ndarray) -> list:
+    return list(np.asarray(labels).tolist()) if isinstance(labels, np.ndarray) else list(labels)
+
+
+def _vf2(nodes: list[int], node_labels: dict, edges: list, limit: int) -> tuple[list[dict], bool]:
+    """Up to ``limit`` label-keeping automorphisms (dicts) of a graph, identity first; and whether capped."""
+    import networkx as nx
+    from networkx.algorithms.isomorphism import GraphMatcher
+
+    G = nx.Graph()
+    G.add_nodes_from((i, {"label": node_labels[i]}) for i in nodes)
+    G.add_edges_from(edges)
+    gm = GraphMatcher(G, G, node_match=lambda a, c: a["label"] == c["label"])
+    out = [{i: i for i in nodes}]
+    for m in gm.isomorphisms_iter():
+        if all(m[i] == i for i in nodes):
+            continue
+        if len(out) >= limit:
+            return out, True
+        out.append(m)
+    return out, False
+
+
+def terminal_groups(bonds: np.ndarray, labels: Sequence[Hashable] | np.ndarray) -> list[np.ndarray]:
+    """Sets of two or more interchangeable terminal atoms: same label, one bond each, to the same atom
+    (methyl and methylene hydrogens, carboxylate oxygens). Every permutation within a set is a graph
+    automorphism, and every automorphism maps sets onto sets."""
+    labels = _labels(labels)
+    nb = neighbours(bonds, len(labels))
+    sets: dict[tuple[int, Hashable], list[int]] = {}
+    for a, nbs in enumerate(nb):
+        if len(nbs) == 1 and len(nb[nbs[0]]) > 1:
+            sets.setdefault((nbs[0], labels[a]), []).append(a)
+    return [np.array(g, dtype=int) for _, g in sorted(sets.items(), key=lambda kv: kv[1][0]) if len(g) > 1]
+
+
+def skeleton_automorphisms(bonds: np.ndarray, labels: Sequence[Hashable] | np.ndarray, max_perms: int = 1000,
+                           warn: bool = True) -> np.ndarray:
+    """Automorphisms of the graph with each :func:`terminal_groups` set folded into its centre, lifted to all
+    atoms (sets mapped onto sets in listed order); (n_perm, n_atoms), identity first.
+
+    Every automorphism is one of these followed by permutations within the terminal sets, so the group has
+    ``len(skeleton) * prod(len(set)!)`` elements (:func:`automorphism_count`) without listing them.
+    """
+    labels = _labels(labels)
+    n = len(labels)
+    b = as_bonds(bonds, n)
+    groups = terminal_groups(b, labels)
+    folded = {int(a) for g in groups for a in g}
+    deco: dict[int, list] = {}
+    by_centre: dict[tuple[int, Hashable], np.ndarray] = {}
+    for g in groups:
+        c = int(neighbours(b, n)[g[0]][0])
+        deco.setdefault(c, []).append((str(labels[g[0]]), len(g)))
+        by_centre[(c, labels[g[0]])] = g
+    nodes = [a for a in range(n) if a not in folded]
+    node_labels = {a: (labels[a], tuple(sorted(deco.get(a, [])))) for a in nodes}
+    edges = [(i, j) for i, j in b.tolist() if i not in folded and j not in folded]
+    maps, capped = _vf2(nodes, node_labels, edges, max_perms)
+    if capped and warn:
+        warnings.warn(f"more than {max_perms} skeleton automorphisms; keeping the first {max_perms}", stacklevel=2)
+    out = np.tile(np.arange(n), (len(maps), 1))
+    for r, m in enumerate(maps):
+        for u, v in m.items():
+            out[r, u] = v
+        for (c, lab), g in by_centre.items():
+            out[r, g] = by_centre[(m[c], lab)]
+    return out
+
+
+def expand_terminal(perms: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Every ``p`` of ``perms`` composed with every permutation within the terminal ``groups``:
+    ``len(perms) * prod(len(g)!)`` rows (from :func:`skeleton_automorphisms`, the whole automorphism group)."""
+    from itertools import permutations
+
+    out = np.asarray(perms, dtype=int)
+    for g in groups:
+        local = np.array([g[list(q)] for q in permutations(range(len(g)))])
+        rep = np.repeat(out, len(local), axis=0)
+        rep[:, g] = out[:, local].reshape(-1, len(g))
+        out = rep
+    return out
+
+
+def automorphism_count(bonds: np.ndarray, labels: Sequence[Hashable] | np.ndarray, max_skeleton: int = 1000) -> int:
+    """Order of the automorphism group (skeleton automorphisms x permutations within terminal sets)."""
+    from math import factorial, prod
+
+    sk = skeleton_automorphisms(bonds, labels, max_skeleton, warn=False)
+    return len(sk) * prod(factorial(len(g)) for g in terminal_groups(bonds, labels))
+
+
 def automorphisms(bonds: np.ndarray, labels: Sequence[Hashable] | np.ndarray, max_perms: int = 1000,
                   warn: bool = True) -> np.ndarray:
     """Graph automorphisms of a labelled bond graph (permutations keeping bonds and labels).
@@ -156,33 +248,16 @@ def automorphisms(bonds: np.ndarray, labels: Sequence[Hashable] | np.ndarray, ma
     (n_perm, n_atoms) int array, the identity first; ``p[i]`` is the atom that atom i is mapped to
     (e.g. the six permutations of a methyl group's hydrogens, the two oxygens of a carboxylate).
     """
-    import networkx as nx
-    from networkx.algorithms.isomorphism import GraphMatcher
-
-    labels = list(np.asarray(labels).tolist()) if isinstance(labels, np.ndarray) else list(labels)
+    labels = _labels(labels)
     n = len(labels)
     b = as_bonds(bonds, n)
     if max_perms < 1:
         raise InputError(f"max_perms must be >= 1, got {max_perms}")
-    G = nx.Graph()
-    G.add_nodes_from((i, {"label": lab}) for i, lab in enumerate(labels))
-    G.add_edges_from(b.tolist())
-    gm = GraphMatcher(G, G, node_match=lambda a, c: a["label"] == c["label"])
-    ident = tuple(range(n))
-    perms = [ident]
-    capped = False
-    for m in gm.isomorphisms_iter():
-        p = tuple(m[i] for i in range(n))
-        if p == ident:
-            continue
-        if len(perms) >= max_perms:
-            capped = True
-            break
-        perms.append(p)
+    maps, capped = _vf2(list(range(n)), dict(enumerate(labels)), b.tolist(), max_perms)
     if capped and warn:
         warnings.warn(f"more than {max_perms} graph automorphisms; keeping the first {max_perms} "
                       "(symmetry-aware figures are then upper bounds)", stacklevel=2)
-    return np.array(perms, dtype=int).reshape(-1, n)
+    return np.array([[m[i] for i in range(n)] for m in maps], dtype=int).reshape(-1, n)
 
 
 def restrict_perms(perms: np.ndarray, atoms: np.ndarray) -> np.ndarray:

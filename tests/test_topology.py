@@ -125,3 +125,25 @@ def test_restrict_perms_and_bad_input():
     with pytest.raises(InputError, match="beyond"):
         neighbours([[0, 5]], 3)
     assert as_bonds([]).shape == (0, 2) and len(angle_triples(np.zeros((0, 2)))) == 0
+
+
+def test_factorised_group_equals_full_enumeration(ala_pdb):
+    """Skeleton automorphisms x permutations within terminal sets give exactly the VF2 automorphisms."""
+    from forcefield.geometry import covalent_bonds
+    from forcefield.topology import automorphism_count, expand_terminal, skeleton_automorphisms, terminal_groups
+    from forcefield.universe import elements_of, open_universe
+
+    assert [g.tolist() for g in terminal_groups(ETHANOL, ETHANOL_Z)] == [[3, 4, 5], [6, 7]]
+    u = open_universe(ala_pdb)
+    z = elements_of(u.atoms)
+    ring = np.array([[i, (i + 1) % 6] for i in range(6)] + [[i, i + 6] for i in range(6)])
+    # acetate-like: C0 (methyl, H 3-5) - C1(=O2)(-O6); two equivalent oxygens on C1
+    acetate = np.array([[0, 1], [1, 2], [0, 3], [0, 4], [0, 5], [1, 6]])
+    cases = [(ETHANOL, ETHANOL_Z, 12, 1), (covalent_bonds(u.atoms.positions.astype(float), z), z, 216, 1),
+             (ring, [6] * 6 + [1] * 6, 12, 12), (acetate, [6, 6, 8, 1, 1, 1, 8], 12, 1)]
+    for b, lab, order, n_skel in cases:
+        sk = skeleton_automorphisms(b, lab)
+        full = expand_terminal(sk, terminal_groups(b, lab))
+        assert len(sk) == n_skel and automorphism_count(b, lab) == order == len(full)
+        assert {tuple(p) for p in full} == {tuple(p) for p in automorphisms(b, lab)}
+        assert np.array_equal(full[0], np.arange(len(lab)))
