@@ -34,11 +34,10 @@ FORMAT = "cgworkbench-backmapper"
 
 def _hosts(mapping: Any, bonds: np.ndarray, R0: np.ndarray) -> np.ndarray:
     """Bead of every atom; atoms in no bead take the bead of the nearest (by bonds, then distance) atom."""
+    from forcefield.topology import neighbours
+
     host = mapping.assignment().copy()
-    adj: list[list[int]] = [[] for _ in range(mapping.n_atoms)]
-    for i, j in bonds:
-        adj[int(i)].append(int(j))
-        adj[int(j)].append(int(i))
+    adj = neighbours(bonds, mapping.n_atoms)
     changed = True
     while changed and (host < 0).any():
         changed = False

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from forcefield.errors import InputError
+from forcefield.stability import bond_lengths, first_unstable_frame, reference_bond_lengths  # noqa: F401
 from forcefield.geometry import angles as _angles
 from forcefield.geometry import dihedrals as _dihedrals
 from forcefield.units import KB_KCAL
@@ -166,11 +167,9 @@ def stability(R: np.ndarray, bonds: np.ndarray, ref_lengths: np.ndarray, thresho
         raise InputError("stability: no bonds, so the bond-deviation rule cannot be applied")
     if np.size(ref_lengths) != len(b):
         raise InputError(f"stability: {np.size(ref_lengths)} reference lengths for {len(b)} bonds")
-    r = np.linalg.norm(R[:, b[:, 1]] - R[:, b[:, 0]], axis=-1)
-    dev = np.abs(r - np.asarray(ref_lengths, dtype=float)[None])
+    k = first_unstable_frame(R, b, ref_lengths, threshold)
+    dev = np.abs(bond_lengths(R, b) - np.asarray(ref_lengths, dtype=float)[None])
     thr = np.broadcast_to(np.asarray(threshold, dtype=float), dev.shape[1:])
-    bad = ~np.isfinite(dev).all(1) | (np.nan_to_num(dev, nan=np.inf) > thr).any(1)
-    k = int(np.argmax(bad)) if bad.any() else None
     if k is None and n_expected is not None and len(R) < n_expected:
         k = len(R)
     good = dev[: (k if k is not None else len(dev))]
@@ -178,10 +177,6 @@ def stability(R: np.ndarray, bonds: np.ndarray, ref_lengths: np.ndarray, thresho
             "max_deviation": float(good.max()) if good.size else float("nan"),
             "threshold": thr.tolist() if thr.ndim else float(thr)}
 
-
-def reference_bond_lengths(R: np.ndarray, bonds: np.ndarray) -> np.ndarray:
-    """Mean length (Å) of every bond over reference frames."""
-    return internal_coordinates(R, bonds)["bonds"].mean(0)
 
 
 # ----------------------------------------------------------------------------- h(r)
