@@ -73,7 +73,8 @@ def _module_class() -> type:
     class BackmapModule(TrainModule):
         """Lightning module of the backmapping VAE: loss schedule per global step, validation on the posterior mean."""
 
-        def __init__(self, model: torch.nn.Module, loss_fn: BackmapLoss, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        def __init__(self, model: torch.nn.Module, loss_fn: BackmapLoss, cfg: TrainConfig,
+                     steps_per_epoch: int) -> None:
             super().__init__()
             self.model, self.loss_fn, self.cfg = model, loss_fn, cfg
             self.steps_per_epoch = steps_per_epoch
@@ -84,9 +85,11 @@ def _module_class() -> type:
         def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
             c, total = self.cfg, self.total
             opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: (c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / c.lr)
-            return opt, sched, "step"
+
+            def cosine(s: int) -> float:
+                return (c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / c.lr
+
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine), "step"
 
         def train_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, dict]:
             r, x = batch
@@ -139,9 +142,10 @@ def _module_class() -> type:
 def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: np.ndarray,
                 cfg: TrainConfig, device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
                 resume: bool = True, progress: bool = True, extra: dict | None = None,
-                checkpoint_every: int = 1, lengths: Sequence[int] | None = None, log_dir: str | os.PathLike | None = None,
+                checkpoint_every: int = 1, lengths: Sequence[int] | None = None,
+                log_dir: str | os.PathLike | None = None,
                 devices: Any = None, accelerator: str | None = None, strategy: Any = "auto",
-                num_nodes: int = 1) -> History:
+                num_nodes: int = 1, stop_after: int | None = None) -> History:
     """Fit ``model`` to atoms R (M, N, 3) and beads X (M, n, 3) (Å).
 
     Parameters
@@ -153,6 +157,7 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
     extra : JSON-able dict stored in the checkpoint (e.g. the mapping and model config).
     lengths : frames of each trajectory (replica), in order; the last ``cfg.val_fraction`` of each validates.
     log_dir : folder for ``metrics.csv``. devices, accelerator, strategy, num_nodes : Lightning settings.
+    stop_after : end this call after this many epochs in all (the schedules still span ``cfg.epochs``).
 
     Returns
     -------
@@ -170,7 +175,8 @@ def train_model(model: torch.nn.Module, loss_fn: BackmapLoss, R: np.ndarray, X: 
     tcfg = TrainerConfig(max_epochs=cfg.epochs, patience=None, monitor="val_rmsd_post", restore_best=False,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, log_dir=log_dir,
                          progress=progress, device=device, accelerator=accelerator, devices=devices,
-                         strategy=strategy, num_nodes=num_nodes, grad_clip=cfg.grad_clip, seed=cfg.seed)
+                         strategy=strategy, num_nodes=num_nodes, grad_clip=cfg.grad_clip, seed=cfg.seed,
+                         stop_after=stop_after)
     signature = {"n_frames": M, "n_train": len(tr), "n_val": len(va), "n_atoms": int(Rt.shape[1]),
                  "n_beads": int(Xt.shape[1])}
     payload = {"train_config": json.dumps(cfg.to_dict()), "extra": json.dumps(extra or {}),

@@ -245,7 +245,7 @@ def _learn(data: Any, n_beads: int, *, epochs: int, batch_size: int, lr: float, 
 
 
 def _train_logits(c: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """One autoencoder training run on the shared trainer; returns the final logits (n_beads, groups) and the history."""
+    """One autoencoder training run (shared trainer); returns the final logits (n_beads, groups) and the history."""
     import torch
 
     from .trainer import TrainerConfig, fit, loader

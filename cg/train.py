@@ -168,7 +168,8 @@ def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, ep
     signature = {"n_frames": M, "n_train": len(tr), "n_val": len(va), "n_beads": int(model.n_beads)}
     module.potential = model
     fit(module, loader((Rt, dF), tr, batch_size, shuffle=True, seed=seed),
-        loader((Rt, dF), va, 4 * batch_size, shuffle=False, pad=False), cfg, signature=signature)
+        loader((Rt, dF), va, 4 * batch_size, shuffle=False, pad=False), cfg, signature=signature,
+        find_unused_parameters=True)  # e.g. an energy offset gets no gradient from forces
     model.to(device)
     model.eval()
     h = module.history

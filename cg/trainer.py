@@ -69,6 +69,8 @@ class TrainerConfig:
         strategy="ddp"``; ``num_nodes`` for several machines).
     grad_clip : clip the gradient norm to this value (None: no clipping).
     max_seconds : stop after the epoch during which this wall time (of this call) is passed.
+    stop_after : end this call once this many epochs are done in all (a job's time slice, or an interruption
+        in tests); schedules still span ``max_epochs`` and a later call resumes.
     seed : seeds the per-epoch data order and random draws.
     """
 
@@ -89,6 +91,7 @@ class TrainerConfig:
     num_nodes: int = 1
     grad_clip: float | None = None
     max_seconds: float | None = None
+    stop_after: int | None = None
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,7 +179,7 @@ class _Rows(torch.utils.data.Dataset):
 
 def loader(tensors: Sequence[torch.Tensor], indices: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
            drop_last: bool = False, pad: bool = True) -> torch.utils.data.DataLoader:
-    """DataLoader over ``tensors`` (rows = frames) restricted to ``indices``, batches from :class:`EpochBatchSampler`."""
+    """DataLoader over ``tensors`` (rows = frames) restricted to ``indices``; batches: :class:`EpochBatchSampler`."""
     s = EpochBatchSampler(indices, batch_size, shuffle, seed, drop_last, pad)
     return torch.utils.data.DataLoader(_Rows(tensors), sampler=s, batch_size=None, num_workers=0)
 
@@ -278,10 +281,14 @@ class TrainModule(L.LightningModule):
         return {k: (float(t[i, 0]), float(t[i, 1])) for i, k in enumerate(names)}
 
     def on_train_epoch_start(self) -> None:
-        rank = self.global_rank if self._trainer is not None else 0
-        torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, rank]).generate_state(1)[0]))
         self._t0 = time.perf_counter()
         self._val_record = {}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # random draws of a step (noise, dropout) from the global generator seeded by (seed, epoch, step, rank):
+        # a resumed run draws what an uninterrupted one draws, whatever Lightning's loops draw in between
+        key = [self.seed, self.epoch, batch_idx, self.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, sums = self.train_step(batch, batch_idx)
@@ -453,7 +460,8 @@ def fit(module: TrainModule, train: torch.utils.data.DataLoader, val: torch.util
         module.load_train_state(ck)
         stopped, es_state = bool(ck.get("stopped_early")), ck.get("early_stopping")
     module.stopped_early = stopped
-    remaining = int(cfg.max_epochs) - module.epoch_offset
+    end = int(cfg.max_epochs) if cfg.stop_after is None else min(int(cfg.max_epochs), int(cfg.stop_after))
+    remaining = end - module.epoch_offset
     for dl in (train, val):
         if dl is not None and isinstance(dl.sampler, EpochBatchSampler):
             dl.sampler.offset, dl.sampler.seed = module.epoch_offset, int(cfg.seed)
@@ -469,7 +477,7 @@ def fit(module: TrainModule, train: torch.utils.data.DataLoader, val: torch.util
         if cfg.max_seconds is not None:
             callbacks.append(WallClock(cfg.max_seconds))
         if ck_path is not None:
-            callbacks.append(EpochCheckpoint(ck_path, cfg.checkpoint_every, int(cfg.max_epochs),
+            callbacks.append(EpochCheckpoint(ck_path, cfg.checkpoint_every, end,
                                              {**(payload or {}), "signature": signature}))
         logger: Any = False
         if cfg.log_dir is not None:
