@@ -35,6 +35,28 @@ import torch
 from .descriptor import descriptor, descriptor_permutation, jacobian_apply, jacobian_t_apply
 
 SQRT5 = math.sqrt(5.0)
+GUARD = 1e-6  # squared distances below GUARD * (|x|² + |y|²) are recomputed from the explicit differences
+
+
+def sq_distances(x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor | None = None,
+                 y_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared distances (a, b) between rows of x (a, D) and y (b, D) as one GEMM, |x|² + |y|² - 2 x·y.
+
+    The expansion loses digits where the distance is small against the norms (cancellation): those
+    entries (below ``GUARD`` (|x|² + |y|²); near-duplicate geometries, every training point against
+    itself) are recomputed from the explicit differences, so every entry is accurate to a few ulps of the
+    norms or better (GEMM accumulation error ~ D ε |x||y|).
+    """
+    x_sq = (x * x).sum(1) if x_sq is None else x_sq
+    y_sq = (y * y).sum(1) if y_sq is None else y_sq
+    r2 = torch.addmm(y_sq[None, :], x, y.T, alpha=-2.0).add_(x_sq[:, None])
+    small = r2 < GUARD * (x_sq[:, None] + y_sq[None, :])
+    idx = torch.nonzero(small)
+    if len(idx):
+        i, j = idx[:, 0], idx[:, 1]
+        diff = x[i] - y[j]
+        r2[i, j] = (diff * diff).sum(1)
+    return r2.clamp_min_(0.0)
 
 
 @dataclass
@@ -104,8 +126,7 @@ class DescriptorKernel:
 
     def _profile(self, x: torch.Tensor, x_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """base and r (b, MP) for query descriptors x (b, D)."""
-        r2 = (x_sq[:, None] + self.dp_sq[None, :] - 2.0 * (x @ self.dp.T)).clamp_min_(0.0)
-        r = SQRT5 * r2.sqrt_()
+        r = sq_distances(x, self.dp, x_sq, self.dp_sq).sqrt_().mul_(SQRT5)
         base = torch.exp(-r / self.sigma).mul_(5.0 / (3.0 * self.sigma ** 3))
         return base, r
 
@@ -338,8 +359,7 @@ class HessianKernel(DescriptorKernel):
         na, nb = len(a), len(b)
         P, D = dpb.shape[1], dpb.shape[2]
         dflat = dpb.reshape(nb * P, D)
-        r2 = ((xa * xa).sum(1)[:, None] + (dflat * dflat).sum(1)[None] - 2.0 * (xa @ dflat.T)).clamp_min_(0.0)
-        r = (SQRT5 * r2.sqrt_()).reshape(na, nb, P)
+        r = sq_distances(xa, dflat).sqrt_().mul_(SQRT5).reshape(na, nb, P)
         base = torch.exp(-r / sig) * (5.0 / (3.0 * sig ** 3))
         A = base * (r + sig)
         tW = torch.einsum("bpd,bpdk->bpk", dpb, W)  # (nb, P, 3N)
