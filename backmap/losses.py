@@ -23,27 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-def graph_distances(n_atoms: int, bonds: np.ndarray, max_d: int = 3) -> np.ndarray:
-    """(N, N) number of bonds on the shortest path between atoms, capped at ``max_d`` (``max_d`` = far)."""
-    D = np.full((n_atoms, n_atoms), max_d, dtype=int)
-    np.fill_diagonal(D, 0)
-    adj = [[] for _ in range(n_atoms)]
-    for i, j in np.asarray(bonds, dtype=int).reshape(-1, 2):
-        adj[i].append(j)
-        adj[j].append(i)
-    for s in range(n_atoms):
-        frontier, seen = [s], {s}
-        for d in range(1, max_d):
-            nxt = []
-            for a in frontier:
-                for b in adj[a]:
-                    if b not in seen:
-                        seen.add(b)
-                        D[s, b] = d
-                        nxt.append(b)
-            frontier = nxt
-    return D
+from forcefield.topology import graph_distances
 
 
 @dataclass
@@ -58,7 +38,7 @@ class GeometryTerms:
     @classmethod
     def build(cls, bonds: np.ndarray, R_train: np.ndarray, clash_distance: float = 2.0) -> "GeometryTerms":
         n = R_train.shape[1]
-        D = graph_distances(n, bonds, 3)
+        D = graph_distances(bonds, n, 3)
         iu, ju = np.triu_indices(n, 1)
         g = D[iu, ju]
         pairs = np.stack([iu, ju], 1)
