@@ -89,3 +89,112 @@ def test_bad_inputs_for_engines(tmp_path):
     R[1, 0, 0] = np.nan
     with pytest.raises(InputError, match="frame 1"):
         xtb_energy_forces(R + np.eye(3) * 0.9, np.array([8, 1, 1]), progress=False)
+
+
+# ----------------------------------------------------------------------------- solvents, platforms, REMD
+def _context_ef(system):
+    import openmm
+    import openmm.unit as u
+
+    # Reference: double precision, so central differences over 1e-4 Å resolve the energy
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+
+    def ef(x):
+        ctx.setPositions(x / 10.0)
+        st = ctx.getState(getEnergy=True, getForces=True)
+        return (st.getPotentialEnergy().value_in_unit(u.kilocalorie_per_mole),
+                st.getForces(asNumpy=True).value_in_unit(u.kilocalorie_per_mole / u.angstrom))
+
+    return ef
+
+
+def test_implicit_solvents_give_gradient_forces(ala_pdb, ala_md):
+    from forcefield.reference.openmm_md import build_system
+
+    r = ala_md.R[11].copy()
+    out = {}
+    for solvent, fast in [("obc2", True), ("obc2", False), ("gbn2", True)]:
+        system, mds = build_system(ala_pdb, solvent, fast_gb=fast)
+        assert mds.solute.tolist() == list(range(22)) and not mds.explicit
+        ef = _context_ef(system)
+        _fd_check(ef, r, [(0, 0), (8, 1), (14, 2), (19, 0)], h=1e-4)
+        out[(solvent, fast)] = ef(r)
+    # the native GBSAOBCForce is the same model as amber14's implicit/obc2.xml CustomGBForce
+    (e1, f1), (e2, f2) = out[("obc2", True)], out[("obc2", False)]
+    assert e1 == pytest.approx(e2, abs=1e-3) and np.abs(f1 - f2).max() < 1e-3
+    assert abs(out[("gbn2", True)][0] - e1) > 0.1  # a different GB model
+
+
+def test_explicit_solvent_keeps_solute_atoms_and_total_forces(ala_pdb):
+    from forcefield.reference import openmm_energy_forces, run_openmm_md
+
+    ds = run_openmm_md(ala_pdb, n_frames=2, save_every=5, solvent="tip3p", equilibration_steps=0, minimize=50,
+                       progress=False, seed=3)
+    assert ds.R.shape == (2, 22, 3) and ds.F.shape == (2, 22, 3) and ds.E is None
+    assert np.isfinite(ds.F).all() and np.isfinite(ds.extra["box_energy"]).all()
+    assert ds.extra["box_energy"].max() < -1000.0  # ~700 waters: thousands of kcal/mol below zero
+    co = np.linalg.norm(ds.R[:, 4] - ds.R[:, 5], axis=-1)  # ACE C=O: molecule kept whole (no wrapping)
+    assert ((co > 1.1) & (co < 1.4)).all()
+    # the saved forces include the water's pull: they differ from the solute's own (vacuum) forces
+    _, f_vac = openmm_energy_forces(ala_pdb, ds.R)
+    assert np.sqrt(((ds.F - f_vac) ** 2).mean()) > 1.0
+    assert np.abs(f_vac.sum(1)).max() < 1e-2 < np.abs(ds.F.sum(1)).max()  # net solvent force on the solute
+
+
+def test_platform_choice_and_errors(ala_pdb, tmp_path):
+    from forcefield.reference import run_openmm_md
+    from forcefield.reference.openmm_md import _platform, build_system
+
+    vac, _ = build_system(ala_pdb, "vacuum")
+    gb, _ = build_system(ala_pdb, "gbn2")
+    assert _platform("auto", 22, vac).getName() == "Reference"  # tiny vacuum systems
+    assert _platform(None, 22, gb).getName() in ("CUDA", "OpenCL", "CPU")  # never Reference with GB
+    assert _platform(None, 500, vac).getName() in ("CUDA", "OpenCL", "CPU")
+    with pytest.raises(InputError, match="platform 'Nope' is not available"):
+        _platform("Nope")
+    with pytest.raises(InputError, match="unknown constraints"):
+        run_openmm_md(ala_pdb, n_frames=1, constraints="some", progress=False)
+
+
+def test_replica_exchange_keeps_every_temperature_canonical():
+    """Exact Boltzmann samples of harmonic oscillators at four temperatures stay canonical after exchange
+    sweeps (detailed balance of the Metropolis swap rule); always swapping would not."""
+    from forcefield.reference.openmm_remd import exchange_probability, exchange_sweep, geometric_temperatures
+    from forcefield.units import kT
+
+    T = geometric_temperatures(300.0, 700.0, 4)
+    assert T[0] == pytest.approx(300.0) and T[-1] == pytest.approx(700.0) and np.allclose(T[1:] / T[:-1], T[1] / T[0])
+    beta, k = 1.0 / np.array([kT(t) for t in T]), 2.0  # U = k/2 x^2 (kcal/mol, Å)
+    rng = np.random.default_rng(0)
+    M = 20000
+    x = rng.normal(size=(M, 4)) / np.sqrt(beta * k)
+    acc = np.zeros(3)
+    for sweep in range(4):
+        for m in range(M):
+            perm, a = exchange_sweep(beta, 0.5 * k * x[m] ** 2, rng, sweep % 2)
+            x[m] = x[m, perm]
+            acc += a
+    var = (x**2).mean(0)
+    np.testing.assert_allclose(var, 1.0 / (beta * k), rtol=0.04)
+    assert (acc > 0).all() and (acc < 2 * M).all()
+    swapped_always = (x[:, [1, 0, 3, 2]] ** 2).mean(0)  # what a rule that always swaps would leave
+    assert abs(swapped_always[0] / var[0] - 1) > 0.15
+    assert exchange_probability(1.0, 0.5, 3.0, 1.0) == 1.0  # colder slot gets the lower energy: always
+    assert exchange_probability(1.0, 0.5, 1.0, 3.0) == pytest.approx(np.exp(-1.0))
+
+
+def test_remd_and_hot_start_runs(ala_pdb):
+    from forcefield.reference import openmm_energy_forces, run_openmm_md, run_openmm_remd
+
+    ds = run_openmm_remd(ala_pdb, temperatures=(300.0, 450.0), n_frames=6, save_every=20, equilibration_steps=100,
+                         progress=False)
+    assert ds.R.shape == (6, 22, 3) and "REMD 300/450" in ds.theory
+    e, f = openmm_energy_forces(ala_pdb, ds.R)
+    np.testing.assert_allclose(ds.E, e, atol=1e-3)
+    np.testing.assert_allclose(ds.F, f, atol=1e-3)
+    assert 0.0 <= ds.extra["acceptance"][0] <= 1.0 and set(ds.extra["origin"].tolist()) <= {0, 1}
+    hot = run_openmm_md(ala_pdb, n_frames=2, save_every=10, equilibration_steps=100, hot_start_K=600.0, replicas=2,
+                        progress=False)
+    assert hot.R.shape == (4, 22, 3) and hot.extra["replica"].tolist() == [0, 0, 1, 1]
+    with pytest.raises(InputError, match="increasing"):
+        run_openmm_remd(ala_pdb, temperatures=(400.0, 300.0), progress=False)

@@ -12,19 +12,29 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     g = add_group(sub, name, help_)
 
     p = g.add_parser("md", help="Langevin MD of a PDB with OpenMM amber14; saves R, F, E (.npz)",
-                     description="Langevin MD of a PDB system with OpenMM (amber14, vacuum or OBC2); writes an "
-                                 "sGDML-format dataset with positions (Å), forces (kcal/mol/Å), energies (kcal/mol).")
+                     description="Langevin MD of a PDB system with OpenMM (amber14; vacuum, OBC2/GBn2 implicit or TIP3P "
+                                 "explicit solvent); writes an sGDML-format dataset with positions (Å), forces "
+                                 "(kcal/mol/Å), energies (kcal/mol). Explicit solvent: solute atoms only, with their "
+                                 "total forces (water included), no energies.")
     p.add_argument("pdb", nargs="?", default=None, help="PDB file (default: the shipped alanine dipeptide)")
     p.add_argument("-o", "--out", default="aa_md.npz", help="output .npz (default: %(default)s)")
     p.add_argument("-n", "--frames", type=int, default=1000, help="frames to save (default: %(default)s)")
     p.add_argument("--save-every", type=int, default=100, help="MD steps between frames (default: %(default)s)")
-    p.add_argument("--dt", type=float, default=1.0, help="time step in fs (default: %(default)s)")
+    p.add_argument("--dt", type=float, default=None, help="time step in fs (default: 1, or 2 in explicit solvent)")
     p.add_argument("-T", "--temperature", type=float, default=300.0, help="K (default: %(default)s)")
     p.add_argument("--friction", type=float, default=1.0, help="1/ps (default: %(default)s)")
-    p.add_argument("--solvent", choices=["vacuum", "obc2"], default="vacuum")
+    p.add_argument("--solvent", choices=["vacuum", "obc2", "gbn2", "tip3p"], default="vacuum")
+    p.add_argument("--constraints", default=None, help="none | hbonds (default: hbonds in tip3p, else none)")
     p.add_argument("--equilibrate", type=int, default=10000, help="steps before the first frame")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--platform", default=None, help="OpenMM platform (default: CUDA if present, else CPU)")
+    p.add_argument("--platform", default=None, choices=["auto", "CUDA", "OpenCL", "CPU", "Reference"],
+                   help="OpenMM platform (default: CUDA if present, else CPU; Reference for tiny vacuum systems)")
+    p.add_argument("--replicas", type=int, default=1, help="independent runs, concatenated (default: 1)")
+    p.add_argument("--hot-start", type=float, default=None, metavar="K",
+                   help="first half of the equilibration at this temperature (diverse replica starts)")
+    p.add_argument("--remd", default=None, metavar="T1,T2,...",
+                   help="temperature replica exchange over these temperatures (K, first = target); frames are "
+                        "saved at the first, an exchange sweep follows every frame")
     add_quiet(p)
     p.set_defaults(func=_md)
 
@@ -79,18 +89,32 @@ def default_pdb() -> Path:
 
 
 def _md(a: argparse.Namespace) -> int:
-    from forcefield.reference import run_openmm_md
+    from forcefield.reference import run_openmm_md, run_openmm_remd
 
     pdb = a.pdb or default_pdb()
+    common = dict(n_frames=a.frames, save_every=a.save_every, timestep_fs=a.dt, friction_per_ps=a.friction,
+                  solvent=a.solvent, equilibration_steps=a.equilibrate, seed=a.seed, platform=a.platform,
+                  progress=not a.quiet, constraints=a.constraints)
     t0 = time.perf_counter()
-    ds = run_openmm_md(pdb, n_frames=a.frames, save_every=a.save_every, timestep_fs=a.dt, temperature=a.temperature,
-                       friction_per_ps=a.friction, solvent=a.solvent, equilibration_steps=a.equilibrate, seed=a.seed,
-                       platform=a.platform, progress=not a.quiet)
+    if a.remd:
+        try:
+            temps = [float(t) for t in a.remd.split(",")]
+        except ValueError:
+            raise SystemExit(f"--remd {a.remd!r}: expected comma-separated temperatures in K") from None
+        ds = run_openmm_remd(pdb, temperatures=temps, **common)
+        n_copies = len(temps)
+    else:
+        ds = run_openmm_md(pdb, temperature=a.temperature, replicas=a.replicas, hot_start_K=a.hot_start, **common)
+        n_copies = a.replicas
     dt = time.perf_counter() - t0
     ds.save(a.out)
     print(ds.summary())
-    ns = a.frames * a.save_every * a.dt / 1e6
-    print(f"wrote {a.out}: {len(ds)} frames, {ns:.3f} ns simulated in {dt:.1f} s ({ns / dt * 86400:.1f} ns/day)")
+    step_fs = a.dt if a.dt is not None else (2.0 if a.solvent == "tip3p" else 1.0)
+    ns = n_copies * a.frames * a.save_every * step_fs / 1e6
+    print(f"wrote {a.out}: {len(ds)} frames, {ns:.3f} ns simulated (all copies) in {dt:.1f} s "
+          f"({ns / dt * 86400:.1f} ns/day, platform {ds.extra['platform']})")
+    if a.remd:
+        print("exchange acceptance per neighbour pair: " + " ".join(f"{x:.2f}" for x in ds.extra["acceptance"]))
     return 0
 
 

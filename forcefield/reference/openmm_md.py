@@ -1,11 +1,19 @@
-"""Reference all-atom MD with OpenMM (amber14, vacuum or OBC2 implicit solvent).
+"""Reference all-atom MD with OpenMM: amber14 in vacuum, implicit solvent (OBC2, GBn2) or explicit TIP3P water.
 
 OpenMM works in nm, kJ/mol, ps; results are converted here to Å, kcal/mol, kcal/mol/Å, fs.
+
+Explicit solvent: the solute is put in a TIP3P box (``padding_nm`` around it, counter-ions to neutralise),
+with PME electrostatics, HBonds constraints and a 2 fs step by default. The datasets keep the **solute atoms
+only**, with their **total forces** (bonded + solute-solute + solute-solvent): the force a solvent-free CG
+model must match is the mean of exactly this force over the solvent, so force matching on these frames
+gives the potential of mean force of the solute. Energies of a solvated box are not a function of the
+solute's coordinates, so ``E`` is None there (the box energies are kept in ``extra["box_energy"]``).
 """
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +24,30 @@ from ..errors import InputError
 from ..units import ANGSTROM_PER_NM, KCAL_PER_KJ
 
 FORCE_KJ_NM_TO_KCAL_A = KCAL_PER_KJ / ANGSTROM_PER_NM
-SMALL_SYSTEM = 300
-SOLVENTS = {"vacuum": (), "obc2": ("implicit/obc2.xml",)}
+#: vacuum systems up to this many atoms run on the Reference platform by default (faster than CPU there:
+#: ~30k against ~6k steps/s for alanine dipeptide on this machine); implicit solvent never (10x slower)
+SMALL_SYSTEM = 64
+SOLVENTS = {"vacuum": (), "obc2": ("implicit/obc2.xml",), "gbn2": ("implicit/gbn2.xml",),
+            "tip3p": ("amber14/tip3p.xml",)}
+EXPLICIT = ("tip3p",)
+CUTOFF_NM = 1.0  # explicit solvent: real-space cut-off of PME and Lennard-Jones
+PLATFORMS = ("auto", "CUDA", "OpenCL", "CPU", "Reference")
+
+
+@dataclass
+class MDSystem:
+    """An OpenMM system with its topology, start positions (nm) and the solute atom indices."""
+
+    system: Any
+    topology: Any
+    positions: Any
+    solute: np.ndarray
+    solvent: str
+    source: str
+
+    @property
+    def explicit(self) -> bool:
+        return self.solvent in EXPLICIT
 
 
 def _load_pdb(pdb: str | os.PathLike) -> Any:
@@ -32,34 +62,117 @@ def _load_pdb(pdb: str | os.PathLike) -> Any:
         raise InputError(f"{p}: OpenMM could not read this PDB ({e})") from e
 
 
-def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: str = "amber14-all.xml",
-                 constraints: str | None = None) -> tuple[Any, Any]:
-    """OpenMM (System, PDBFile) for a PDB with amber14 in vacuum or OBC2 implicit solvent."""
+def native_obc2(system: Any) -> Any:
+    """Replace amber14's OBC2 ``CustomGBForce`` (implicit/obc2.xml) by OpenMM's native ``GBSAOBCForce``.
+
+    Same model (OBC II: α, β, γ = 1, 0.8, 4.85; offset 0.009 nm; ACE surface term 2.25936 kJ/mol/nm²; ε 1 / 78.5)
+    and the same per-atom radii and scale factors, so energies and forces agree to round-off; about 5x faster
+    on the CPU platform. Returns the system (changed in place).
+    """
+    import openmm
+
+    idx = [k for k, f in enumerate(system.getForces()) if isinstance(f, openmm.CustomGBForce)]
+    if len(idx) != 1:
+        return system
+    g = system.getForce(idx[0])
+    names = [g.getPerParticleParameterName(i) for i in range(g.getNumPerParticleParameters())]
+    if names != ["charge", "or", "sr"] or "4.85*psi^3" not in g.getComputedValueParameters(1)[1]:
+        return system  # not the OBC2 form: keep it
+    nat = openmm.GBSAOBCForce()
+    nat.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
+    nat.setSoluteDielectric(1.0)
+    nat.setSolventDielectric(78.5)
+    for i in range(g.getNumParticles()):
+        q, offset_radius, scaled = g.getParticleParameters(i)
+        nat.addParticle(q, offset_radius + 0.009, scaled / offset_radius)
+    nat.setForceGroup(g.getForceGroup())
+    system.removeForce(idx[0])
+    system.addForce(nat)
+    return system
+
+
+def _constraints(constraints: str | None, explicit: bool) -> Any:
     import openmm.app as app
+
+    key = "auto" if constraints is None and explicit else (constraints or "none")
+    key = str(key).lower()
+    if key == "auto":
+        key = "hbonds" if explicit else "none"
+    table = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "hangles": app.HAngles}
+    if key not in table:
+        raise InputError(f"unknown constraints {constraints!r}; expected auto, none, hbonds, allbonds or hangles")
+    return table[key]
+
+
+def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: str = "amber14-all.xml",
+                 constraints: str | None = None, padding_nm: float = 1.0, ionic_strength_molar: float = 0.0,
+                 fast_gb: bool = True) -> tuple[Any, MDSystem]:
+    """OpenMM (System, :class:`MDSystem`) for a PDB with amber14 in vacuum, implicit or explicit solvent.
+
+    Parameters
+    ----------
+    solvent : ``"vacuum"``, ``"obc2"``, ``"gbn2"`` (generalised Born) or ``"tip3p"`` (water box, PME, 1 nm cut-off).
+    constraints : ``None``/``"none"``, ``"hbonds"``, ... ; ``"auto"``: HBonds in explicit solvent, none
+        otherwise (explicit solvent defaults to ``"auto"`` when None is given).
+    padding_nm, ionic_strength_molar : water between periodic images of the solute (OpenMM's ``padding``;
+        the box is at least 2 cut-offs + 0.2 nm wide), salt in mol/L (ions always neutralise).
+    fast_gb : OBC2 through the native ``GBSAOBCForce`` (:func:`native_obc2`).
+    """
+    import openmm
+    import openmm.app as app
+    import openmm.unit as u
 
     if solvent not in SOLVENTS:
         raise InputError(f"unknown solvent {solvent!r}; expected one of {sorted(SOLVENTS)}")
     pdbf = _load_pdb(pdb)
+    explicit = solvent in EXPLICIT
     ff = app.ForceField(forcefield, *SOLVENTS[solvent])
-    cons = {None: None, "none": None, "hbonds": app.HBonds}[constraints.lower() if constraints else None]
+    cons = _constraints(constraints, explicit)
+    n_solute = pdbf.topology.getNumAtoms()
     try:
-        system = ff.createSystem(pdbf.topology, nonbondedMethod=app.NoCutoff, constraints=cons)
+        if explicit:
+            mod = app.Modeller(pdbf.topology, pdbf.positions)
+            mod.addSolvent(ff, model=solvent, padding=padding_nm * u.nanometer,
+                           ionicStrength=ionic_strength_molar * u.molar, neutralize=True)
+            side = min(v[k].value_in_unit(u.nanometer) for k, v in enumerate(mod.topology.getPeriodicBoxVectors()))
+            if side < 2.0 * CUTOFF_NM + 0.1:  # small solutes: a cube just wide enough for the cut-off
+                mod = app.Modeller(pdbf.topology, pdbf.positions)
+                L = 2.0 * CUTOFF_NM + 0.2
+                mod.addSolvent(ff, model=solvent, boxSize=openmm.Vec3(L, L, L) * u.nanometer,
+                               ionicStrength=ionic_strength_molar * u.molar, neutralize=True)
+            top, pos = mod.topology, mod.positions
+            system = ff.createSystem(top, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF_NM * u.nanometer,
+                                     constraints=cons, rigidWater=True)
+        else:
+            top, pos = pdbf.topology, pdbf.positions
+            system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=cons)
     except ValueError as e:
         raise InputError(f"{pdb}: {forcefield} cannot parametrise this structure ({e})") from e
-    return system, pdbf
+    if solvent == "obc2" and fast_gb:
+        native_obc2(system)
+    return system, MDSystem(system, top, pos, np.arange(n_solute), solvent, str(pdb))
 
 
-def _platform(name: str | None, n_atoms: int = 0) -> Any:
-    """OpenMM platform by name; by default Reference for small systems (it beats CPU/CUDA by far for tens
-    of atoms: ~85k steps/s for alanine dipeptide here against ~2k on CPU), else CUDA, else CPU."""
+def _platform(name: str | None, n_atoms: int = 0, system: Any = None) -> Any:
+    """OpenMM platform by name; ``None``/``"auto"``: Reference for vacuum systems of at most
+    :data:`SMALL_SYSTEM` atoms (it beats the others there), else CUDA, else OpenCL, else CPU. Never Reference
+    for implicit or explicit solvent (its custom GB forces run ~10x slower than on CPU)."""
     import openmm
 
-    if name is not None:
-        return openmm.Platform.getPlatformByName(name)
-    if 0 < n_atoms <= SMALL_SYSTEM:
+    if name is not None and str(name).lower() != "auto":
+        try:
+            return openmm.Platform.getPlatformByName(str(name))
+        except Exception:  # noqa: BLE001 - OpenMMException
+            names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+            raise InputError(f"OpenMM platform {name!r} is not available here; available: {names}") from None
+    plain = system is None or all(f.__class__.__name__ in ("HarmonicBondForce", "HarmonicAngleForce",
+                                                           "PeriodicTorsionForce", "NonbondedForce",
+                                                           "CMMotionRemover", "CustomExternalForce")
+                                  for f in system.getForces())
+    if 0 < n_atoms <= SMALL_SYSTEM and plain:
         return openmm.Platform.getPlatformByName("Reference")
     names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    for pick in ("CUDA", "CPU", "Reference"):
+    for pick in ("CUDA", "OpenCL", "CPU", "Reference"):
         if pick in names:
             return openmm.Platform.getPlatformByName(pick)
     raise RuntimeError("no OpenMM platform available")
@@ -83,14 +196,19 @@ def _pdb_text(topology: Any, positions_nm: Any) -> str:
 
 
 def openmm_energy_forces(pdb: str | os.PathLike, R: np.ndarray, solvent: str = "vacuum",
-                         forcefield: str = "amber14-all.xml", platform: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Energies (kcal/mol) and forces (kcal/mol/Å) of geometries R (M, N, 3) in Å under amber14."""
+                         forcefield: str = "amber14-all.xml", platform: str | None = None,
+                         fast_gb: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Energies (kcal/mol) and forces (kcal/mol/Å) of geometries R (M, N, 3) in Å under amber14 in vacuum or
+    implicit solvent (explicit solvent needs the water too: use :func:`run_openmm_md`, which saves forces)."""
     import openmm
     import openmm.unit as u
 
-    system, pdbf = build_system(pdb, solvent, forcefield)
+    if solvent in EXPLICIT:
+        raise InputError(f"openmm_energy_forces: solvent {solvent!r} needs water coordinates; the forces of "
+                         "explicit-solvent frames are saved by run_openmm_md")
+    system, _ = build_system(pdb, solvent, forcefield, fast_gb=fast_gb)
     R = np.asarray(R, dtype=float).reshape(-1, system.getNumParticles(), 3)
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), _platform(platform, system.getNumParticles()))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), _platform(platform, system.getNumParticles(), system))
     E = np.empty(len(R))
     F = np.empty_like(R)
     for k, r in enumerate(R):
@@ -101,59 +219,134 @@ def openmm_energy_forces(pdb: str | os.PathLike, R: np.ndarray, solvent: str = "
     return E, F
 
 
-def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int = 100, timestep_fs: float = 1.0,
-                  temperature: float = 300.0, friction_per_ps: float = 1.0, solvent: str = "vacuum",
-                  forcefield: str = "amber14-all.xml", equilibration_steps: int = 10000, minimize: bool = True,
-                  seed: int = 0, platform: str | None = None, progress: bool = True) -> Dataset:
+def make_context(mds: MDSystem, temperature: float, friction_per_ps: float, timestep_fs: float, seed: int,
+                 platform: str | None = None, pressure_bar: float | None = None) -> tuple[Any, Any]:
+    """(Context, LangevinMiddleIntegrator) for an :class:`MDSystem`; a Monte Carlo barostat at ``pressure_bar``
+    when the system is periodic."""
+    import openmm
+    import openmm.unit as u
+
+    system = mds.system
+    if pressure_bar is not None and mds.explicit:
+        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+        baro = openmm.MonteCarloBarostat(pressure_bar * u.bar, temperature * u.kelvin, 25)
+        baro.setRandomNumberSeed(int(seed) + 1)
+        system.addForce(baro)
+    integ = openmm.LangevinMiddleIntegrator(temperature * u.kelvin, friction_per_ps / u.picosecond,
+                                           timestep_fs * u.femtosecond)
+    integ.setRandomNumberSeed(int(seed) + 1)  # OpenMM treats seed 0 as "pick one at random"
+    ctx = openmm.Context(system, integ, _platform(platform, system.getNumParticles(), system))
+    ctx.setPositions(mds.positions)
+    return ctx, integ
+
+
+def minimise(ctx: Any, minimize: bool | int, explicit: bool) -> None:
+    """Local energy minimisation: ``True`` (2000 iterations to 1 kJ/mol/nm; explicit solvent 1000 to 10),
+    an iteration count, or ``False`` (none)."""
+    import openmm
+
+    if minimize is False or minimize == 0:
+        return
+    tol, its = (10.0, 1000) if explicit else (1.0, 2000)
+    if minimize is not True:
+        its = int(minimize)
+    openmm.LocalEnergyMinimizer.minimize(ctx, tol, its)
+
+
+def frame(ctx: Any, solute: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Solute positions (Å), their total forces (kcal/mol/Å) and the potential energy (kcal/mol) of a context."""
+    import openmm.unit as u
+
+    st = ctx.getState(getPositions=True, getForces=True, getEnergy=True)
+    R = st.getPositions(asNumpy=True).value_in_unit(u.nanometer)[solute] * ANGSTROM_PER_NM
+    F = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)[solute] * FORCE_KJ_NM_TO_KCAL_A
+    return R, F, st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) * KCAL_PER_KJ
+
+
+def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int = 100,
+                  timestep_fs: float | None = None, temperature: float = 300.0, friction_per_ps: float = 1.0,
+                  solvent: str = "vacuum", forcefield: str = "amber14-all.xml", equilibration_steps: int = 10000,
+                  minimize: bool | int = True, seed: int = 0, platform: str | None = None, progress: bool = True,
+                  constraints: str | None = None, replicas: int = 1, padding_nm: float = 1.0,
+                  pressure_bar: float | None = 1.0, fast_gb: bool = True, hot_start_K: float | None = None) -> Dataset:
     """Langevin MD of a PDB system with OpenMM; returns positions, forces and energies as a :class:`Dataset`.
 
     Parameters
     ----------
-    pdb : PDB file with names amber14 accepts (hydrogens included).
-    n_frames, save_every : frames to save, and MD steps between saved frames.
-    timestep_fs, temperature, friction_per_ps : integrator settings (fs, K, 1/ps). No bond constraints
-        are used, so the saved forces are exactly minus the gradient of the saved energies; keep the time
-        step at 1 fs or below.
-    solvent : ``"vacuum"`` or ``"obc2"`` (OBC2 generalised-Born implicit solvent).
-    equilibration_steps : steps run (after minimisation) before the first saved frame.
-    platform : OpenMM platform name; default Reference for small systems, else CUDA when available, else CPU.
+    pdb : PDB file with names amber14 accepts (hydrogens included; see ``cgwb data build``).
+    n_frames, save_every : frames to save per replica, and MD steps between saved frames.
+    timestep_fs, temperature, friction_per_ps : integrator settings (fs, K, 1/ps). Default step: 1 fs without
+        constraints (vacuum, implicit solvent: the saved forces are then exactly minus the gradient of the
+        saved energies), 2 fs in explicit solvent (HBonds constraints).
+    solvent : ``"vacuum"``, ``"obc2"`` / ``"gbn2"`` (implicit) or ``"tip3p"`` (explicit water, PME, NPT at
+        ``pressure_bar`` unless None). Explicit solvent saves the solute atoms only, with their total
+        forces (solvent contributions included), which is what a solvent-free CG model is fitted to; ``E`` is
+        then None and ``extra["box_energy"]`` holds the potential energy of the whole box.
+    constraints : ``None`` (``"auto"``: HBonds in explicit solvent, none otherwise), ``"none"``, ``"hbonds"``.
+        With constraints the saved forces are still the force-field forces (no constraint forces); map every
+        constrained hydrogen into the bead of its heavy atom (all presets but ``"ca"`` do).
+    equilibration_steps : steps run (after minimisation) before the first saved frame, per replica.
+    minimize : minimise first (True: up to 2000 iterations to 1 kJ/mol/nm, in explicit solvent 1000 to 10), or
+        the number of iterations.
+    hot_start_K : run the first half of the equilibration at this temperature (e.g. 600 K), then cool to
+        ``temperature``: each replica starts from a different, possibly barrier-crossed state (the frames
+        are all at ``temperature``). For a canonical sample across barriers use
+        :func:`forcefield.reference.run_openmm_remd`.
+    replicas : independent runs (seeds ``seed``, ``seed + 1``, ...) from the same start, concatenated in
+        order; ``extra["replica"]`` gives each frame's run (contiguous blocks: split by replica or block).
+    platform : ``None``/``"auto"``, ``"CUDA"``, ``"OpenCL"``, ``"CPU"`` or ``"Reference"`` (see :func:`_platform`).
+    fast_gb : OBC2 through OpenMM's native GBSAOBCForce (same energies, ~5x faster; :func:`native_obc2`).
 
     Returns
     -------
-    Dataset with R (Å), F (kcal/mol/Å), E (kcal/mol); ``extra`` holds ``pdb`` (the topology as PDB text),
-    ``atom_names`` and ``times_fs``.
+    Dataset with R (Å), F (kcal/mol/Å), E (kcal/mol, None in explicit solvent); ``extra`` holds ``pdb`` (the
+    solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica`` and ``platform``.
     """
     import openmm
     import openmm.unit as u
     from tqdm.auto import tqdm
 
-    if n_frames < 1 or save_every < 1:
-        raise InputError(f"n_frames and save_every must be positive, got {n_frames}, {save_every}")
-    system, pdbf = build_system(pdb, solvent, forcefield)
-    z = _elements(pdbf.topology, str(pdb))
-    integ = openmm.LangevinMiddleIntegrator(temperature * u.kelvin, friction_per_ps / u.picosecond,
-                                           timestep_fs * u.femtosecond)
-    integ.setRandomNumberSeed(int(seed) + 1)  # OpenMM treats seed 0 as "pick one at random"
-    ctx = openmm.Context(system, integ, _platform(platform, system.getNumParticles()))
-    ctx.setPositions(pdbf.positions)
-    if minimize:
-        openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 2000)
-    ctx.setVelocitiesToTemperature(temperature * u.kelvin, int(seed) + 1)
-    if equilibration_steps:
-        integ.step(int(equilibration_steps))
-    R = np.empty((n_frames, len(z), 3))
+    if n_frames < 1 or save_every < 1 or replicas < 1:
+        raise InputError(f"n_frames, save_every and replicas must be positive, got {n_frames}, {save_every}, "
+                         f"{replicas}")
+    system, mds = build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb)
+    solute_top = _load_pdb(pdb)
+    z = _elements(solute_top.topology, str(pdb))
+    dt_fs = float(timestep_fs) if timestep_fs is not None else (2.0 if mds.explicit else 1.0)
+    n = len(z)
+    R = np.empty((replicas * n_frames, n, 3))
     F = np.empty_like(R)
-    E = np.empty(n_frames)
-    for k in tqdm(range(n_frames), desc=f"OpenMM MD ({Path(pdb).name})", disable=not progress, mininterval=1.0):
-        integ.step(save_every)
-        st = ctx.getState(getPositions=True, getForces=True, getEnergy=True)
-        R[k] = st.getPositions(asNumpy=True).value_in_unit(u.nanometer) * ANGSTROM_PER_NM
-        F[k] = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) * FORCE_KJ_NM_TO_KCAL_A
-        E[k] = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) * KCAL_PER_KJ
-    names = np.array([a.name for a in pdbf.topology.atoms()])
+    E = np.empty(replicas * n_frames)
+    plat = ""
+    for rep in range(replicas):
+        s = int(seed) + rep
+        ctx, integ = make_context(mds, temperature, friction_per_ps, dt_fs, s, platform, pressure_bar)
+        plat = ctx.getPlatform().getName()
+        minimise(ctx, minimize, mds.explicit)
+        if hot_start_K and equilibration_steps:
+            integ.setTemperature(hot_start_K * u.kelvin)
+            ctx.setVelocitiesToTemperature(hot_start_K * u.kelvin, s + 1)
+            integ.step(int(equilibration_steps) // 2)
+            integ.setTemperature(temperature * u.kelvin)
+            ctx.setVelocitiesToTemperature(temperature * u.kelvin, s + 2)
+            integ.step(int(equilibration_steps) - int(equilibration_steps) // 2)
+        else:
+            ctx.setVelocitiesToTemperature(temperature * u.kelvin, s + 1)
+            if equilibration_steps:
+                integ.step(int(equilibration_steps))
+        desc = f"OpenMM MD ({Path(pdb).name}, {solvent}, {plat})" + (f" {rep + 1}/{replicas}" if replicas > 1 else "")
+        for k in tqdm(range(n_frames), desc=desc, disable=not progress, mininterval=1.0):
+            integ.step(save_every)
+            j = rep * n_frames + k
+            R[j], F[j], E[j] = frame(ctx, mds.solute)
+        del ctx, integ
+    names = np.array([a.name for a in solute_top.topology.atoms()])
+    times = np.tile(np.arange(1, n_frames + 1) * save_every * dt_fs, replicas).astype(np.float64)
+    extra = {"pdb": np.array(_pdb_text(solute_top.topology, solute_top.positions)), "atom_names": names,
+             "times_fs": times, "replica": np.repeat(np.arange(replicas), n_frames), "platform": np.array(plat)}
+    if mds.explicit:
+        extra["box_energy"] = E
     return Dataset(
-        R=R, z=z, E=E, F=F, name=Path(pdb).stem, theory=f"OpenMM {forcefield} {solvent} {temperature:g} K",
-        extra={"pdb": np.array(_pdb_text(pdbf.topology, pdbf.positions)), "atom_names": names,
-               "times_fs": (np.arange(1, n_frames + 1) * save_every * timestep_fs).astype(np.float64)},
-        source=str(pdb),
+        R=R, z=z, E=None if mds.explicit else E, F=F, name=Path(pdb).stem,
+        theory=f"OpenMM {forcefield} {solvent} {temperature:g} K", extra=extra, source=str(pdb),
     )
