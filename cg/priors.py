@@ -30,6 +30,9 @@ from torch import nn
 from forcefield.errors import InputError
 from forcefield.units import kT as kT_of
 
+#: fewest frames a prior term is fitted to
+MIN_SAMPLES = 10
+
 
 # ----------------------------------------------------------------------------- topology
 def angle_triples(bonds: np.ndarray) -> np.ndarray:
@@ -127,20 +130,36 @@ def collinear_damping(x: torch.Tensor, quads: torch.Tensor, start_deg: float = 1
 
 
 # ----------------------------------------------------------------------------- fits (numpy)
-def fit_harmonic(values: np.ndarray, temperature: float, jacobian: str = "none", bins: int = 60) -> tuple[float, float]:
+def _check_samples(v: np.ndarray, what: str, kind: str) -> None:
+    """InputError naming the term (``what``) for too few, non-finite or constant samples."""
+    name = f"{what}: " if what else ""
+    if v.size < MIN_SAMPLES:
+        raise InputError(f"{name}{v.size} frames; a {kind} prior needs at least {MIN_SAMPLES} (the histogram would "
+                         "be empty or a single spike)")
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise InputError(f"{name}value at frame {int(bad[0])} is not finite ({bad.size} of {v.size} frames); "
+                         "beads on top of each other or in a line?")
+    if np.ptp(v) < 1e-9 * max(1.0, float(np.abs(v).max())):
+        raise InputError(f"{name}the same value {float(v[0]):.6g} in all {v.size} frames: a degenerate histogram "
+                         f"(rigid or constrained geometry); no {kind} prior can be fitted, leave the term out")
+
+
+def fit_harmonic(values: np.ndarray, temperature: float, jacobian: str = "none", bins: int = 60,
+                 what: str = "") -> tuple[float, float]:
     """Boltzmann-inverted harmonic fit: returns (k, x0) with U = k/2 (x - x0)^2.
 
     ``jacobian``: ``"r2"`` (bond lengths), ``"sin"`` (angles) or ``"none"``; it is divided out of the
     histogram before inversion. Weighted least squares of a parabola on ``-kT ln p``, weights = counts.
     If the parabola is not a confining well inside the sampled range (or is much broader than the samples),
-    the moments are used instead: ``k = kT / var``, ``x0 = mean``.
+    the moments are used instead: ``k = kT / var``, ``x0 = mean``. Raises InputError naming ``what`` (e.g.
+    ``"bond 3-4 (CA-CA)"``) and the frame count for too few, non-finite or constant samples.
     """
     v = np.asarray(values, dtype=float).reshape(-1)
-    if v.size < 10 or not np.isfinite(v).all():
-        raise InputError(f"need at least 10 finite samples to fit a harmonic prior, got {v.size}")
+    _check_samples(v, what, "harmonic")
     lo, hi = np.percentile(v, [0.05, 99.95])
-    if hi - lo < 1e-9:
-        raise InputError("samples have no spread; cannot fit a harmonic prior")
+    if hi - lo < 1e-9:  # all but a few outliers identical
+        lo, hi = float(v.min()), float(v.max())
     h, e = np.histogram(v, bins=bins, range=(lo, hi))
     c = 0.5 * (e[1:] + e[:-1])
     jac = {"none": np.ones_like(c), "r2": c**2, "sin": np.sin(np.clip(c, 1e-6, np.pi - 1e-6))}[jacobian]
@@ -158,16 +177,18 @@ def fit_harmonic(values: np.ndarray, temperature: float, jacobian: str = "none",
 
 
 def fit_fourier(phi: np.ndarray, temperature: float, n_terms: int = 6, bins: int = 72,
-                narrow: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+                narrow: float = 0.9, what: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Fourier coefficients (a_n, b_n), n = 1..n_terms, of ``-kT ln p(φ)``.
 
     Broad or multimodal distributions: least squares on a floored histogram. Narrow unimodal ones (mean
     resultant length ``|<e^{iφ}>| > narrow``, e.g. planar amides) get a single cosine
     ``U = kT κ (1 - cos(φ - μ))``, the Boltzmann inversion of a von Mises distribution with the maximum
     likelihood κ: a truncated Fourier series cannot follow such a narrow well (it rings and creates false
-    minima), while the cosine keeps a high barrier everywhere away from the sampled angle.
+    minima), while the cosine keeps a high barrier everywhere away from the sampled angle. Raises InputError
+    naming ``what`` for too few, non-finite or constant samples.
     """
     p = np.asarray(phi, dtype=float).reshape(-1)
+    _check_samples(p, what, "Fourier dihedral")
     z = np.exp(1j * p).mean()
     rbar = float(abs(z))
     if rbar > narrow:
@@ -227,10 +248,14 @@ class Priors(nn.Module):
     # ------------------------------------------------------------- construction
     @classmethod
     def fit(cls, R: np.ndarray, bonds: np.ndarray, temperature: float, n_fourier: int = 6, dihedrals: bool = True,
-            repulsion: bool = True, rep_power: int = 6, all_dihedrals: bool = False) -> "Priors":
+            repulsion: bool = True, rep_power: int = 6, all_dihedrals: bool = False,
+            names: list[str] | None = None) -> "Priors":
         """Fit every term to reference bead positions R (M, n, 3) in Å at ``temperature`` (K).
 
         Dihedral priors: one torsion per central bond (see :func:`dihedral_quads`) unless ``all_dihedrals``.
+        Repulsion acts on bead pairs more than two bonds apart (1-2 and 1-3 pairs excluded). ``names``
+        (bead names or types) only label error messages: a term with too few frames, non-finite values or
+        a degenerate (constant) histogram raises InputError naming it, e.g. ``"angle 2-3-4 (TYR-ASP-PRO)"``.
         """
         from forcefield.geometry import angles as np_angles
         from forcefield.geometry import dihedrals as np_dihedrals
@@ -240,11 +265,24 @@ class Priors(nn.Module):
         if R.ndim != 3 or R.shape[-1] != 3:
             raise InputError(f"bead positions must be (frames, beads, 3), got shape {R.shape}")
         n = R.shape[1]
+        if len(R) == 0:
+            raise InputError("no frames to fit priors to (bead positions have shape "
+                             f"{R.shape}); a prior needs at least {MIN_SAMPLES}")
         t = PriorTerms.from_bonds(bonds, n, dihedrals, repulsion, one_per_bond=not all_dihedrals)
-        bk = [fit_harmonic(distances(R, b[0], b[1]), temperature, "r2") for b in t.bonds]
-        ak = [fit_harmonic(np_angles(R, a), temperature, "sin") for a in t.angles]
-        dk = [fit_fourier(np_dihedrals(R, q)[..., 0], temperature, n_fourier) for q in t.dihedrals]
+
+        def label(kind: str, idx: np.ndarray) -> str:
+            who = "-".join(str(int(i)) for i in idx)
+            return f"{kind} {who}" + (f" ({'-'.join(str(names[int(i)]) for i in idx)})" if names else "")
+
+        bk = [fit_harmonic(distances(R, b[0], b[1]), temperature, "r2", what=label("bond", b)) for b in t.bonds]
+        ak = [fit_harmonic(np_angles(R, a), temperature, "sin", what=label("angle", a)) for a in t.angles]
+        dk = [fit_fourier(np_dihedrals(R, q)[..., 0], temperature, n_fourier, what=label("dihedral", q))
+              for q in t.dihedrals]
         rs = [float(distances(R, p[0], p[1]).min()) for p in t.pairs]
+        for p, r in zip(t.pairs, rs):
+            if not np.isfinite(r) or r < 1e-3:
+                raise InputError(f"{label('pair', p)}: the beads come within {r:.3g} Å of each other in {len(R)} "
+                                 "frames; a repulsion σ needs a positive closest distance (overlapping beads?)")
         f = torch.float64
         tensors = {
             "bond_idx": torch.as_tensor(t.bonds, dtype=torch.long),
