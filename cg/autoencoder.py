@@ -290,6 +290,8 @@ def _autoencoder_module() -> type:
     class MapAutoencoder(TrainModule):
         """Gumbel-softmax assignment logits + bead centroids + linear decoder; Gumbel noise seeded per epoch."""
 
+        seed_steps = False  # its own generator, seeded per epoch
+
         def __init__(self, c: dict[str, Any], L0: np.ndarray) -> None:
             super().__init__()
             self.c = c

@@ -63,6 +63,8 @@ def _prior_forces(model: CGPotential, R: torch.Tensor, batch: int, device: Any) 
 class ForceMatching(TrainModule):
     """Lightning module: the network's forces -∇U_net against the residual forces ``F_ref - F_prior``."""
 
+    seed_steps = False  # no random draws in a step
+
     def __init__(self, net: torch.nn.Module, lr: float, weight_decay: float, lr_factor: float, lr_patience: int,
                  min_lr: float) -> None:
         super().__init__()

@@ -202,6 +202,7 @@ class TrainModule(L.LightningModule):
     """
 
     monitor_mode = "min"
+    seed_steps = True  # reseed the global generators before every step (modules that draw no noise: False)
 
     def __init__(self) -> None:
         super().__init__()
@@ -219,6 +220,7 @@ class TrainModule(L.LightningModule):
         self._acc: dict[str, list] = {}
         self._val_record: dict[str, float] = {}
         self._t0 = 0.0
+        self._print_epochs = False
 
     # -- to implement
     def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
@@ -287,13 +289,18 @@ class TrainModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # random draws of a step (noise, dropout) from the global generator seeded by (seed, epoch, step, rank):
         # a resumed run draws what an uninterrupted one draws, whatever Lightning's loops draw in between
-        key = [self.seed, self.epoch, batch_idx, self.global_rank]
-        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        if not self.seed_steps:
+            return
+        s = int(np.random.SeedSequence([self.seed, self.epoch, batch_idx, self.global_rank]).generate_state(1)[0])
+        torch.default_generator.manual_seed(s)  # (torch.manual_seed costs milliseconds: it visits every backend)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(s)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, sums = self.train_step(batch, batch_idx)
         self._add("train", sums)
-        self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        if self._print_epochs:  # only the progress bar shows it
+            self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
