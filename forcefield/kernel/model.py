@@ -126,6 +126,7 @@ class KernelForceField:
         self.checkpoint = checkpoint
         self.progress = progress
         self.info: dict = {}
+        self.std_scale: float | None = None
         self._fitted = False
 
     # ------------------------------------------------------------------ fitting
@@ -263,6 +264,8 @@ class KernelForceField:
         self._w = w.to(dev, torch.float64)
         self._alpha = None if alpha is None else alpha.to(dev, torch.float64)
         self._dk = DescriptorKernel(self._d, q, self.sigma_, self.batch_size)
+        self._posterior = None  # force posterior (uncertainty.py), rebuilt on demand for the new model
+        self.std_scale = None  # calibrated std scale (uncertainty.calibrate_std); None: the GP's ML amplitude
         self._wp, self._t = self._dk.prepare(self._w)
         self._ew = None if alpha is None else self._dk.energy_weights(self._alpha)
         self._fitted = True
@@ -275,9 +278,13 @@ class KernelForceField:
         if not self._fitted:
             raise RuntimeError("KernelForceField is not fitted; call fit() or load() first")
 
-    def predict(self, R, batch_size: int | None = None, progress: bool | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Energies (M,) in kcal/mol and forces (M, N, 3) in kcal/mol/Å for geometries R (M, N, 3) in Å."""
+    def predict(self, R, batch_size: int | None = None, progress: bool | None = None, return_std: bool = False
+                ) -> tuple[np.ndarray, ...]:
+        """Energies (M,) in kcal/mol and forces (M, N, 3) in kcal/mol/Å for geometries R (M, N, 3) in Å.
+
+        With ``return_std`` also the force posterior std per atom (M, N) in kcal/mol/Å (RMS over x, y, z;
+        :mod:`forcefield.kernel.uncertainty`: exact for small models, low-rank for large ones).
+        """
         self._check_fitted()
         R = np.asarray(R)
         if R.ndim >= 2 and R.shape[-1] == 3 and R.shape[-2] != self.n_atoms:
@@ -290,6 +297,10 @@ class KernelForceField:
             e, f = self.predict_torch(torch.as_tensor(R[s:s + bs], device=self.device))
             E[s:s + bs] = e.cpu().numpy()
             F[s:s + bs] = f.cpu().numpy()
+        if return_std:
+            from .uncertainty import force_std
+
+            return E, F, force_std(self, R)
         return E, F
 
     def predict_torch(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,6 +327,8 @@ class KernelForceField:
             st["R_train"] = np.asarray(self.R_train)
         if self._alpha is not None:  # energy-constraint coefficients
             st["alpha"] = self._alpha.cpu().numpy()
+        if getattr(self, "std_scale", None) is not None:  # calibrated posterior-std scale (uncertainty.py)
+            st["std_scale"] = np.array(self.std_scale)
         return st
 
     def _set_state(self, st: dict[str, np.ndarray], source: str | None = None) -> None:
@@ -351,6 +364,7 @@ class KernelForceField:
         self.R_train = np.asarray(st["R_train"]) if "R_train" in st else None
         self.energy_constraints = alpha is not None
         self._set_model(d, w, alpha)
+        self.std_scale = float(st["std_scale"]) if "std_scale" in st else None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to a ``.npz`` file (no pickles), atomically."""

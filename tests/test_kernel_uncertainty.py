@@ -1,0 +1,136 @@
+"""Posterior force std of the kernel force field: the exact GP posterior, its growth away from the data,
+the low-rank form as an upper bound, calibration and file round trips."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forcefield import KernelForceField, load_dataset
+from forcefield.geometry import random_rotation
+from forcefield.kernel.kernel import HessianKernel, TrainingSet
+from forcefield.kernel.uncertainty import (ForcePosterior, calibrate_std, calibration_figures, force_std,
+                                           positions_from_descriptors)
+
+DATA = Path(__file__).parent / "data"
+METHYL = np.array([[0, 1, 2, *q, 6, 7, 8] for q in itertools.permutations([3, 4, 5])])
+TRAIN = np.arange(0, 40, 5)
+TEST = np.array([41, 43, 47, 55, 59, 3])
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return load_dataset(DATA / "ethanol_xtb.npz")
+
+
+@pytest.fixture(scope="module")
+def ff(ethanol):
+    ds = ethanol
+    return KernelForceField(sigma=10, perms=METHYL, solver="cholesky").fit(ds.R[TRAIN], ds.z, F=ds.F[TRAIN])
+
+
+def dense_posterior_variance(ff, R_train, R_test):
+    """Diagonal of K_xx - K_xX (K + λ I)⁻¹ K_Xx from explicit kernel matrices (rigid motions lifted)."""
+    R = torch.as_tensor(np.concatenate([R_train, R_test]))
+    kern = HessianKernel(TrainingSet.from_positions(R, ff.perms), ff.sigma_)
+    M, B = len(R_train), len(R_test)
+    tr, te = np.arange(M), np.arange(M, M + B)
+    K = kern.dense(tr, tr)
+    Q = kern.rigid_basis()[:M]
+    QQ = torch.block_diag(*[q @ q.T for q in Q])
+    A = K + ff.lam * torch.eye(len(K), dtype=K.dtype) + float(K.diagonal().mean()) * QQ
+    Kx = kern.dense(te, tr)
+    var = kern.dense(te, te).diagonal() - (Kx @ torch.linalg.solve(A, Kx.T)).diagonal()
+    return var.reshape(B, -1, 3).numpy()
+
+
+def test_std_is_the_exact_gp_posterior(ff, ethanol):
+    post = ForcePosterior(ff)
+    assert post.exact and post.rank == post.n_eff
+    ref = dense_posterior_variance(ff, ethanol.R[TRAIN], ethanol.R[TEST])
+    var = post.variance(torch.as_tensor(ethanol.R[TEST])).numpy()
+    assert np.abs(var - ref).max() < 1e-7 * np.abs(ref).max()
+    # in kcal/mol/Å: std · s · sqrt(variance), per atom the RMS over x, y, z
+    S = force_std(ff, ethanol.R[TEST])
+    s = ff.std * np.sqrt(post.amplitude2)
+    assert np.allclose(S, s * np.sqrt(ref.mean(-1)), rtol=1e-6, atol=1e-9 * S.max())
+
+
+def test_forces_unchanged_by_return_std(ff, ethanol):
+    E0, F0 = ff.predict(ethanol.R[TEST])
+    E1, F1, S = ff.predict(ethanol.R[TEST], return_std=True)
+    assert np.array_equal(F0, F1) and np.array_equal(E0, E1)
+    assert S.shape == ethanol.R[TEST].shape[:2]
+
+
+def test_std_grows_away_from_training_data(ff, ethanol):
+    x0 = ethanol.R[TRAIN[3]]
+    direction = np.random.default_rng(0).normal(size=x0.shape)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    amps = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+    S = force_std(ff, x0[None] + amps[:, None, None] * direction[None]).mean(1)
+    assert S[0] < 1e-3 * S[-1]  # at a training geometry the forces are known (noise λ only)
+    assert np.all(np.diff(S) > 0)
+
+
+def test_std_invariant_under_rotation_and_permutation(ff, ethanol):
+    R = ethanol.R[TEST[:3]]
+    S = force_std(ff, R)
+    rot = random_rotation(np.random.default_rng(3))
+    assert np.allclose(force_std(ff, R @ rot.T + 2.0), S, rtol=1e-6)
+    p = METHYL[2]
+    assert np.allclose(force_std(ff, R[:, p]), S[:, p], rtol=1e-6)
+
+
+def test_low_rank_bounds_the_exact_variance(ff, ethanol):
+    R = torch.as_tensor(ethanol.R[TEST])
+    exact = ForcePosterior(ff).variance(R)
+    tot = exact.sum((1, 2))
+    prev = None
+    for rank in (20, 60, 120):
+        post = ForcePosterior(ff, rank=rank, per_frame=4)
+        for nn in (0, 2):
+            v = post.variance(R, neighbours=nn).sum((1, 2))
+            assert torch.all(v >= tot * (1 - 1e-6))
+        if prev is not None:  # more directions condition on more data
+            assert torch.all(v <= prev * (1 + 1e-6))
+        prev = v
+    full = ForcePosterior(ff, rank=10 ** 6, per_frame=6).variance(R, neighbours=2).sum((1, 2))
+    assert torch.allclose(full, tot, rtol=1e-6)
+
+
+def test_calibration_and_round_trip(ff, ethanol, tmp_path):
+    val = np.arange(41, 50)
+    scale = calibrate_std(ff, ethanol.R[val], ethanol.F[val])
+    _, F, S = ff.predict(ethanol.R[val], return_std=True)
+    fig = calibration_figures(S, F, ethanol.F[val])
+    assert abs(fig["rms_ratio"] - 1.0) < 1e-9
+    path = ff.save(tmp_path / "m.npz")
+    ff2 = KernelForceField.load(path)
+    assert ff2.std_scale == pytest.approx(scale)
+    assert np.allclose(ff2.predict(ethanol.R[TEST], return_std=True)[2], force_std(ff, ethanol.R[TEST]), rtol=1e-9)
+    ff.std_scale = None
+
+
+def test_positions_from_descriptors_give_the_same_std(ff, ethanol):
+    """Models without training positions (sGDML imports): embedding by MDS leaves the std unchanged."""
+    from forcefield.kernel.descriptor import descriptor
+
+    R = positions_from_descriptors(descriptor(torch.as_tensor(ethanol.R[TRAIN]))[0].numpy())
+    d0 = descriptor(torch.as_tensor(ethanol.R[TRAIN]))[0]
+    assert torch.allclose(descriptor(torch.as_tensor(R))[0], d0, rtol=1e-8)
+    S = force_std(ff, ethanol.R[TEST])
+    saved, ff.R_train = ff.R_train, None
+    ff._posterior = None
+    try:
+        assert np.allclose(force_std(ff, ethanol.R[TEST]), S, rtol=1e-6)
+    finally:
+        ff.R_train, ff._posterior = saved, None
+
+
+def test_calibration_figures_need_frames():
+    fig = calibration_figures(np.ones((2, 3)), np.zeros((2, 3, 3)), np.ones((2, 3, 3)))
+    assert np.isnan(fig["spearman"]) and "fewer" in fig["reason"]
