@@ -123,8 +123,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     Each global batch of ``batch_size`` indices is shared out over the data-parallel ranks
     (``batch[rank::world]``). Training batches smaller than the world size are padded with the first
-    indices of the epoch so every rank steps together; validation batches are not padded (a rank may skip).
-    ``drop_last`` drops a final partial batch unless it is the only one.
+    indices of the epoch so every rank steps together; validation batches are not padded (a rank may skip
+    one) unless there are fewer indices than ranks. ``drop_last`` drops a final partial batch unless it is the only one.
     """
 
     def __init__(self, indices: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
@@ -152,8 +152,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         rank, world = _rank_world()
         batches = self.global_batches()
         head = np.concatenate(batches)[:world] if batches else np.zeros(0, np.int64)
+        pad = self.pad or len(self.indices) < world  # every rank needs a batch (its sums join a collective)
         for b in batches:
-            if self.pad and len(b) < world:
+            if pad and len(b) < world and len(head):
                 b = np.concatenate([b, np.resize(head, world - len(b))])
             part = b[rank::world]
             if len(part):
@@ -161,7 +162,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         rank, world = _rank_world()
-        return sum(1 for b in self.global_batches() if self.pad or len(b[rank::world]))
+        pad = self.pad or len(self.indices) < world
+        return sum(1 for b in self.global_batches() if pad or len(b[rank::world]))
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -281,6 +283,12 @@ class TrainModule(L.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             t = self.trainer.strategy.reduce(t, reduce_op="sum")
         return {k: (float(t[i, 0]), float(t[i, 1])) for i, k in enumerate(names)}
+
+    def on_fit_start(self) -> None:
+        # Lightning's CSV writer starts a new metrics.csv: a resumed run writes the epochs done before again
+        if self.logger is not None:
+            for rec in self.history:
+                self.logger.log_metrics(dict(rec), step=int(rec["epoch"]))
 
     def on_train_epoch_start(self) -> None:
         self._t0 = time.perf_counter()
@@ -426,6 +434,7 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", category=PossibleUserWarning)
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*Experiment logs directory.*exists and is not empty.*")
             warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
             yield
     finally:

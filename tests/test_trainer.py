@@ -168,8 +168,11 @@ def test_validation_is_the_last_block_of_each_replica():
 
 
 def test_quiet_run_and_csv_log(tmp_path, capfd):
+    """progress=False prints nothing; the CSV log has one row per epoch, also across a resume."""
     X, F = _chain_problem(M=60)
-    res = train_force_matching(_pot(), X, F, epochs=3, progress=False, log_dir=tmp_path / "log")
+    kw = dict(progress=False, log_dir=tmp_path / "log", checkpoint=tmp_path / "ck")
+    train_force_matching(_pot(), X, F, epochs=2, **kw)
+    res = train_force_matching(_pot(), X, F, epochs=3, **kw)
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # no progress bar, no Lightning banner or advice
     with open(tmp_path / "log" / "metrics.csv") as fh:
