@@ -150,3 +150,19 @@ def test_bad_sequences_are_named():
         build_peptide("AA", caps="none")
     with pytest.raises(InputError, match="unknown conformation"):
         build_peptide("AA", conformation="sheet")
+
+
+def test_shipped_chignolin_example_is_the_builders_output():
+    from pathlib import Path
+
+    from cgwb.pipeline.config import load_config
+    from forcefield.reference import build_peptide
+
+    here = Path(__file__).resolve().parent.parent / "examples"
+    cfg = load_config(here / "chignolin.toml")
+    assert cfg["system"]["solvent"] == "obc2" and cfg["mapping"]["preset"] == "ca"
+    assert cfg["reference"]["forces"] == "openmm"
+    shipped, _ = _topology_positions((here / "chignolin.pdb").read_text())
+    fresh, _ = _topology_positions(build_peptide("GYDPETGTWG", caps="zwitterion", minimize=False))
+    names = lambda p: [(a.residue.name, a.name) for a in p.topology.atoms()]  # noqa: E731
+    assert names(shipped) == names(fresh) and len(names(shipped)) == 138
