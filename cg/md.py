@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from forcefield import stability
 from forcefield.errors import InputError
 from forcefield.langevin import Trajectory, simulate
 
@@ -33,8 +34,9 @@ class CGRun:
     ----------
     traj : the shared :class:`forcefield.langevin.Trajectory` (R (n_saved, B, n, 3), n_valid, stopped, ...).
     report : one dict per replica: ``replica``, ``stable``, ``frames``, ``stopped_step``, ``stopped_ps``, ``reason``.
-    wall_seconds : wall time of the integration.
+    wall_seconds : wall time of the integration (compiling included, when asked for).
     n_steps, dt_fs : requested steps per replica and time step.
+    engine : ``"fast"`` (analytic prior/network forces), ``"autograd"``, or either with ``"+compile"``.
     """
 
     traj: Trajectory
@@ -45,6 +47,7 @@ class CGRun:
     names: list[str] = field(default_factory=list)
     bonds: np.ndarray | None = None
     masses: np.ndarray | None = None
+    engine: str = "fast"
 
     @property
     def n_replicas(self) -> int:
@@ -59,12 +62,22 @@ class CGRun:
         """Replica-steps actually integrated (stopped replicas count up to their stop)."""
         return int(sum(r["stopped_step"] if not r["stable"] else self.n_steps for r in self.report))
 
+    @property
+    def ns_per_day(self) -> float:
+        """Simulated ns per day of wall time, summed over replicas (stopped replicas count up to their stop)."""
+        return self.steps_done * self.dt_fs * 1e-6 / self.wall_seconds * 86400.0
+
+    @property
+    def ns_per_day_per_replica(self) -> float:
+        """:attr:`ns_per_day` divided by the number of replicas."""
+        return self.ns_per_day / self.n_replicas
+
     def speed(self) -> dict[str, float]:
         """Bead-steps per second, replica-steps per second, and simulated ns per day (all replicas together)."""
         n = self.traj.R.shape[2]
         steps = self.steps_done
         return {"bead_steps_per_s": steps * n / self.wall_seconds, "steps_per_s": steps / self.wall_seconds,
-                "ns_per_day": steps * self.dt_fs * 1e-6 / self.wall_seconds * 86400.0}
+                "ns_per_day": self.ns_per_day, "ns_per_day_per_replica": self.ns_per_day_per_replica}
 
     def frames(self, replicas: list[int] | None = None) -> np.ndarray:
         """Valid frames of the chosen replicas (default all), concatenated: (frames, n, 3)."""
@@ -102,9 +115,9 @@ def bond_check(bonds: np.ndarray, r_ref: np.ndarray, max_dev: float | np.ndarray
 
 def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: int, *, dt_fs: float = 2.0,
               save_every: int = 50, temperature: float | None = None, friction_per_ps: float = 1.0,
-              max_bond_deviation: float | np.ndarray | None = 0.5, reference_bond_lengths: np.ndarray | None = None,
+              max_bond_deviation: float | np.ndarray | None = stability.FU_THRESHOLD, reference_bond_lengths: np.ndarray | None = None,
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
-              progress: bool = True) -> CGRun:
+              progress: bool = True, fast: bool = True, compile: bool = False) -> CGRun:
     """Langevin (BAOAB) MD of B replicas of the CG system from x0 (B, n, 3) or (n, 3) Å.
 
     Parameters
@@ -112,11 +125,17 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
     potential : the CG potential (its masses, bonds and, by default, temperature are used).
     n_steps, dt_fs, save_every : steps per replica, time step (fs), steps between saved frames.
     friction_per_ps : Langevin friction (1/ps).
-    max_bond_deviation : Å (one number or one per bond); a replica stops when a CG bond deviates more than
+    max_bond_deviation : Å (one number or one per bond; Fu et al.'s 0.5 Å by default, see
+        :mod:`forcefield.stability`); a replica stops when a CG bond deviates more than
         this from its reference length
         (``reference_bond_lengths``, default the prior's r0, else the mean over x0). ``None`` disables the check
         (non-finite values still stop a replica).
     dtype : positions/force precision during MD (float32 by default; the network is float32 anyway).
+    fast : forces from :meth:`CGPotential.fast_energy_forces` (analytic priors and FeatureNet, no autograd
+        graph; same values as autograd to float rounding); ``False``: autograd through the whole potential.
+    compile : fuse each step with ``torch.compile`` (:func:`forcefield.langevin.compile_step`; CUDA graphs on
+        a GPU). Pays off only for long runs: compiling takes from tens of seconds to minutes on a CPU. Falls
+        back on the eager step, with a warning, where compiling fails.
     """
     x = torch.as_tensor(np.asarray(x0) if not torch.is_tensor(x0) else x0)
     if x.dim() == 2:
@@ -137,15 +156,14 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
             if potential.priors is not None and len(potential.priors.bond_idx) == len(bonds):
                 reference_bond_lengths = potential.priors.bond_r0.cpu().numpy()
             else:
-                xb = x.double().cpu().numpy()
-                reference_bond_lengths = np.linalg.norm(xb[:, bonds[:, 1]] - xb[:, bonds[:, 0]], axis=-1).mean(0)
+                reference_bond_lengths = stability.reference_bond_lengths(x.double().cpu().numpy(), bonds)
         check = bond_check(bonds, reference_bond_lengths, max_bond_deviation)
     T = potential.temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()
     try:
-        traj = simulate(potential.force_fn(dtype), x, potential.masses.to(device), n_steps,
+        traj = simulate(potential.force_fn(dtype, fast=fast), x, potential.masses.to(device), n_steps,
                         save_every=save_every, dt_fs=dt_fs, temperature=T, friction_per_ps=friction_per_ps, seed=seed,
-                        check_fn=check, progress=progress, desc="CG MD")
+                        check_fn=check, progress=progress, desc="CG MD", compile=compile)
     finally:
         for p, rg in was_training:
             p.requires_grad_(rg)
@@ -159,7 +177,8 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
                        "stopped_ps": None if st is None else st[0] * dt_fs / 1000.0,
                        "reason": None if st is None else st[1]})
     return CGRun(traj=traj, report=report, wall_seconds=wall, n_steps=n_steps, dt_fs=dt_fs, names=potential.names,
-                 bonds=bonds, masses=potential.masses.cpu().numpy())
+                 bonds=bonds, masses=potential.masses.cpu().numpy(),
+                 engine=("fast" if fast else "autograd") + ("+compile" if compile else ""))
 
 
 # ----------------------------------------------------------------------------- MDAnalysis output

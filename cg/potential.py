@@ -175,6 +175,14 @@ class FeatureNet(nn.Module):
         x = x.to(self.mean.dtype)
         return self.mlp((self.features(x) - self.mean) / self.std).squeeze(-1)
 
+    def energy_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (B,) and forces (B, n, 3) in the net's dtype: analytic for Linear/SiLU MLPs, else autograd."""
+        from .analytic_forces import feature_net_energy_forces, mlp_supported
+
+        if mlp_supported(self.mlp):
+            return feature_net_energy_forces(self, x)
+        return _autograd_energy_forces(self, x.to(self.mean.dtype))
+
     @property
     def types(self) -> torch.Tensor:  # for state(): feature nets have no bead types
         return torch.zeros(0, dtype=torch.long)
@@ -221,10 +229,30 @@ class CGPotential(nn.Module):
             (g,) = torch.autograd.grad(E.sum(), xg, create_graph=create_graph)
         return (E if create_graph else E.detach()), (-g if create_graph else -g.detach())
 
-    def force_fn(self, dtype: torch.dtype = torch.float32):
-        """Callable for :func:`forcefield.langevin.simulate`: positions -> (E, F), evaluated in ``dtype``."""
+    def fast_energy_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same values as :meth:`energy_forces` (no ``create_graph``) for MD: analytic prior forces, the
+        network's own ``energy_forces`` where it has one (FeatureNet: analytic), else autograd on the network only."""
+        with torch.no_grad():
+            if self.priors is not None:
+                E, F = self.priors.energy_forces(x)
+            else:
+                E, F = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), torch.zeros_like(x)
+        if self.net is not None:
+            if hasattr(self.net, "energy_forces"):
+                with torch.no_grad():
+                    En, Fn = self.net.energy_forces(x)
+            else:
+                En, Fn = _autograd_energy_forces(self.net, x)
+            E, F = E + En.to(x.dtype), F + Fn.to(x.dtype)
+        return E, F
+
+    def force_fn(self, dtype: torch.dtype = torch.float32, fast: bool = False):
+        """Callable for :func:`forcefield.langevin.simulate`: positions -> (E, F), evaluated in ``dtype``
+        (``fast``: :meth:`fast_energy_forces`, else autograd through :meth:`forward`)."""
+        ef = self.fast_energy_forces if fast else self.energy_forces
+
         def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            E, F = self.energy_forces(x.to(dtype))
+            E, F = ef(x.to(dtype))
             return E.to(x.dtype), F.to(x.dtype)
         return fn
 
@@ -293,6 +321,15 @@ class CGPotential(nn.Module):
             return cls.from_state(s, device)
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
+
+
+def _autograd_energy_forces(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energies, forces = -∂E/∂x) of an energy module by autograd, detached."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        E = module(xg)
+        (g,) = torch.autograd.grad(E.sum(), xg)
+    return E.detach(), -g.detach()
 
 
 def bead_types(names: list[str]) -> np.ndarray:

@@ -335,6 +335,12 @@ class Priors(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sum(self.terms(x).values())
 
+    def energy_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (B,) and forces (B, n, 3) in x's dtype, analytic (no autograd; :mod:`cg.analytic_forces`)."""
+        from .analytic_forces import prior_energy_forces
+
+        return prior_energy_forces(self, x)
+
     def describe(self) -> str:
         """One line per bond/angle (parameters) and a count of the other terms."""
         lines = [f"bond {i}-{j}: k={k:.1f} kcal/mol/Å², r0={r:.3f} Å" for (i, j), k, r in

@@ -57,10 +57,34 @@ def maxwell_boltzmann(masses: torch.Tensor, shape: tuple[int, ...], temperature:
     return v - (v * masses[None, :, None]).sum(1, keepdim=True) / masses.sum()  # no centre-of-mass drift
 
 
+def _baoab_step(force_fn: ForceFn, x: torch.Tensor, v: torch.Tensor, F: torch.Tensor, noise: torch.Tensor,
+                inv_m: torch.Tensor, vstd: torch.Tensor, half: float, c1: float, c2: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One BAOAB step (B: half kick, A: half drift, O: exact Ornstein-Uhlenbeck, A, force, B); pure function."""
+    v = v + half * F * inv_m
+    x = x + half * v
+    v = c1 * v + c2 * vstd * noise
+    x = x + half * v
+    E, F = force_fn(x)
+    v = v + half * F * inv_m
+    return x, v, F, E
+
+
+def compile_step(force_fn: ForceFn, device: torch.device) -> Callable | None:
+    """``torch.compile`` of one BAOAB step with ``force_fn`` fused in (CUDA graphs on a CUDA device), or None
+    when torch.compile is unavailable here. The first call compiles (seconds to minutes on a CPU)."""
+    try:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        return torch.compile(lambda *a: _baoab_step(force_fn, *a), dynamic=False, fullgraph=False, mode=mode)
+    except Exception:  # noqa: BLE001 - no compiler backend: the eager step is used
+        return None
+
+
 def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps: int, save_every: int = 1,
              dt_fs: float = 1.0, temperature: float = 300.0, friction_per_ps: float = 1.0,
              v0: torch.Tensor | None = None, seed: int = 0, check_fn: CheckFn | None = None,
-             check_every: int | None = None, progress: bool = True, desc: str = "Langevin MD") -> Trajectory:
+             check_every: int | None = None, progress: bool = True, desc: str = "Langevin MD",
+             compile: bool = False) -> Trajectory:
     """Run BAOAB Langevin dynamics of B replicas of an N-particle system.
 
     Parameters
@@ -76,6 +100,15 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
         keeps its frames saved before the event and is no longer updated.
     check_every : steps between checks (default: ``save_every``).
     progress : show a tqdm progress bar.
+    compile : fuse each step (integrator and ``force_fn``) with ``torch.compile`` (:func:`compile_step`);
+        the eager step is used when compiling is not possible. Same update, same distribution.
+
+    Notes
+    -----
+    All replicas advance as one batch. The noise of each step is drawn into one preallocated buffer (on the
+    CPU from a CPU generator seeded with ``seed``, so CPU runs are reproducible; on other devices from a
+    generator of that device); frames are copied into preallocated arrays; stopped replicas are frozen
+    with masks only once one has stopped.
     """
     from tqdm.auto import tqdm
 
@@ -98,23 +131,47 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
     Fs = np.full((n_saved, B, N, 3), np.nan)
     Es = np.full((n_saved, B), np.nan)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
+    all_alive = True
     n_valid = np.zeros(B, dtype=int)
     stopped: list[tuple[int, int, str]] = []
     E, F = force_fn(x)
     half = 0.5 * dt_fs
+    if dev.type == "cpu":
+        noise = torch.empty((B, N, 3), dtype=dt)
+        ngen = gen
+    else:
+        noise = torch.empty((B, N, 3), dtype=dt, device=dev)
+        ngen = torch.Generator(device=dev).manual_seed(int(seed) + 1)
+    step_fn = compile_step(force_fn, dev) if compile else None
     it = tqdm(range(1, n_steps + 1), desc=desc, disable=not progress, mininterval=1.0)
     for step in it:
-        a = alive[:, None, None]
-        v_new = v + half * F * inv_m
-        x_new = x + half * v_new
-        noise = torch.randn((B, N, 3), generator=gen, dtype=dt).to(dev)
-        v_new = c1 * v_new + c2 * vstd * noise
-        x_new = x_new + half * v_new
-        x = torch.where(a, x_new, x)
-        E_new, F_new = force_fn(x)
-        F = torch.where(a, F_new, F)
-        E = torch.where(alive, E_new, E)
-        v = torch.where(a, v_new + half * F * inv_m, v)
+        torch.randn((B, N, 3), generator=ngen, dtype=dt, device=noise.device, out=noise)
+        if step_fn is None and all_alive:  # in place: six tensor operations besides the forces
+            v.addcmul_(F, inv_m, value=half)
+            x.add_(v, alpha=half)
+            v.mul_(c1).addcmul_(vstd, noise, value=c2)
+            x.add_(v, alpha=half)
+            E, F = force_fn(x)
+            v.addcmul_(F, inv_m, value=half)
+        else:
+            args = (x, v, F, noise, inv_m, vstd, half, c1, c2)
+            try:
+                new = step_fn(*args) if step_fn is not None else _baoab_step(force_fn, *args)
+            except Exception as e:  # noqa: BLE001 - compiling failed: the eager step from now on
+                if step_fn is None:
+                    raise
+                import warnings
+
+                warnings.warn(f"compiled MD step unavailable ({type(e).__name__}: {e}); using the eager step",
+                              RuntimeWarning, stacklevel=2)
+                step_fn = None
+                new = _baoab_step(force_fn, *args)
+            if all_alive:
+                x, v, F, E = new
+            else:
+                a = alive[:, None, None]
+                x, v = torch.where(a, new[0], x), torch.where(a, new[1], v)
+                F, E = torch.where(a, new[2], F), torch.where(alive, new[3], E)
         if step % check_every == 0 or step % save_every == 0:
             bad = ~(torch.isfinite(x).flatten(1).all(1) & torch.isfinite(F).flatten(1).all(1))
             reason = {}
@@ -130,6 +187,7 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
                 for b, why in reason.items():
                     stopped.append((b, step, why))
                 alive = alive & ~newly
+                all_alive = False
         if step % save_every == 0:
             k = step // save_every - 1
             al = alive.cpu().numpy()
@@ -137,6 +195,6 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
             Fs[k][al] = F.detach().cpu().double().numpy()[al]
             Es[k][al] = E.detach().cpu().double().numpy()[al]
             n_valid[al] += 1
-        if not alive.any():
+        if not all_alive and not alive.any():
             break
     return Trajectory(R=R, F=Fs, E=Es, n_valid=n_valid, stopped=stopped, dt_fs=dt_fs, save_every=save_every)

@@ -4,6 +4,7 @@ Units: Å, kcal/mol, kcal/mol/Å, fs, K, amu.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,125 @@ def label_universe(model, u: Any, selection: str = "all", start: int | None = No
     return label_dataset(model, ds)
 
 
+class SymmetryFactoredPredictor:
+    """Energies and forces of a fitted :class:`KernelForceField` for MD, with the permutation sum factorised.
+
+    The model sums the kernel over every permuted copy ``P_p d_b`` of every training descriptor, which the
+    generic prediction evaluates as dense products with all M·P copies (M training points, P permutations).
+    But a descriptor entry (pair of atoms i, j) is moved by a permutation only through the symmetry orbits
+    that contain i or j (a methyl's hydrogens, ...). Entries are grouped by that pair of orbits (a class);
+    within a class only the restrictions of the permutations to those orbits matter, of which there are
+    few (3 for one methyl, 9 for two, against P = 27 for alanine dipeptide). The products ``x·P_p d_b``,
+    ``x·P_p w_b`` and the back-products ``Σ_p c_bp P_p d_b`` are evaluated per class over those
+    restrictions only, then gathered (or marginalised) over p: the same numbers as the model's prediction
+    (float64, to rounding) at a fraction of the arithmetic (~9x fewer for alanine dipeptide).
+
+    Built from the model's saved arrays (``R_desc``, ``w``, ``alpha``, ``perms``), so it follows the file
+    format, not the model's internals. Units: Å in; kcal/mol and kcal/mol/Å out.
+    """
+
+    def __init__(self, model) -> None:
+        from ..kernel.descriptor import descriptor_permutation, pair_index
+
+        st = model._state()
+        dev = torch.device(model.device)
+        f64 = torch.float64
+        self.device, self.sigma, self.std, self.c = dev, float(model.sigma_), float(model.std), float(model.c)
+        perms = np.asarray(st["perms"], dtype=int).reshape(-1, len(model.z))
+        d = torch.as_tensor(np.asarray(st["R_desc"], dtype=float), device=dev)
+        w = torch.as_tensor(np.asarray(st["w"], dtype=float), device=dev)
+        self.alpha = torch.as_tensor(np.asarray(st["alpha"], dtype=float), device=dev) if "alpha" in st else None
+        n, P, M = perms.shape[1], len(perms), len(d)
+        self.n_atoms, self.P, self.M = n, P, M
+        orbit = _orbits(perms)
+        i, j = pair_index(n)
+        self.pi, self.pj = torch.as_tensor(i, device=dev), torch.as_tensor(j, device=dev)
+        q = np.stack([descriptor_permutation(p) for p in perms])  # (P, D)
+        keys = [tuple(sorted({orbit[a], orbit[b]} - {-1})) for a, b in zip(i, j)]
+        self.classes = []  # (entries K, restrictions g, index p -> restriction, stacked [d; w] copies)
+        for key in sorted(set(keys), key=lambda k: (len(k), k)):
+            K = np.array([k for k, kk in enumerate(keys) if kk == key])
+            atoms = np.flatnonzero(np.isin(orbit, key)) if key else np.zeros(0, int)
+            _, reps, idx = np.unique(perms[:, atoms], axis=0, return_index=True, return_inverse=True)
+            qs = q[reps][:, K]  # (g, n_K): entry indices of the permuted copies, one row per restriction
+            g = len(reps)
+            DW = torch.stack([d[:, qs].transpose(0, 1), w[:, qs].transpose(0, 1)], 1)  # (g, 2, M, n_K)
+            self.classes.append((torch.as_tensor(K, device=dev), g,
+                                 torch.as_tensor(idx.reshape(-1), device=dev), DW.reshape(g * 2 * M, len(K))))
+        self.d_sq = (d * d).sum(1)  # |P_p d_b|² = |d_b|²
+        self.t = (d * w).sum(1)  # d_b^p · w_b^p = d_b · w_b
+        self.flops_ratio = sum(len(c[0]) * c[1] for c in self.classes) / float(P * d.shape[1])
+
+    def __call__(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (B,) and forces (B, N, 3) of positions R (B, N, 3) Å (float64 inside, R's dtype out)."""
+        Rd = R.to(self.device, torch.float64)
+        diff = Rd[:, self.pi] - Rd[:, self.pj]  # the descriptor (inverse distances), indices cached
+        x = torch.rsqrt((diff * diff).sum(-1))
+        d3 = x * x * x
+        B, M, P, s5 = x.shape[0], self.M, self.P, math.sqrt(5.0)
+        # arrays are (P, M, B): p leading, so spreading over p and marginalising are row gathers/adds
+        dot = x.new_zeros(P, 2, M, B)
+        for K, g, idx, DW in self.classes:  # x·(copies) over each class's few restrictions, spread over p
+            Z = (DW @ x[:, K].T).view(g, 2, M, B)
+            dot += Z if g == 1 else Z.index_select(0, idx)
+        dotD, dotW = dot[:, 0], dot[:, 1]
+        sig = self.sigma
+        r2 = dotD.mul_(-2.0).add_(self.d_sq[:, None]).add_((x * x).sum(1)).clamp_min_(0.0)
+        r = r2.sqrt_().mul_(s5)
+        base = torch.exp(-r / sig).mul_(5.0 / (3.0 * sig ** 3))
+        A = base * (r + sig)
+        sdot = dotW.sub_(self.t[:, None])
+        T = (A * sdot).sum((0, 1))
+        c = base.mul_(sdot).mul_(5.0 / sig)  # (P, M, B)
+        csum = c.sum((0, 1))
+        if self.alpha is not None:
+            al = self.alpha[:, None]
+            kv = (A / (r + sig)) * (0.6 * sig ** 3) * (1.0 + r / sig + r * r / (3.0 * sig * sig))
+            T = T + (kv * al).sum((0, 1))
+            Aal = A * al
+            csum = csum + Aal.sum((0, 1))
+            c = c + Aal
+        y = -csum[:, None] * x
+        AC = torch.stack([c, A], 1)  # (P, 2, M, B): coefficients of the permuted d and of the permuted w
+        for K, g, idx, DW in self.classes:  # marginalise over p onto the restrictions, then back-product
+            m = AC.sum(0) if g == 1 else AC.new_zeros(g, 2, M, B).index_add_(0, idx, AC)
+            y[:, K] += (DW.T @ m.view(g * 2 * M, B)).T
+        g = (y * d3).mul_(-self.std)[..., None] * diff  # J^T y on atom i; atom j gets the opposite
+        F = torch.zeros_like(Rd).index_add_(1, self.pi, g).index_add_(1, self.pj, -g)
+        E = self.c - self.std * T
+        return E.to(R.dtype), F.to(R.dtype)
+
+
+def _orbits(perms: np.ndarray) -> np.ndarray:
+    """Orbit label per atom under the permutations (-1 for atoms every permutation fixes)."""
+    n = perms.shape[1]
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for p in perms:
+        for a in range(n):
+            ra, rb = find(a), find(int(p[a]))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    root = np.array([find(a) for a in range(n)])
+    moved = (perms != np.arange(n)[None]).any(0)
+    return np.where(moved, root, -1)
+
+
 def run_md(model, R0: np.ndarray, n_steps: int, n_replicas: int = 1, save_every: int = 10,
            dt_fs: float = 0.5, temperature: float = 300.0, friction_per_ps: float = 1.0, seed: int = 0,
-           max_bond_change: float = 0.5, progress: bool = True) -> Trajectory:
+           max_bond_change: float = 0.5, progress: bool = True, fast: bool = True) -> Trajectory:
     """BAOAB Langevin MD of ``n_replicas`` copies on the model's surface (forcefield.langevin.simulate).
 
     R0 is one geometry (N, 3) or one per replica (B, N, 3), in Å. A replica is stopped when a covalent bond
     (from the first geometry) changes by more than ``max_bond_change`` Å (the MDsim stability rule).
-    Runs on the model's device in float64.
+    Runs on the model's device in float64; all replicas are one batch per force call. ``fast``: forces from
+    :class:`SymmetryFactoredPredictor` (same values as ``model.predict_torch``, far less arithmetic).
     """
     from ..geometry import covalent_bonds
 
@@ -62,8 +174,7 @@ def run_md(model, R0: np.ndarray, n_steps: int, n_replicas: int = 1, save_every:
         d = torch.linalg.vector_norm(x[:, bi] - x[:, bj], dim=-1)
         return ((d - ref).abs() > max_bond_change).any(1)
 
-    def force_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return model.predict_torch(x)
+    force_fn = SymmetryFactoredPredictor(model) if fast else model.predict_torch
 
     return simulate(force_fn, torch.as_tensor(R0, dtype=torch.float64, device=dev),
                     torch.as_tensor(masses(model.z)), n_steps=n_steps, save_every=save_every, dt_fs=dt_fs,

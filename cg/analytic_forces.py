@@ -1,0 +1,218 @@
+"""Analytic energies and forces of the CG priors and of :class:`cg.potential.FeatureNet`, without autograd.
+
+The MD engine (:mod:`cg.md`) calls these every step: no autograd graph is built, so a step costs a fixed
+handful of tensor operations whatever the batch (all replicas at once). Each routine returns energies
+(B,) in kcal/mol and forces (B, n, 3) in kcal/mol/Å for positions (B, n, 3) in Å, and agrees with
+``-∂U/∂x`` by autograd to float rounding (tests/test_cg_md_fast.py).
+
+Geometry (written here from the vector identities):
+
+* bond r = |x_j - x_i|, ∂r/∂x_j = û.
+* angle θ at j between a = x_i - x_j and b = x_k - x_j: ∂θ/∂a = (cosθ â - b̂)/(|a| sinθ).
+* torsion i-j-k-l with unit bond vectors u0, u1, u2: ``c = (u0·u1)(u1·u2) - u0·u2`` (= sinθ1 sinθ2 cosφ)
+  and ``s = det(u0, u1, u2)`` (= sinθ1 sinθ2 sinφ); both are polynomials in the u's, and a gradient with
+  respect to a unit vector u = e/|e| is taken to e by the projection (I - u uᵀ)/|e|.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------------------- geometry with gradients
+def _add(G: Tensor, idx: Tensor, g: Tensor) -> None:
+    """G[:, idx] += g with repeated indices accumulated (G (B, n, 3), idx (T,), g (B, T, 3))."""
+    G.index_add_(1, idx, g)
+
+
+def bonds_fwd(x: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
+    """Lengths r (B, P) and unit vectors û (B, P, 3) from bead pairs[:, 0] to pairs[:, 1]."""
+    e = x[:, pairs[:, 1]] - x[:, pairs[:, 0]]
+    r = torch.linalg.vector_norm(e, dim=-1)
+    return r, e / r[..., None]
+
+
+def bonds_bwd(G: Tensor, pairs: Tensor, u: Tensor, dU_dr: Tensor) -> None:
+    """Accumulate ∂U/∂x into G for ∂U/∂r (B, P)."""
+    g = dU_dr[..., None] * u
+    _add(G, pairs[:, 1], g)
+    _add(G, pairs[:, 0], -g)
+
+
+def angles_fwd(x: Tensor, triples: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Angles θ (B, T) at the middle bead (atan2 form, as :func:`cg.priors.bond_angles`) and saved terms."""
+    a = x[:, triples[:, 0]] - x[:, triples[:, 1]]
+    b = x[:, triples[:, 2]] - x[:, triples[:, 1]]
+    la, lb = torch.linalg.vector_norm(a, dim=-1), torch.linalg.vector_norm(b, dim=-1)
+    ah, bh = a / la[..., None], b / lb[..., None]
+    cos = (ah * bh).sum(-1)
+    sin = torch.linalg.vector_norm(torch.linalg.cross(ah, bh), dim=-1)
+    return torch.atan2(sin, cos), (ah, bh, la, lb, cos, sin)
+
+
+def angles_bwd(G: Tensor, triples: Tensor, saved: tuple[Tensor, ...], dU_dth: Tensor) -> None:
+    ah, bh, la, lb, cos, sin = saved
+    f = dU_dth / sin.clamp_min(1e-12)
+    ga = (f / la)[..., None] * (cos[..., None] * ah - bh)
+    gb = (f / lb)[..., None] * (cos[..., None] * bh - ah)
+    _add(G, triples[:, 0], ga)
+    _add(G, triples[:, 2], gb)
+    _add(G, triples[:, 1], -(ga + gb))
+
+
+def cos_angles_bwd(G: Tensor, triples: Tensor, saved: tuple[Tensor, ...], dU_dcos: Tensor) -> None:
+    """Accumulate the gradient of U through cos θ (∂cosθ/∂a = (b̂ - cosθ â)/|a|)."""
+    ah, bh, la, lb, cos, _ = saved
+    ga = (dU_dcos / la)[..., None] * (bh - cos[..., None] * ah)
+    gb = (dU_dcos / lb)[..., None] * (ah - cos[..., None] * bh)
+    _add(G, triples[:, 0], ga)
+    _add(G, triples[:, 2], gb)
+    _add(G, triples[:, 1], -(ga + gb))
+
+
+def torsion_fwd(x: Tensor, quads: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """``c = sinθ1 sinθ2 cosφ`` and ``s = sinθ1 sinθ2 sinφ`` (B, Q), as :func:`cg.priors.torsion_components`."""
+    e = [x[:, quads[:, k + 1]] - x[:, quads[:, k]] for k in range(3)]
+    ln = [torch.linalg.vector_norm(v, dim=-1) for v in e]
+    u0, u1, u2 = (v / n[..., None] for v, n in zip(e, ln))
+    d01, d12, d02 = (u0 * u1).sum(-1), (u1 * u2).sum(-1), (u0 * u2).sum(-1)
+    x12 = torch.linalg.cross(u1, u2)
+    c = d01 * d12 - d02
+    s = (u0 * x12).sum(-1)
+    return c, s, (u0, u1, u2, ln, d01, d12, x12)
+
+
+def torsion_bwd(G: Tensor, quads: Tensor, saved: tuple[Tensor, ...], dU_dc: Tensor, dU_ds: Tensor) -> None:
+    u0, u1, u2, ln, d01, d12, x12 = saved
+    gc, gs = dU_dc[..., None], dU_ds[..., None]
+    # ∂c/∂u0 = (u1·u2) u1 - u2, ∂c/∂u1 = (u1·u2) u0 + (u0·u1) u2, ∂c/∂u2 = (u0·u1) u1 - u0
+    # ∂s/∂u0 = u1 × u2,        ∂s/∂u1 = u2 × u0,                  ∂s/∂u2 = u0 × u1
+    g0 = gc * (d12[..., None] * u1 - u2) + gs * x12
+    g1 = gc * (d12[..., None] * u0 + d01[..., None] * u2) + gs * torch.linalg.cross(u2, u0)
+    g2 = gc * (d01[..., None] * u1 - u0) + gs * torch.linalg.cross(u0, u1)
+    for k, (g, u) in enumerate(((g0, u0), (g1, u1), (g2, u2))):
+        ge = (g - (g * u).sum(-1, keepdim=True) * u) / ln[k][..., None]
+        _add(G, quads[:, k + 1], ge)
+        _add(G, quads[:, k], -ge)
+
+
+# ----------------------------------------------------------------------------- priors
+def _smoothstep5(t: Tensor) -> tuple[Tensor, Tensor]:
+    """s(t) = t³(10 - 15t + 6t²) on t clamped to [0, 1], and s'(t) (zero outside (0, 1))."""
+    t = t.clamp(0.0, 1.0)
+    return t ** 3 * (10.0 - 15.0 * t + 6.0 * t * t), 30.0 * t * t * (1.0 - t) ** 2
+
+
+def prior_energy_forces(p, x: Tensor, start_deg: float = 155.0, end_deg: float = 178.0) -> tuple[Tensor, Tensor]:
+    """Energies (B,) and forces (B, n, 3) of a :class:`cg.priors.Priors` ``p`` (same terms as ``p.terms``)."""
+    dt = x.dtype
+    G = torch.zeros_like(x)
+    E = torch.zeros(x.shape[0], dtype=dt, device=x.device)
+    if len(p.bond_idx):
+        r, u = bonds_fwd(x, p.bond_idx)
+        k, r0 = p.bond_k.to(dt), p.bond_r0.to(dt)
+        dr = r - r0
+        E = E + (0.5 * k * dr * dr).sum(-1)
+        bonds_bwd(G, p.bond_idx, u, k * dr)
+    if len(p.angle_idx):
+        th, sv = angles_fwd(x, p.angle_idx)
+        k, t0 = p.angle_k.to(dt), p.angle_t0.to(dt)
+        dth = th - t0
+        E = E + (0.5 * k * dth * dth).sum(-1)
+        angles_bwd(G, p.angle_idx, sv, k * dth)
+    if len(p.dih_idx):
+        q = p.dih_idx
+        c, s, sv = torsion_fwd(x, q)
+        phi = torch.atan2(s, c)
+        nn_ = torch.arange(1, p.dih_a.shape[1] + 1, device=x.device, dtype=dt)
+        ang = phi[..., None] * nn_
+        ca, sa = torch.cos(ang), torch.sin(ang)
+        a, b = p.dih_a.to(dt), p.dih_b.to(dt)
+        uphi = (a * ca + b * sa).sum(-1)
+        du = (nn_ * (b * ca - a * sa)).sum(-1)
+        if p.damp_collinear:
+            lo, hi = math.radians(start_deg), math.radians(end_deg)
+            th1, sv1 = angles_fwd(x, q[:, :3])
+            th2, sv2 = angles_fwd(x, q[:, 1:])
+            s1, ds1 = _smoothstep5((th1 - lo) / (hi - lo))
+            s2, ds2 = _smoothstep5((th2 - lo) / (hi - lo))
+            D = (1.0 - s1) * (1.0 - s2)
+            angles_bwd(G, q[:, :3], sv1, -uphi * ds1 / (hi - lo) * (1.0 - s2))
+            angles_bwd(G, q[:, 1:], sv2, -uphi * ds2 / (hi - lo) * (1.0 - s1))
+        else:
+            D = torch.ones_like(uphi)
+        rho2 = (c * c + s * s).clamp_min(1e-30)
+        f = du * D / rho2  # dU/dφ over ρ²; dφ/dc = -s/ρ², dφ/ds = c/ρ²
+        torsion_bwd(G, q, sv, -f * s, f * c)
+        E = E + (uphi * D).sum(-1)
+    if len(p.rep_idx):
+        r, u = bonds_fwd(x, p.rep_idx)
+        kT = 0.0019872041 * p.temperature
+        up = kT * (p.rep_sigma.to(dt) / r) ** p.rep_power
+        E = E + up.sum(-1)
+        bonds_bwd(G, p.rep_idx, u, -p.rep_power * up / r)
+    return E, -G
+
+
+# ----------------------------------------------------------------------------- FeatureNet
+def mlp_supported(mlp: nn.Module) -> bool:
+    """True when the MLP is a Sequential of Linear and SiLU layers only (the analytic backward covers it)."""
+    return isinstance(mlp, nn.Sequential) and all(isinstance(m, (nn.Linear, nn.SiLU)) for m in mlp)
+
+
+def _mlp_energy_grad(mlp: nn.Sequential, f: Tensor) -> tuple[Tensor, Tensor]:
+    """Output (B,) of the MLP and its gradient (B, F) with respect to the input f (B, F)."""
+    saved, h = [], f
+    for m in mlp:
+        if isinstance(m, nn.Linear):
+            saved.append(m)
+            h = torch.nn.functional.linear(h, m.weight, m.bias)
+        else:
+            sg = torch.sigmoid(h)
+            saved.append((h, sg))
+            h = h * sg
+    g = None
+    for m in reversed(saved):
+        if isinstance(m, nn.Linear):
+            g = m.weight.expand(h.shape[0], -1, -1)[:, 0] if g is None else g @ m.weight
+        else:
+            z, sg = m
+            g = g * (sg * (1.0 + z * (1.0 - sg)))
+    return h.squeeze(-1), g
+
+
+def feature_net_energy_forces(net, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Energies (B,) and forces (B, n, 3) of a :class:`cg.potential.FeatureNet` (in the net's dtype)."""
+    x = x.to(net.mean.dtype)
+    npair, ntri, nq = len(net.pairs), len(net.triples), len(net.quads)
+    r, u = bonds_fwd(x, net.pairs)
+    parts = [r]
+    if ntri:
+        _, sva = angles_fwd(x, net.triples)
+        parts.append(sva[4])
+    smooth = net.config["torsions"] == "smooth"
+    if nq:
+        c, s, svt = torsion_fwd(x, net.quads)
+        if smooth:
+            parts += [c, s]
+        else:
+            rho = torch.sqrt(c * c + s * s)
+            parts += [c / rho, s / rho]
+    f = torch.cat(parts, -1)
+    E, gf = _mlp_energy_grad(net.mlp, (f - net.mean) / net.std)
+    gf = gf / net.std
+    G = torch.zeros_like(x)
+    bonds_bwd(G, net.pairs, u, gf[:, :npair])
+    if ntri:
+        cos_angles_bwd(G, net.triples, sva, gf[:, npair:npair + ntri])
+    if nq:
+        gc, gs = gf[:, npair + ntri:npair + ntri + nq], gf[:, npair + ntri + nq:]
+        if not smooth:  # (c/ρ, s/ρ): d(c/ρ) = s(s dc - c ds)/ρ³, d(s/ρ) = c(c ds - s dc)/ρ³
+            r3 = rho ** 3
+            gc, gs = (gc * s * s - gs * s * c) / r3, (gs * c * c - gc * s * c) / r3
+        torsion_bwd(G, net.quads, svt, gc, gs)
+    return E, -G
