@@ -21,9 +21,16 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_reports_every_figure(quick_run):
     out, report, _ = quick_run
-    for key in ("kernel_force_mae", "cg_fes_js", "cg_bonded_js", "cg_stable_fraction", "backmap_rmsd_all",
-                "backmap_valid_ratio", "backmap_clash_rate", "mapping_n_beads", "stage_seconds"):
+    for key in ("kernel_force_mae", "kernel_selfconsistency", "kernel_active_rounds", "cg_fes_js", "cg_fes_js_floor",
+                "cg_bonded_js", "cg_stable_fraction", "cg_md_ns_per_day", "backmap_rmsd_all", "backmap_rmsd_all_plain",
+                "backmap_rmsd_heavy", "backmap_recon_rmsd_all", "backmap_valid_ratio", "backmap_clash_rate",
+                "mapping_n_beads", "stage_seconds"):
         assert key in report, key
+    for f in ("reference.npz", "kernel.npz", "labels_test.npz", "labels_spot.npz"):
+        assert (out / f).exists(), f
+    # symmetry-aware RMSD is a minimum over automorphisms that include the identity
+    assert report["backmap_rmsd_all"] <= report["backmap_rmsd_all_plain"] + 1e-9
+    assert report["kernel_selfconsistency"] == pytest.approx(report["kernel_spot_force_mae"] / report["kernel_force_mae"])
     assert report["mapping_n_beads"] == 6
     assert 0 < report["kernel_force_mae"] < 20  # kcal/mol/Å, GFN2-xTB forces of a 22-atom peptide
     assert 0 <= report["cg_fes_js"] <= np.log(2) and 0 <= report["cg_bonded_js"] <= np.log(2)
@@ -54,7 +61,8 @@ def test_crash_midway_resumes_from_finished_stages(tmp_path, monkeypatch):
     logs: list[str] = []
     run_pipeline(quick=True, out=tmp_path, progress=False, log=logs.append, stop_after="cg_train")
     skipped = [line.split("]")[0][1:] for line in logs if "skipped" in line]
-    assert skipped == ["aa_sampling", "labels", "kernel_train", "kernel_md", "kernel_check", "mapping"]
+    assert skipped == ["aa_sampling", "labels", "kernel_train", "kernel_learn", "kernel_md", "kernel_check",
+                       "mapping"]
     assert (tmp_path / "cg_potential.pt").exists()
 
 

@@ -55,11 +55,20 @@ class SystemConfig(Config):
 
 
 class SamplingConfig(Config):
-    """AA sampling with OpenMM (frames saved every ``save_every`` steps of ``timestep_fs``)."""
+    """AA sampling with OpenMM (frames saved every ``save_every`` steps of ``timestep_fs``).
 
-    frames: int = Field(5000, gt=0)
-    save_every: int = Field(200, gt=0)
+    method : ``remd`` (temperature replica exchange, ``remd_replicas`` temperatures spaced geometrically from
+    the system's up to ``remd_max_temperature``; frames at the system's temperature), ``hot`` (independent
+    replicas, each equilibrated first at ``remd_max_temperature`` then cooled) or ``md`` (one plain run).
+    Seed data that has crossed barriers lets the kernel force field cover the states its MD will visit.
+    """
+
+    method: Literal["md", "remd", "hot"] = "remd"
+    frames: int = Field(2000, gt=0)
+    save_every: int = Field(250, gt=0)
     timestep_fs: float = Field(1.0, gt=0)
+    remd_replicas: int = Field(4, ge=2)
+    remd_max_temperature: float = Field(600.0, gt=0)
 
 
 class ReferenceConfig(Config):
@@ -72,6 +81,19 @@ class ReferenceConfig(Config):
     sigma: float | list[float] | None = None
     spot_frames: int = Field(50, gt=0)
     max_selfconsistency: float | None = Field(1.5, gt=0)
+
+
+class ActiveSection(Config):
+    """Active learning of the kernel force field on its own MD (:func:`forcefield.kernel.active.active_learn`);
+    ``rounds = 0`` turns it off."""
+
+    rounds: int = Field(4, ge=0)
+    replicas: int = Field(16, gt=0)
+    md_steps: int = Field(1000, gt=0)
+    save_every: int = Field(20, gt=0)
+    frames_per_round: int = Field(30, gt=0)
+    spot_checks: int = Field(20, gt=0)
+    target_ratio: float = Field(1.5, gt=0)
 
 
 class KernelMDConfig(Config):
@@ -111,6 +133,7 @@ class PipelineConfig(Config):
     system: SystemConfig = Field(default_factory=SystemConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    active: ActiveSection = Field(default_factory=ActiveSection)
     kernel_md: KernelMDConfig = Field(default_factory=KernelMDConfig)
     mapping: MappingConfig = Field(default_factory=MappingConfig)
     cg: CGSection = Field(default_factory=CGSection)
@@ -122,6 +145,7 @@ DEFAULTS: dict[str, Any] = {}
 
 QUICK: dict[str, Any] = {
     "sampling": {"frames": 300, "save_every": 50},
+    "active": {"rounds": 1, "replicas": 2, "md_steps": 100, "save_every": 10, "frames_per_round": 5, "spot_checks": 5},
     "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40.0, "spot_frames": 10},
     "kernel_md": {"replicas": 2, "frames": 60, "save_every": 10},
     "mapping": {"epochs": 20},

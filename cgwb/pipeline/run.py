@@ -26,8 +26,11 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         ds = [str(cfg.path(d["reference"]["dataset"]))] if d["reference"]["dataset"] else []
         st += [
             Stage("labels", steps.labels, ["labels_train.npz", "labels_test.npz"], ["aa.npz", *ds], d["reference"]),
-            Stage("kernel_train", steps.kernel_train, ["kernel.npz"], ["labels_train.npz", "labels_test.npz"],
+            Stage("kernel_train", steps.kernel_train, ["kernel_seed.npz"], ["labels_train.npz", "labels_test.npz"],
                   {"sigma": d["reference"]["sigma"], "device": d["device"]}),
+            Stage("kernel_learn", steps.kernel_learn, ["kernel.npz"], ["kernel_seed.npz", "labels_train.npz",
+                                                                       "labels_test.npz", "aa.npz"],
+                  {"active": d["active"], "T": d["system"]["temperature"], "seed": d["seed"]}),
             Stage("kernel_md", steps.kernel_md, ["reference.npz"], ["kernel.npz", "aa.npz"],
                   {"kernel_md": d["kernel_md"], "T": d["system"]["temperature"], "seed": d["seed"]}),
             Stage("kernel_check", steps.kernel_check, ["labels_spot.npz"], ["kernel.npz", "reference.npz",
@@ -52,7 +55,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     return st
 
 
-PLOTS = ["fes_aa_vs_cg.png", "cg_bonded.png", "cg_training.png", "kernel_parity.png"]
+PLOTS = ["fes_aa_vs_cg.png", "kernel_active.png", "cg_bonded.png", "cg_training.png", "kernel_parity.png"]
 
 
 def run_pipeline(config: str | os.PathLike | RunConfig | None = None, out: str | os.PathLike | None = None,

@@ -56,11 +56,24 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
         from forcefield.reference import run_openmm_md
 
         pdb = cfg.path(s["pdb"]) if s["pdb"] else alanine_dipeptide_pdb()
-        ds = run_openmm_md(pdb, n_frames=smp["frames"], save_every=smp["save_every"], timestep_fs=smp["timestep_fs"],
-                           temperature=s["temperature"], solvent=s["solvent"], seed=cfg["seed"], progress=ctx.progress)
+        kw = dict(n_frames=smp["frames"], save_every=smp["save_every"], timestep_fs=smp["timestep_fs"],
+                  solvent=s["solvent"], seed=cfg["seed"], progress=ctx.progress)
+        if smp["method"] == "remd":
+            from forcefield.reference import geometric_temperatures, run_openmm_remd
+
+            T = geometric_temperatures(s["temperature"], smp["remd_max_temperature"], smp["remd_replicas"])
+            ds = run_openmm_remd(pdb, temperatures=T, **kw)
+        else:
+            hot = smp["remd_max_temperature"] if smp["method"] == "hot" else None
+            reps = smp["remd_replicas"] if smp["method"] == "hot" else 1
+            kw["n_frames"] = max(1, smp["frames"] // reps)
+            ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw)
         ctx.file("topology.pdb").write_text(str(ds.extra["pdb"]))
     ds.save(ctx.file("aa.npz"))
-    return {"aa_frames": len(ds), "n_atoms": ds.n_atoms}
+    out = {"aa_frames": len(ds), "n_atoms": ds.n_atoms}
+    if "acceptance" in ds.extra:
+        out["remd_acceptance"] = [float(a) for a in np.asarray(ds.extra["acceptance"]).ravel()]
+    return out
 
 
 # --------------------------------------------------------------------------- 2. reference forces
@@ -101,12 +114,47 @@ def kernel_train(ctx: RunContext) -> dict[str, Any]:
     # a direct Cholesky solve up to 16,000 unknowns (2 GiB) beats PCG's hundreds of kernel products here
     ff = KernelForceField(sigma=sigma, device=_device(ctx), progress=ctx.progress, cholesky_max=16000)
     ff.fit(tr.R, tr.z, F=tr.F, E=tr.E, seed=cfg["seed"])
-    ff.save(ctx.file("kernel.npz"))
+    ff.save(ctx.file("kernel_seed.npz"))
     E, F = ff.predict(te.R)
     return {"kernel_sigma": float(ff.sigma_),
             "kernel_sigma_scores": ff.info.get("sigma_scores", {}), "kernel_n_perms": ff.info.get("n_perms"),
-            "kernel_force_mae": float(np.abs(F - te.F).mean()), "kernel_energy_mae": float(np.abs(E - te.E).mean()),
-            "kernel_train_frames": len(tr), "kernel_test_frames": len(te)}
+            "kernel_seed_force_mae": float(np.abs(F - te.F).mean()),
+            "kernel_seed_energy_mae": float(np.abs(E - te.E).mean()),
+            "kernel_seed_train_frames": len(tr), "kernel_test_frames": len(te)}
+
+
+def kernel_learn(ctx: RunContext) -> dict[str, Any]:
+    """Active learning on the kernel FF's own MD (uncertainty-picked frames labelled with GFN2-xTB, refits) until
+    its error on its own MD frames is at most ``active.target_ratio`` × its held-out error; writes ``kernel.npz``."""
+    from forcefield import KernelForceField
+    from forcefield.kernel.active import ActiveConfig, active_learn, plot_rounds
+
+    cfg = ctx.config
+    a = cfg["active"]
+    ff = KernelForceField.load(ctx.file("kernel_seed.npz"), device=_device(ctx))
+    tr, te = load_dataset(ctx.file("labels_train.npz")), load_dataset(ctx.file("labels_test.npz"))
+    out: dict[str, Any] = {"kernel_active_rounds": 0}
+    if a["rounds"] > 0:
+        aa = load_dataset(ctx.file("aa.npz"))
+        rng = np.random.default_rng(cfg["seed"] + 5)
+        starts = aa.R[np.sort(rng.choice(len(aa), a["replicas"], replace=len(aa) < a["replicas"]))]
+        acfg = ActiveConfig(max_rounds=a["rounds"], replicas=a["replicas"], md_steps=a["md_steps"],
+                            save_every=a["save_every"], frames_per_round=a["frames_per_round"],
+                            spot_checks=a["spot_checks"], target_ratio=a["target_ratio"],
+                            temperature=cfg["system"]["temperature"], seed=cfg["seed"], progress=ctx.progress)
+        res = active_learn(ff, tr, te, starts, config=acfg, workdir=ctx.file(f".active-{ctx.fingerprint[:12]}"))
+        ff = res.model
+        plot_rounds(res.log, ctx.file("kernel_active.png"))
+        with_json = [{k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in r.items()}
+                     for r in res.log]
+        out.update({"kernel_active_rounds": res.rounds, "kernel_active_converged": bool(res.converged),
+                    "kernel_active_log": with_json, "kernel_train_frames": len(res.train)})
+    else:
+        out["kernel_train_frames"] = len(tr)
+    ff.save(ctx.file("kernel.npz"))
+    E, F = ff.predict(te.R)
+    out.update({"kernel_force_mae": float(np.abs(F - te.F).mean()), "kernel_energy_mae": float(np.abs(E - te.E).mean())})
+    return out
 
 
 def kernel_md(ctx: RunContext) -> dict[str, Any]:
