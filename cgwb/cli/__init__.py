@@ -19,6 +19,7 @@ GROUPS = [
     ("cg", "cgwb.cli.cgpot", "CG potential: force matching, CG MD, evaluation"),
     ("backmap", "cgwb.cli.backmap", "backmapping: train, sample, evaluate"),
     ("diffsim", "cgwb.cli.diffsim", "differentiable simulation: fit pair potentials to RDFs (vs IBI)"),
+    ("export", "cgwb.cli.export", "export trained models to other engines (OpenMM via openmm-torch)"),
     ("run", "cgwb.cli.run", "the whole pipeline on the embedded default or a config file"),
 ]
 
