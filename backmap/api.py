@@ -5,7 +5,7 @@ Example
 >>> from cg import Mapping
 >>> bm = Backmapper(mapping, device="cpu").fit(aa_universe, epochs=30)
 >>> aa = bm.sample(cg_universe, n_samples=10)        # frames: CG frame f, sample s -> f * 10 + s
->>> backmap.evaluate(aa, reference_universe)["rmsd_heavy"]
+>>> backmap.evaluate(reference_universe, aa)["rmsd_heavy"]   # (reference, test), as every comparison
 >>> bm.save("model.pt"); bm = Backmapper.load("model.pt")
 
 Units: Å (MDAnalysis positions are Å as well).
@@ -274,16 +274,16 @@ def _frames(x: Any) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     return R, z, top
 
 
-def evaluate(generated: Any, reference: Any, z: np.ndarray | None = None, energies: bool = False,
+def evaluate(reference: Any, generated: Any, z: np.ndarray | None = None, energies: bool = False,
              pdb: str | os.PathLike | None = None, clash_distance: float = 2.0, cov_threshold: float = 0.5
              ) -> dict[str, float]:
     """Compare backmapped structures with references (see :mod:`backmap.metrics` for definitions).
 
     Parameters
     ----------
+    reference : AA Universe/Dataset/array (F, N, 3) with the true frames (first, as in every comparison).
     generated : AA Universe/Dataset/array with frames x samples frames (frame-major, as
         :meth:`Backmapper.sample` returns them), or an array (F, S, N, 3).
-    reference : AA Universe/Dataset/array (F, N, 3) with the true frames.
     z : atomic numbers when both inputs are arrays.
     energies : also report amber14 energies (kcal/mol) of generated and reference structures (needs a
         topology: ``pdb``, or one taken from the inputs).

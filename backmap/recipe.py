@@ -61,9 +61,9 @@ def evaluate_backmapper(bm: Backmapper, held_out: Dataset, config: BackmapConfig
         raise InputError("no held-out frames to evaluate the backmapper on")
     held = held_out[np.linspace(0, len(held_out) - 1, min(len(held_out), cfg.frames)).round().astype(int)]
     gen = bm.sample(bm.mapping.map_positions(held.R), n_samples=cfg.samples, temperature=cfg.temperature, seed=seed)
-    prior = evaluate(gen, held)
+    prior = evaluate(held, gen)
     recon_R = bm.reconstruct_positions(held, sample=False)
-    recon = evaluate(recon_R[:, None], held.R, z=held.z)
+    recon = evaluate(held.R, recon_R[:, None], z=held.z)
     out = {f"prior_{k}": v for k, v in prior.items()}
     out.update({f"recon_{k}": v for k, v in recon.items()})
     out["frames"], out["samples"] = len(held), cfg.samples

@@ -110,15 +110,15 @@ def main() -> int:
         R_ref = test.R
         X = mapping.map_positions(R_ref)
         rec = bm.reconstruct_positions(test)
-        m_rec = evaluate(rec[:, None], R_ref, z=ds.z)
+        m_rec = evaluate(R_ref, rec[:, None], z=ds.z)
         temps = [float(x) for x in args.temperatures.split(",") if x]
         t = time.time()
         S = bm.sample_positions(X, n_samples=args.samples, seed=0, temperature=temps[0])
         t_s = time.time() - t
-        m_s = evaluate(S, R_ref, z=ds.z)
+        m_s = evaluate(R_ref, S, z=ds.z)
         by_temp = {temps[0]: m_s}
         for T in temps[1:]:
-            by_temp[T] = evaluate(bm.sample_positions(X, n_samples=args.samples, seed=0, temperature=T), R_ref, z=ds.z)
+            by_temp[T] = evaluate(R_ref, bm.sample_positions(X, n_samples=args.samples, seed=0, temperature=T), z=ds.z)
         # energies: a subset of samples before and after restrained relaxation
         sub = S[: min(20, n_test), :2].reshape(-1, ds.n_atoms, 3)
         t = time.time()
@@ -126,7 +126,7 @@ def main() -> int:
         t_relax = time.time() - t
         E_raw, E_rel = energies(str(pdb), sub), energies(str(pdb), relaxed)
         E_ref = energies(str(pdb), R_ref[: min(20, n_test)])
-        m_rel = evaluate(relaxed.reshape(-1, 2, ds.n_atoms, 3), R_ref[: min(20, n_test)], z=ds.z)
+        m_rel = evaluate(R_ref[: min(20, n_test)], relaxed.reshape(-1, 2, ds.n_atoms, 3), z=ds.z)
         run = {"beads": mapping.n_beads, "fit_seconds": t_fit, "epochs": epochs,
                "val_rmsd_post": [round(h["rmsd_post"], 4) for h in bm.history.val],
                "recon": m_rec, "sample": m_s, "sample_temperature": temps[0], "sample_relaxed": m_rel,

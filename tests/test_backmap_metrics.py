@@ -87,10 +87,10 @@ def test_diversity_and_cov_mat(ala, rng):
 def test_evaluate_checks_shapes(ala):
     R, z = ala
     with pytest.raises(InputError, match="whole number of samples"):
-        evaluate(np.stack([R, R, R]), np.stack([R, R]), z=z)
+        evaluate(np.stack([R, R]), np.stack([R, R, R]), z=z)
     with pytest.raises(InputError, match="atoms"):
-        evaluate(R[None, :10], R[None], z=z)
-    out = evaluate(np.stack([R, R, R, R]), np.stack([R, R]), z=z)
+        evaluate(R[None], R[None, :10], z=z)
+    out = evaluate(np.stack([R, R]), np.stack([R, R, R, R]), z=z)
     for key in ("rmsd_all", "rmsd_heavy", "valid_ratio", "clash_rate", "diversity"):
         assert key in out
     assert out["n_samples"] == 2
@@ -103,7 +103,7 @@ def test_evaluate_universes_with_energies(ala_md, ala_pdb):
     ref = ala_md.subset(np.arange(3)).to_universe(topology=str(ala_pdb))
     shifted = ala_md.R[:3] + np.array([1.0, 2.0, 3.0])  # translated copies: all metrics perfect
     gen = universe_from_pdb_text(topology_pdb_text(ref), np.repeat(shifted, 2, axis=0))
-    out = evaluate(gen, ref, energies=True)
+    out = evaluate(ref, gen, energies=True)
     assert out["n_frames"] == 3 and out["n_samples"] == 2
     assert out["rmsd_all"] < 1e-3 and out["valid_ratio"] == 1.0 and out["cov"] == 1.0
     E, _ = openmm_energy_forces(ala_pdb, ala_md.R[:3])
@@ -178,7 +178,7 @@ def test_evaluate_reports_symmetric_and_plain(ala):
     R, z = ala
     swapped = R.copy()
     swapped[[11, 12, 13]] = R[[12, 13, 11]]  # relabelled methyl hydrogens: the same structure
-    out = evaluate(np.stack([swapped, R]), R[None], z=z)
+    out = evaluate(R[None], np.stack([swapped, R]), z=z)
     assert out["rmsd_all"] < 1e-6 and out["rmsd_all_plain"] > 0.3 and out["rmsd_heavy"] < 1e-6
     assert out["valid_ratio"] == 1.0
 

@@ -116,7 +116,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     gen = _open(a.generated, a.generated_traj)
     ref = _open(a.ref, a.ref_traj)
     pdb = a.ref if a.ref.lower().endswith(".pdb") else None
-    m = evaluate(gen, ref, energies=a.energies, pdb=pdb, clash_distance=a.clash_distance)
+    m = evaluate(ref, gen, energies=a.energies, pdb=pdb, clash_distance=a.clash_distance)
     for k, v in m.items():
         print(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
     if a.json:
