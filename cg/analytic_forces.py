@@ -107,8 +107,15 @@ def _smoothstep5(t: Tensor) -> tuple[Tensor, Tensor]:
     return t ** 3 * (10.0 - 15.0 * t + 6.0 * t * t), 30.0 * t * t * (1.0 - t) ** 2
 
 
-def prior_energy_forces(p, x: Tensor, start_deg: float = 155.0, end_deg: float = 178.0) -> tuple[Tensor, Tensor]:
-    """Energies (B,) and forces (B, n, 3) of a :class:`cg.priors.Priors` ``p`` (same terms as ``p.terms``)."""
+def prior_energy_forces(p, x: Tensor, start_deg: float = 155.0, end_deg: float = 178.0,
+                        rep: tuple[Tensor, Tensor] | None = None, rep_cutoff: float | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """Energies (B,) and forces (B, n, 3) of a :class:`cg.priors.Priors` ``p`` (same terms as ``p.terms``).
+
+    ``rep`` : (pairs, σ) replacing the repulsive pairs (a neighbour list, :class:`cg.md.RepulsionNeighbours`);
+    ``rep_cutoff`` : Å, repulsive pairs farther apart contribute nothing (``U(r_c) = kT (σ/r_c)^p`` is the
+    largest term dropped). Both None: every pair, exactly.
+    """
     dt = x.dtype
     G = torch.zeros_like(x)
     E = torch.zeros(x.shape[0], dtype=dt, device=x.device)
@@ -149,12 +156,15 @@ def prior_energy_forces(p, x: Tensor, start_deg: float = 155.0, end_deg: float =
         f = du * D / rho2  # dU/dφ over ρ²; dφ/dc = -s/ρ², dφ/ds = c/ρ²
         torsion_bwd(G, q, sv, -f * s, f * c)
         E = E + (uphi * D).sum(-1)
-    if len(p.rep_idx):
-        r, u = bonds_fwd(x, p.rep_idx)
+    pairs, sigma = (p.rep_idx, p.rep_sigma) if rep is None else rep
+    if len(pairs):
+        r, u = bonds_fwd(x, pairs)
         kT = 0.0019872041 * p.temperature
-        up = kT * (p.rep_sigma.to(dt) / r) ** p.rep_power
+        up = kT * (sigma.to(dt) / r) ** p.rep_power
+        if rep_cutoff is not None:
+            up = torch.where(r < rep_cutoff, up, torch.zeros_like(up))
         E = E + up.sum(-1)
-        bonds_bwd(G, p.rep_idx, u, -p.rep_power * up / r)
+        bonds_bwd(G, pairs, u, -p.rep_power * up / r)
     return E, -G
 
 

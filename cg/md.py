@@ -113,11 +113,55 @@ def bond_check(bonds: np.ndarray, r_ref: np.ndarray, max_dev: float | np.ndarray
     return check
 
 
+class RepulsionNeighbours:
+    """Verlet list of the prior's repulsive pairs for large bead counts: pairs within ``cutoff + skin`` Å in
+    any replica, rebuilt when some bead has moved more than ``skin / 2`` since the last build (then no pair
+    can have crossed the cutoff unseen). Pairs beyond ``cutoff`` contribute nothing (see
+    :func:`cg.analytic_forces.prior_energy_forces`); a build costs one pass over all pairs.
+    """
+
+    def __init__(self, priors: Any, cutoff: float, skin: float = 2.0) -> None:
+        self.priors, self.cutoff, self.skin = priors, float(cutoff), float(skin)
+        self.x_ref: torch.Tensor | None = None
+        self.pairs = self.sigma = None
+        self.builds = 0
+
+    def current(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.x_ref is None or self.x_ref.shape != x.shape or \
+                torch.linalg.vector_norm(x - self.x_ref, dim=-1).max() > 0.5 * self.skin:
+            allp = self.priors.rep_idx
+            d = torch.linalg.vector_norm(x[:, allp[:, 1]] - x[:, allp[:, 0]], dim=-1)
+            keep = (d < self.cutoff + self.skin).any(0)
+            self.pairs, self.sigma = allp[keep], self.priors.rep_sigma[keep]
+            self.x_ref = x.detach().clone()
+            self.builds += 1
+        return self.pairs, self.sigma
+
+
+def _fast_force_fn(potential: CGPotential, dtype: torch.dtype, neighbours: RepulsionNeighbours | None):
+    """positions -> (E, F) with the fast path; the prior's repulsion through ``neighbours`` when given."""
+    if neighbours is None:
+        return potential.force_fn(dtype, fast=True)
+    from .analytic_forces import prior_energy_forces
+    from .potential import _autograd_energy_forces
+
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xd = x.to(dtype)
+        E, F = prior_energy_forces(potential.priors, xd, rep=neighbours.current(xd), rep_cutoff=neighbours.cutoff)
+        net = potential.net
+        if net is not None:
+            En, Fn = net.energy_forces(xd) if hasattr(net, "energy_forces") else _autograd_energy_forces(net, xd)
+            E, F = E + En.to(dtype), F + Fn.to(dtype)
+        return E.to(x.dtype), F.to(x.dtype)
+    return fn
+
+
 def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: int, *, dt_fs: float = 2.0,
               save_every: int = 50, temperature: float | None = None, friction_per_ps: float = 1.0,
               max_bond_deviation: float | np.ndarray | None = stability.FU_THRESHOLD, reference_bond_lengths: np.ndarray | None = None,
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
-              progress: bool = True, fast: bool = True, compile: bool = False) -> CGRun:
+              progress: bool = True, fast: bool = True, compile: bool = False,
+              repulsion_cutoff: float | None = None) -> CGRun:
     """Langevin (BAOAB) MD of B replicas of the CG system from x0 (B, n, 3) or (n, 3) Å.
 
     Parameters
@@ -136,6 +180,9 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
     compile : fuse each step with ``torch.compile`` (:func:`forcefield.langevin.compile_step`; CUDA graphs on
         a GPU). Pays off only for long runs: compiling takes from tens of seconds to minutes on a CPU. Falls
         back on the eager step, with a warning, where compiling fails.
+    repulsion_cutoff : Å; with ``fast``, the prior's repulsive pairs go through a Verlet neighbour list
+        (:class:`RepulsionNeighbours`) and pairs beyond the cutoff are dropped: for large bead counts, where
+        the all-pairs repulsion dominates. None: every pair (exact).
     """
     x = torch.as_tensor(np.asarray(x0) if not torch.is_tensor(x0) else x0)
     if x.dim() == 2:
@@ -161,7 +208,11 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
     T = potential.temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()
     try:
-        traj = simulate(potential.force_fn(dtype, fast=fast), x, potential.masses.to(device), n_steps,
+        nl = None
+        if fast and repulsion_cutoff is not None and potential.priors is not None and len(potential.priors.rep_idx):
+            nl = RepulsionNeighbours(potential.priors, repulsion_cutoff)
+        fn = _fast_force_fn(potential, dtype, nl) if fast else potential.force_fn(dtype, fast=False)
+        traj = simulate(fn, x, potential.masses.to(device), n_steps,
                         save_every=save_every, dt_fs=dt_fs, temperature=T, friction_per_ps=friction_per_ps, seed=seed,
                         check_fn=check, progress=progress, desc="CG MD", compile=compile)
     finally:

@@ -152,3 +152,26 @@ def test_symmetry_factored_kernel_predictor_equals_model():
     a = run_md(ff, ds.R[0], n_steps=30, n_replicas=2, save_every=10, fast=False, progress=False)
     b = run_md(ff, ds.R[0], n_steps=30, n_replicas=2, save_every=10, fast=True, progress=False)
     assert np.allclose(a.R, b.R, atol=1e-8)
+
+
+def test_repulsion_neighbour_list_misses_no_pair():
+    """MD with a Verlet list: saved forces equal the all-pairs forces with the same cutoff at every frame."""
+    from cg.analytic_forces import prior_energy_forces
+
+    rng = np.random.default_rng(3)
+    n = 40
+    R = np.zeros((300, n, 3))
+    for k in range(1, n):
+        step = rng.normal(size=(300, 3))
+        R[:, k] = R[:, k - 1] + rng.normal(3.8, 0.05, (300, 1)) * step / np.linalg.norm(step, axis=1, keepdims=True)
+    bonds = np.array([[k, k + 1] for k in range(n - 1)])
+    pri = Priors.fit(R, bonds, 300.0, dihedrals=False)
+    pot = CGPotential(pri, None, ["A"] * n, np.full(n, 50.0), bonds)
+    run = run_cg_md(pot, R[:3], 300, dt_fs=5.0, save_every=20, dtype=torch.float64, progress=False,
+                    friction_per_ps=0.1, repulsion_cutoff=6.0, max_bond_deviation=None, temperature=600.0)
+    Rs = torch.as_tensor(run.traj.R.reshape(-1, n, 3))
+    E, F = prior_energy_forces(pri, Rs, rep_cutoff=6.0)
+    assert np.allclose(run.traj.F.reshape(-1, n, 3), F.numpy(), atol=1e-9)
+    assert np.allclose(run.traj.E.reshape(-1), E.numpy(), atol=1e-9)
+    moved = np.linalg.norm(run.traj.R[-1] - R[:3], axis=-1).max()
+    assert moved > 1.0  # the list had to be rebuilt on the way
