@@ -131,6 +131,12 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
     else:
         ctx.log("[cg_md] no CG bonds or no stable frames: bonded JS not defined (NaN)")
         out.update({"cg_bonded_js": float("nan"), "cg_bonded_js_max": float("nan")})
+    if len(R) and len(_topology(ctx).residues) >= 4:  # a peptide or protein: Rg, end-to-end, Q, TICA, distance map
+        from cg.protein_metrics import protein_report
+        from forcefield.splits import trajectory_lengths
+
+        rep = protein_report(ref_cg, R, lengths=trajectory_lengths(ref.extra, len(ref)))
+        out.update({f"cg_{k}": v for k, v in rep.items()})
     return out
 
 
