@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from forcefield.errors import InputError
+from forcefield.topology import angle_triples, dihedral_quads  # noqa: F401 - re-exported
+from forcefield.topology import nonbonded_pairs as _nonbonded_pairs
 from forcefield.units import kT as kT_of
 
 #: fewest frames a prior term is fitted to
@@ -35,46 +37,10 @@ MIN_SAMPLES = 10
 
 
 # ----------------------------------------------------------------------------- topology
-def angle_triples(bonds: np.ndarray) -> np.ndarray:
-    """(n_angles, 3) bead triples (i, j, k), j the vertex, i < k, from a bond list."""
-    nb = _neighbours(bonds)
-    out = [(i, j, k) for j in sorted(nb) for i in sorted(nb[j]) for k in sorted(nb[j]) if i < k]
-    return np.array(out, dtype=int).reshape(-1, 3)
-
-
-def dihedral_quads(bonds: np.ndarray, one_per_bond: bool = False) -> np.ndarray:
-    """(n_dihedrals, 4) bead quadruples i-j-k-l along bonded paths (each path once, i != l).
-
-    ``one_per_bond`` keeps only the first quadruple around each central bond j-k: the torsions around one
-    bond differ by nearly constant offsets, so Boltzmann-inverting each of them and summing the priors
-    would count the same torsional free energy several times.
-    """
-    nb = _neighbours(bonds)
-    out = []
-    for j, k in np.asarray(bonds, dtype=int).reshape(-1, 2):
-        found = False
-        for i in sorted(nb[j] - {k}):
-            for l in sorted(nb[k] - {j}):
-                if i != l and not (one_per_bond and found):
-                    out.append((i, j, k, l))
-                    found = True
-    return np.array(out, dtype=int).reshape(-1, 4)
-
-
+# The bond-graph lists live once, in forcefield.topology (angle_triples and dihedral_quads are re-exported).
 def nonbonded_pairs(bonds: np.ndarray, n_beads: int) -> np.ndarray:
     """(n_pairs, 2) bead pairs i < j not joined by a bond nor the ends of an angle (1-2 and 1-3 excluded)."""
-    excl = {tuple(sorted(b)) for b in np.asarray(bonds, dtype=int).reshape(-1, 2).tolist()}
-    excl |= {(min(a, c), max(a, c)) for a, _, c in angle_triples(bonds).tolist()}
-    return np.array([(i, j) for i in range(n_beads) for j in range(i + 1, n_beads) if (i, j) not in excl],
-                    dtype=int).reshape(-1, 2)
-
-
-def _neighbours(bonds: np.ndarray) -> dict[int, set[int]]:
-    nb: dict[int, set[int]] = {}
-    for i, j in np.asarray(bonds, dtype=int).reshape(-1, 2).tolist():
-        nb.setdefault(i, set()).add(j)
-        nb.setdefault(j, set()).add(i)
-    return nb
+    return _nonbonded_pairs(bonds, n_beads)
 
 
 # ----------------------------------------------------------------------------- torch geometry
