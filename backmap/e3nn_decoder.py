@@ -17,7 +17,7 @@ Model (:class:`E3nnDecoder`):
 Nothing in the model is indexed by atom or bead number: the topology (tokens, hosts, weights) is bound with
 :meth:`E3nnDecoder.bind`, so one trained model serves any sequence whose tokens it has seen.
 
-Generative training (:func:`train_e3nn_decoder`): conditional implicit maximum-likelihood estimation
+Generative training (:func:`train_e3nn_decoder`, on the shared trainer :mod:`cg.trainer`): conditional implicit maximum-likelihood estimation
 (IMLE, Li & Malik 2018): for each training frame ``n_draws`` noise draws are decoded and the coordinate
 error of the closest draw is minimised, so different draws learn different conformers (e.g. methyl rotamers)
 instead of their average; bond, 1-3 distance and clash terms (:mod:`backmap.losses`) apply to every draw, so
@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -222,25 +221,22 @@ class E3nnDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------- training
-def _save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    from forcefield.fileio import atomic_path
-
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(path: str | os.PathLike) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise InputError(f"{path}: not a readable checkpoint ({e})") from e
-
-
 def _pair_d(R: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(((R[:, p[:, 0]] - R[:, p[:, 1]]) ** 2).sum(-1) + 1e-10)
 
 
-def imle_loss(model: E3nnDecoder, terms: dict[str, torch.Tensor], R: torch.Tensor, X: torch.Tensor, tc: TrainConfig,
+class GeometryBuffers(nn.Module):
+    """Index pairs and clash hinges of :class:`backmap.losses.GeometryTerms` as buffers (they follow the
+    module's device)."""
+
+    def __init__(self, terms: GeometryTerms) -> None:
+        super().__init__()
+        for k in ("bonds", "angles13", "nonbonded"):
+            self.register_buffer(k, torch.as_tensor(np.asarray(getattr(terms, k)), dtype=torch.long).reshape(-1, 2))
+        self.register_buffer("clash_t", torch.as_tensor(np.asarray(terms.clash_t), dtype=torch.float32))
+
+
+def imle_loss(model: E3nnDecoder, terms: GeometryBuffers, R: torch.Tensor, X: torch.Tensor, tc: TrainConfig,
               geometry: float = 1.0, n_draws: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Closest-draw coordinate MSE (Å²) + geometry terms (bond, 1-3, clash) averaged over all draws."""
     K = n_draws or model.cfg.n_draws
@@ -250,100 +246,99 @@ def imle_loss(model: E3nnDecoder, terms: dict[str, torch.Tensor], R: torch.Tenso
     parts = {"coord": err.min(1).values.mean(), "coord_mean": err.mean().detach()}
     Q, Rk = P.reshape(b * K, -1, 3), R.repeat_interleave(K, 0)
     zero = R.new_zeros(())
-    bd, a13, nb = terms["bonds"], terms["angles13"], terms["nonbonded"]
+    bd, a13, nb = terms.bonds, terms.angles13, terms.nonbonded
     parts["bond"] = ((_pair_d(Q, bd) - _pair_d(Rk, bd)) ** 2).mean() if len(bd) else zero
     parts["angle"] = ((_pair_d(Q, a13) - _pair_d(Rk, a13)) ** 2).mean() if len(a13) else zero
-    parts["clash"] = (torch.relu(terms["clash_t"] - _pair_d(Q, nb)) ** 2).mean() if len(nb) else zero
+    parts["clash"] = (torch.relu(terms.clash_t.to(Q.dtype) - _pair_d(Q, nb)) ** 2).mean() if len(nb) else zero
     total = parts["coord"] + geometry * (tc.gamma_bond * parts["bond"] + tc.gamma_angle * parts["angle"]
                                          + tc.gamma_clash * parts["clash"])
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
+@lru_cache(maxsize=None)
+def _module_class() -> type:
+    """The Lightning module (:class:`cg.trainer.TrainModule`), built on first use."""
+    from cg.trainer import TrainModule
+
+    class E3nnBackmapModule(TrainModule):
+        """One IMLE step per batch; geometry weights ramped in per global step; cosine learning rate."""
+
+        def __init__(self, model: E3nnDecoder, terms: GeometryBuffers, cfg: TrainConfig, steps_per_epoch: int) -> None:
+            super().__init__()
+            self.model, self.terms, self.cfg = model, terms, cfg
+            self.steps_per_epoch, self.total = steps_per_epoch, cfg.epochs * steps_per_epoch
+
+        def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
+            c, total = self.cfg, self.total
+            opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+
+            def cosine(s: int) -> float:
+                return (c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / c.lr
+
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine), "step"
+
+        def train_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, dict]:
+            r, x = batch
+            step = self.epoch * self.steps_per_epoch + batch_idx
+            ramp = min(1.0, (step + 1) / max(1.0, self.cfg.beta_warmup * self.total))
+            loss, parts = imle_loss(self.model, self.terms, r, x, self.cfg, ramp)
+            return loss, {k: (v * len(r), len(r)) for k, v in parts.items()}
+
+        def val_step(self, batch: Any) -> dict:
+            r, x = batch
+            loss, parts = imle_loss(self.model, self.terms, r, x, self.cfg, 1.0)
+            parts["loss"] = float(loss)
+            return {k: (v * len(r), len(r)) for k, v in parts.items()}
+
+        def epoch_line(self, r: dict) -> str:
+            return (f"closest-draw MSE {r.get('train_coord', float('nan')):.4f} Å²  val loss "
+                    f"{r.get('val_loss', float('nan')):.4f}  {r['seconds']:.1f} s")
+
+        def history_records(self) -> History:
+            h = History()
+            for rec in self.history:
+                e = int(rec["epoch"]) + 1
+                h.train.append({**{k[6:]: v for k, v in rec.items() if k.startswith("train_")}, "epoch": e})
+                va = {k[4:]: v for k, v in rec.items() if k.startswith("val_")}
+                if va:
+                    h.val.append({**va, "epoch": e})
+            return h
+
+    return E3nnBackmapModule
+
+
 def train_e3nn_decoder(model: E3nnDecoder, geometry: GeometryTerms, R: np.ndarray, X: np.ndarray, tc: TrainConfig,
                        device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
                        resume: bool = True, progress: bool = True, max_seconds: float | None = None,
-                       lengths: Any = None) -> History:
+                       lengths: Any = None, **trainer: Any) -> History:
     """Fit the decoder by conditional IMLE on atoms R (M, N, 3) and beads X (M, n, 3), Å, centred per frame.
 
-    Contiguous train/validation split (:func:`forcefield.splits.block_split`; ``lengths``: frames per
-    trajectory), Adam with a cosine schedule,
-    geometry weights ramped in over the first ``tc.beta_warmup`` share of steps, the best epoch (validation
-    loss) kept; a checkpoint after every epoch (resumed with ``resume=True``); ``max_seconds`` bounds the time.
+    Runs on the shared trainer (:func:`cg.trainer.fit`): contiguous train/validation blocks
+    (:func:`forcefield.splits.block_split`; ``lengths``: frames per trajectory), Adam with a cosine
+    schedule per step, geometry weights ramped in over the first ``tc.beta_warmup`` share of steps, the
+    weights of the best epoch (validation loss) restored; checkpoints after every epoch (resumed with
+    ``resume=True``); ``max_seconds`` bounds the time; ``trainer``: more :class:`cg.trainer.TrainerConfig`
+    fields (``log_dir``, ``devices``, ``strategy``...).
     """
-    from tqdm.auto import tqdm
-
+    from cg.trainer import TrainerConfig, fit, loader
     from forcefield.splits import block_split
 
-    device = torch.device(device)
-    model.to(device)
-    tr, va = block_split(len(R), tc.val_fraction, lengths)
+    M = len(R)
+    tr, va = block_split(M, tc.val_fraction, lengths)
     Rt, Xt = torch.as_tensor(R, dtype=torch.float32), torch.as_tensor(X, dtype=torch.float32)
-    terms = {k: torch.as_tensor(np.asarray(getattr(geometry, k)), dtype=torch.long, device=device).reshape(-1, 2)
-             for k in ("bonds", "angles13", "nonbonded")}
-    terms["clash_t"] = torch.as_tensor(geometry.clash_t, dtype=torch.float32, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    per_epoch = max(1, math.ceil(len(tr) / tc.batch_size))
-    total = tc.epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / tc.lr)
-    hist, start, best, best_val = History(), 0, None, float("inf")
-    if checkpoint is not None and resume and Path(checkpoint).exists():
-        ck = _load_checkpoint(checkpoint)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, best, best_val = int(ck["epoch"]), ck["best"], float(ck["best_val"])
-        hist = History(*[list(map(dict, h)) for h in (ck["hist_train"], ck["hist_val"])]) if "hist_train" in ck else hist
-    gen = torch.Generator().manual_seed(tc.seed + start)
-    torch.manual_seed(tc.seed + 1000 + start)
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, tc.epochs), desc="backmap e3nn", disable=not progress, mininterval=1.0)
-    for epoch in bar:
-        model.train()
-        perm = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
-        sums: dict[str, float] = {}
-        for k in range(0, len(perm), tc.batch_size):
-            idx = perm[k:k + tc.batch_size]
-            step = epoch * per_epoch + k // tc.batch_size
-            ramp = min(1.0, (step + 1) / max(1.0, tc.beta_warmup * total))
-            loss, parts = imle_loss(model, terms, Rt[idx].to(device), Xt[idx].to(device), tc, ramp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
-            for key, v in parts.items():
-                sums[key] = sums.get(key, 0.0) + v * len(idx)
-        rec = {k: v / len(tr) for k, v in sums.items()}
-        rec["epoch"] = epoch + 1
-        hist.train.append(rec)
-        model.eval()
-        with torch.no_grad():
-            vs: dict[str, float] = {}
-            for k in range(0, len(va), 4 * tc.batch_size):
-                sl = torch.as_tensor(va[k:k + 4 * tc.batch_size])
-                v_loss, vp = imle_loss(model, terms, Rt[sl].to(device), Xt[sl].to(device), tc, 1.0)
-                vp["loss"] = float(v_loss)
-                for key, v in vp.items():
-                    vs[key] = vs.get(key, 0.0) + v * len(sl)
-            vrec = {k: v / max(len(va), 1) for k, v in vs.items()}
-        vrec["epoch"] = epoch + 1
-        hist.val.append(vrec)
-        if vrec.get("loss", float("inf")) < best_val:
-            best_val = vrec["loss"]
-            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(coord=f"{rec['coord']:.3f}", val=f"{vrec.get('loss', float('nan')):.3f}")
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                         "epoch": epoch + 1, "best": best, "best_val": best_val,
-                                         "hist_train": hist.train, "hist_val": hist.val})
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
-    if best is not None:
-        model.load_state_dict(best)
+    steps = max(1, math.ceil(len(tr) / tc.batch_size))
+    module = _module_class()(model, GeometryBuffers(geometry), tc, steps)
+    cfg = TrainerConfig(max_epochs=tc.epochs, monitor="val_loss", restore_best=True, checkpoint=checkpoint,
+                        resume=resume, progress=progress, device=device, grad_clip=tc.grad_clip, seed=tc.seed,
+                        max_seconds=max_seconds, **trainer)
+    signature = {"n_frames": M, "n_train": len(tr), "n_val": len(va), "n_atoms": int(Rt.shape[1]),
+                 "n_beads": int(Xt.shape[1]), "decoder": "e3nn"}
+    val = loader((Rt, Xt), va, 4 * tc.batch_size, shuffle=False, pad=False) if len(va) else None
+    fit(module, loader((Rt, Xt), tr, tc.batch_size, shuffle=True, seed=tc.seed), val, cfg, signature=signature,
+        payload={"train_config": str(tc.to_dict())}, find_unused_parameters=True)
+    model.to(device)
     model.eval()
-    return hist
+    return module.history_records()
 
 
 def fit_e3nn_decoder(mapping: Any, R: np.ndarray, X: np.ndarray, host: np.ndarray, weights: np.ndarray,

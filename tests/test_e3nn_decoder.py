@@ -129,16 +129,17 @@ def test_one_model_serves_another_molecule(ala, rng):
 
 
 @pytest.fixture(scope="module")
-def fitted(ala_md):
-    """A Backmapper with the e3nn decoder trained for two short epochs on 120 frames."""
+def fitted(ala_md, tmp_path_factory):
+    """A Backmapper with the e3nn decoder trained for two short epochs on 120 frames (with a checkpoint)."""
     mapping = Mapping.from_indices(BEADS3, masses(ala_md.z), "com", names=["ACE", "ALA", "NME"])
     bm = Backmapper(mapping, decoder="e3nn", decoder_options={**SMALL, "n_draws": 3}, epochs=2, batch_size=32)
     torch.set_num_threads(1)
-    return bm.fit(ala_md.subset(np.arange(120)), progress=False)
+    ck = tmp_path_factory.mktemp("e3nn") / "ck.pt"
+    return bm.fit(ala_md.subset(np.arange(120)), checkpoint=ck, progress=False), ck
 
 
 def test_backmapper_e3nn_fit_sample_save_load(fitted, ala_md, tmp_path):
-    bm = fitted
+    bm, ck = fitted
     assert isinstance(bm.model, E3nnDecoder) and len(bm.history.train) == 2
     # the closest-draw training error fell during the fit
     assert bm.history.train[-1]["coord"] < bm.history.train[0]["coord"]
@@ -155,3 +156,8 @@ def test_backmapper_e3nn_fit_sample_save_load(fitted, ala_md, tmp_path):
     assert len(u.trajectory) == 2 and list(u.residues.resnames) == ["ACE", "ALA", "NME"]
     with pytest.raises(InputError, match="decoder"):
         Backmapper(bm.mapping, decoder="diffusion")
+    # resume: a longer run continues from the checkpoint and keeps the first two epochs
+    bm3 = Backmapper(bm.mapping, decoder="e3nn", decoder_options={**SMALL, "n_draws": 3}, epochs=3, batch_size=32)
+    bm3.fit(ala_md.subset(np.arange(120)), checkpoint=ck, progress=False)
+    assert len(bm3.history.train) == 3
+    assert [h["coord"] for h in bm3.history.train[:2]] == [h["coord"] for h in bm.history.train]
