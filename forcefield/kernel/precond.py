@@ -56,7 +56,9 @@ class SchurPreconditioner:
     lam : the regulariser λ of the system.
     n_points : inducing training points (see :func:`~forcefield.kernel.solvers.n_inducing_points`).
     pivot_block : training points taken per pivoting step of the pivoted Cholesky that picks them.
-    max_bytes : memory allowed for the transient n x k pivoted-Cholesky factor of the build.
+    max_bytes : memory allowed for the transient n x k pivoted-Cholesky factor of the build together with
+        the kernel columns of one pivoting step (two n x (pivot_block w) arrays): the pivot block is cut to
+        an eighth of the budget, and the inducing points to what then fits.
     nystrom_shift : the shift λp of the pivoted Cholesky of K + λp (default λ; on aspirin smaller shifts
         needed more PCG iterations).
     progress : tqdm bar over the pivots.
@@ -68,7 +70,9 @@ class SchurPreconditioner:
         M, w = tr.n, kernel.width
         n = kernel.n_unknowns
         dev, dt = tr.d.device, tr.d.dtype
-        n_points = int(max(1, min(n_points, M - 1, max_bytes // (8 * n * w))))
+        col = 8.0 * n * w  # bytes of one training point's kernel columns
+        pivot_block = int(max(1, min(pivot_block, max_bytes / 8 // (2 * col))))
+        n_points = int(max(1, min(n_points, M - 1, (max_bytes - 2 * pivot_block * col) // col)))
         self.lam = float(lam)
         self.n = n
         diag = kernel.diag_blocks()  # (M, w, w)
