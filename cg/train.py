@@ -168,7 +168,7 @@ def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, ep
                         device=device, accelerator=accelerator, devices=devices, strategy=strategy,
                         num_nodes=num_nodes, max_seconds=max_seconds, seed=seed)
     signature = {"n_frames": M, "n_train": len(tr), "n_val": len(va), "n_beads": int(model.n_beads)}
-    module.potential = model
+    module.__dict__["potential"] = model  # for checkpoint_extra; not a submodule (its weights: ``net``)
     fit(module, loader((Rt, dF), tr, batch_size, shuffle=True, seed=seed),
         loader((Rt, dF), va, 4 * batch_size, shuffle=False, pad=False), cfg, signature=signature,
         find_unused_parameters=True)  # e.g. an energy offset gets no gradient from forces
