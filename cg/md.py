@@ -114,10 +114,11 @@ def bond_check(bonds: np.ndarray, r_ref: np.ndarray, max_dev: float | np.ndarray
 
 
 class RepulsionNeighbours:
-    """Verlet list of the prior's repulsive pairs for large bead counts: pairs within ``cutoff + skin`` Å in
-    any replica, rebuilt when some bead has moved more than ``skin / 2`` since the last build (then no pair
-    can have crossed the cutoff unseen). Pairs beyond ``cutoff`` contribute nothing (see
-    :func:`cg.analytic_forces.prior_energy_forces`); a build costs one pass over all pairs.
+    """Verlet lists of the prior's repulsive pairs for large bead counts, one per replica: pairs within
+    ``cutoff + skin`` Å, rebuilt when some bead has moved more than ``skin / 2`` since the last build (then
+    no pair can have crossed the cutoff unseen). Pairs beyond ``cutoff`` contribute nothing (see
+    :func:`cg.analytic_forces.prior_energy_forces`); a build costs one pass over all pairs (in chunks of
+    replicas, to bound memory).
     """
 
     def __init__(self, priors: Any, cutoff: float, skin: float = 2.0) -> None:
@@ -130,19 +131,34 @@ class RepulsionNeighbours:
         if self.x_ref is None or self.x_ref.shape != x.shape or \
                 torch.linalg.vector_norm(x - self.x_ref, dim=-1).max() > 0.5 * self.skin:
             allp = self.priors.rep_idx
-            d = torch.linalg.vector_norm(x[:, allp[:, 1]] - x[:, allp[:, 0]], dim=-1)
-            keep = (d < self.cutoff + self.skin).any(0)
-            self.pairs, self.sigma = allp[keep], self.priors.rep_sigma[keep]
+            chunk = max(1, int(2e7 // max(1, len(allp))))
+            rows = []
+            for s in range(0, x.shape[0], chunk):
+                d = torch.linalg.vector_norm(x[s:s + chunk, allp[:, 1]] - x[s:s + chunk, allp[:, 0]], dim=-1)
+                b, k = torch.nonzero(d < self.cutoff + self.skin, as_tuple=True)
+                rows.append((b + s, k))
+            b, k = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+            self.pairs = torch.stack([b, allp[k, 0], allp[k, 1]], 1)  # (replica, i, j)
+            self.sigma = self.priors.rep_sigma[k]
             self.x_ref = x.detach().clone()
             self.builds += 1
         return self.pairs, self.sigma
 
 
 def _fast_force_fn(potential: CGPotential, dtype: torch.dtype, neighbours: RepulsionNeighbours | None):
-    """positions -> (E, F) with the fast path; the prior's repulsion through ``neighbours`` when given."""
+    """positions -> (E, F) with the fast path: :class:`cg.analytic_forces.FusedForces` for priors (+ FeatureNet),
+    the prior's repulsion through ``neighbours`` when given, else :meth:`CGPotential.fast_energy_forces`."""
+    from .analytic_forces import FusedForces, prior_energy_forces
+
     if neighbours is None:
-        return potential.force_fn(dtype, fast=True)
-    from .analytic_forces import prior_energy_forces
+        fused = FusedForces.for_potential(potential)
+        if fused is None:
+            return potential.force_fn(dtype, fast=True)
+
+        def fused_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            E, F = fused(x.to(dtype))
+            return E.to(x.dtype), F.to(x.dtype)
+        return fused_fn
     from .potential import _autograd_energy_forces
 
     def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -175,3 +175,25 @@ def test_repulsion_neighbour_list_misses_no_pair():
     assert np.allclose(run.traj.E.reshape(-1), E.numpy(), atol=1e-9)
     moved = np.linalg.norm(run.traj.R[-1] - R[:3], axis=-1).max()
     assert moved > 1.0  # the list had to be rebuilt on the way
+
+
+@pytest.mark.parametrize("torsions", ["smooth", "angle"])
+@pytest.mark.parametrize("damp", [True, False])
+def test_fused_md_forces_equal_autograd(torsions, damp):
+    """The fused MD evaluation (one pass per geometric kind) equals autograd through priors + FeatureNet."""
+    from cg.analytic_forces import FusedForces
+
+    pri, R, bonds = _priors(damp)
+    torch.manual_seed(2)
+    net = FeatureNet(6, bonds, hidden=16, layers=2, reference=R, torsions=torsions).double()
+    with torch.no_grad():
+        for p in net.mlp.parameters():
+            p.normal_()
+    pot = CGPotential(pri, net, [f"B{k}" for k in range(6)], np.full(6, 40.0), bonds)
+    x = torch.as_tensor(R[:48] + np.random.default_rng(5).normal(scale=0.3, size=R[:48].shape))
+    x[:2, 3] = 0.5 * (x[:2, 2] + x[:2, 4]) + 0.02  # near-collinear beads: damped torsions
+    E, F = FusedForces.for_potential(pot)(x)
+    Ea, Fa = _autograd(pot, x)
+    assert torch.allclose(E, Ea, rtol=1e-10, atol=1e-8)
+    assert torch.allclose(F, Fa, rtol=0, atol=1e-9 * Fa.abs().max().item())
+    assert FusedForces.for_potential(CGPotential(pri, SchNetCG(np.zeros(6, int)), ["B"] * 6, np.ones(6), bonds)) is None
