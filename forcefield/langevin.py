@@ -156,7 +156,12 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
         else:
             args = (x, v, F, noise, inv_m, vstd, half, c1, c2)
             try:
-                new = step_fn(*args) if step_fn is not None else _baoab_step(force_fn, *args)
+                if step_fn is not None:
+                    new = step_fn(*args)
+                    if dev.type == "cuda":  # CUDA-graph outputs are overwritten by the next replay: keep copies
+                        new = tuple(t.clone() for t in new)
+                else:
+                    new = _baoab_step(force_fn, *args)
             except Exception as e:  # noqa: BLE001 - compiling failed: the eager step from now on
                 if step_fn is None:
                     raise
