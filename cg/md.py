@@ -128,8 +128,9 @@ class RepulsionNeighbours:
         self.builds = 0
 
     def current(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # a replica gone non-finite (to be stopped by the engine) must not block the rebuilds of the others
         if self.x_ref is None or self.x_ref.shape != x.shape or \
-                torch.linalg.vector_norm(x - self.x_ref, dim=-1).max() > 0.5 * self.skin:
+                torch.nan_to_num(torch.linalg.vector_norm(x - self.x_ref, dim=-1), nan=0.0).max() > 0.5 * self.skin:
             allp = self.priors.rep_idx
             chunk = max(1, int(2e7 // max(1, len(allp))))
             rows = []
