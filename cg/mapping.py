@@ -342,5 +342,6 @@ class Mapping:
         for k, b in enumerate(self.beads):
             who = [self.atom_names[i] for i in b] if self.atom_names else b.tolist()
             typ = f" [{self.bead_types[k]}]" if self.bead_types[k] != self.names[k] else ""
-            out.append(f"  {k:3d} {self.names[k]:>6s}{typ} {self.atom_masses[b].sum():8.3f} amu  {' '.join(map(str, who))}")
+            mass = self.atom_masses[b].sum()
+            out.append(f"  {k:3d} {self.names[k]:>6s}{typ} {mass:8.3f} amu  {' '.join(map(str, who))}")
         return "\n".join(out)

@@ -12,8 +12,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     g = add_group(sub, name, help_)
 
     p = g.add_parser("md", help="Langevin MD of a PDB with OpenMM amber14; saves R, F, E (.npz)",
-                     description="Langevin MD of a PDB system with OpenMM (amber14; vacuum, OBC2/GBn2 implicit or TIP3P "
-                                 "explicit solvent); writes an sGDML-format dataset with positions (Å), forces "
+                     description="Langevin MD of a PDB system with OpenMM (amber14; vacuum, OBC2/GBn2 implicit or "
+                                 "TIP3P explicit solvent); writes an sGDML-format dataset with positions (Å), forces "
                                  "(kcal/mol/Å), energies (kcal/mol). Explicit solvent: solute atoms only, with their "
                                  "total forces (water included), no energies.")
     p.add_argument("pdb", nargs="?", default=None, help="PDB file (default: the shipped alanine dipeptide)")

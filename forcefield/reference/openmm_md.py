@@ -302,7 +302,6 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     Dataset with R (Å), F (kcal/mol/Å), E (kcal/mol, None in explicit solvent); ``extra`` holds ``pdb`` (the
     solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica`` and ``platform``.
     """
-    import openmm
     import openmm.unit as u
     from tqdm.auto import tqdm
 

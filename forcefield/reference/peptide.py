@@ -143,6 +143,7 @@ def heavy_atoms(resnames: list[str], caps: str = "ace-nme",
     CA = np.array([B_N_CA, 0.0, 0.0])
     ang = np.radians(180.0 - A_N_CA_C)
     C = CA + B_CA_C * np.array([np.cos(ang), np.sin(ang), 0.0])
+    prev = (N, CA, C)
     for k, res in enumerate(resnames):
         phi, psi = angles[k]
         if k > 0:
@@ -208,9 +209,7 @@ def build_peptide(sequence: str, caps: str = "ace-nme", conformation: str | tupl
     -------
     The PDB text (Å; chain A, residues numbered from 1, the ACE cap included).
     """
-    import openmm
     import openmm.app as app
-    import openmm.unit as u
 
     resnames = parse_sequence(sequence)
     heavy = heavy_atoms(resnames, caps, conformation)
