@@ -136,10 +136,9 @@ def cg_speed(pot, R: np.ndarray, name: str, replicas: int, seconds: float, compi
     t0 = time.perf_counter()
     pilot = run_cg_md(pot, x0, 10, save_every=10, **kw)  # warm-up (and the compile, when asked)
     first = time.perf_counter() - t0
-    per_step = pilot.wall_seconds / 10 if not compile else None
-    n = 50
-    if per_step:
-        n = max(20, int(seconds / per_step))
+    if compile:  # a second pilot, compiled already, for the time per step
+        pilot = run_cg_md(pot, x0, 50, save_every=50, **kw)
+    n = max(20, int(seconds / (pilot.wall_seconds / pilot.n_steps)))
     c0 = time.process_time()
     run = run_cg_md(pot, x0, n, save_every=max(1, n // 10), **kw)
     cpu = time.process_time() - c0
