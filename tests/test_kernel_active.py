@@ -128,3 +128,22 @@ def test_selection_is_spread_out(system):
 def test_config_is_strict():
     with pytest.raises(Exception):
         ActiveConfig(max_round=3)
+
+
+def test_cli_learn_with_xtb(tmp_path):
+    """``cgwb kernel learn`` end to end on ethanol with GFN2-xTB labels (one labelling round, a few frames)."""
+    from cgwb.cli import main
+
+    eth = load_dataset(DATA / "ethanol_xtb.npz")
+    tr, te = tmp_path / "tr.npz", tmp_path / "te.npz"
+    eth[np.arange(0, 30, 3)].save(tr)
+    eth[np.arange(40, 60, 4)].save(te)
+    m = tmp_path / "m.npz"
+    assert main(["kernel", "train", str(tr), "-n", "10", "--sigma", "10", "-o", str(m), "-q", "--device", "cpu"]) == 0
+    out = tmp_path / "learn"
+    assert main(["kernel", "learn", str(m), str(tr), str(te), "-o", str(out), "--rounds", "1", "-B", "2",
+                 "--steps", "60", "--save-every", "10", "--dt", "0.5", "--frames", "2", "--spot-checks", "3",
+                 "--target-ratio", "0.01", "-q", "--device", "cpu"]) == 0
+    res = ActiveResult.load(out)
+    assert [r["round"] for r in res.log] == [0, 1] and len(res.train) == 10 + 5
+    assert (out / "active_rounds.png").exists()

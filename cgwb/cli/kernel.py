@@ -79,6 +79,31 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     add_quiet(p)
     p.set_defaults(func=_md)
 
+    p = g.add_parser("learn", help="active learning: grow the training set from the model's own MD",
+                     description="Rounds of kernel-FF MD on many replicas; the frames with the largest predicted "
+                                 "force std (spread out in descriptor space) are labelled with GFN2-xTB and added, "
+                                 "and the model is refitted, until its force MAE on random frames of its own MD "
+                                 "is at most --target-ratio times its held-out MAE. Resumable: run again with "
+                                 "the same --out folder to continue.")
+    p.add_argument("model", help="fitted model .npz")
+    p.add_argument("train", help="its training set (.npz with R, z, F, E)")
+    p.add_argument("test", help="held-out labelled frames (.npz) for the held-out MAE")
+    p.add_argument("-o", "--out", default="kernel_learn", help="folder for state, log, plot and the final model")
+    p.add_argument("--starts", default=None, help=".npz whose frames start the replicas (default: the training set)")
+    p.add_argument("--rounds", type=int, default=4, help="labelling rounds at most (default: %(default)s)")
+    p.add_argument("-B", "--replicas", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1000, help="MD steps per replica and round")
+    p.add_argument("--save-every", type=int, default=20)
+    p.add_argument("--dt", type=float, default=1.0, help="fs (default: %(default)s)")
+    p.add_argument("-T", "--temperature", type=float, default=300.0)
+    p.add_argument("--frames", type=int, default=30, help="frames labelled per round (default: %(default)s)")
+    p.add_argument("--spot-checks", type=int, default=20, help="random MD frames labelled per round")
+    p.add_argument("--target-ratio", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_learn)
+
 
 def _train(a: argparse.Namespace) -> int:
     import numpy as np
@@ -184,4 +209,26 @@ def _md(a: argparse.Namespace) -> int:
     for b, step, why in traj.stopped:
         print(f"  replica {b}: step {step}: {why}")
     print(f"wrote {a.out}: {len(out)} frames")
+    return 0
+
+
+def _learn(a: argparse.Namespace) -> int:
+    from forcefield import KernelForceField, load_dataset
+    from forcefield.kernel.active import LOG_FIELDS, ActiveConfig, active_learn, plot_rounds
+
+    ff = KernelForceField.load(a.model, device=pick_device(a.device))
+    train, test = load_dataset(a.train), load_dataset(a.test)
+    starts = load_dataset(a.starts).R if a.starts else train.R
+    cfg = ActiveConfig(max_rounds=a.rounds, replicas=a.replicas, md_steps=a.steps, save_every=a.save_every,
+                       timestep_fs=a.dt, temperature=a.temperature, frames_per_round=a.frames,
+                       spot_checks=a.spot_checks, target_ratio=a.target_ratio, seed=a.seed, progress=not a.quiet)
+    res = active_learn(ff, train, test, starts, config=cfg, workdir=a.out)
+    plot = plot_rounds(res.log, f"{a.out}/active_rounds.png")
+    cols = [k for k in LOG_FIELDS if not k.endswith("_s")]
+    print(" ".join(f"{k:>12s}" for k in cols))
+    for r in res.log:
+        print(" ".join(f"{r[k]:12.4g}" if isinstance(r[k], float) else f"{r[k]:>12}" for k in cols))
+    print(("converged" if res.converged else "not converged") + f" after {res.rounds} labelling round(s); "
+          f"{len(res.train)} training frames")
+    print(f"wrote {a.out}/kernel.npz, train.npz, active_log.json/.csv, {plot}")
     return 0
