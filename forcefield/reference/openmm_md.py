@@ -106,7 +106,7 @@ def _constraints(constraints: str | None, explicit: bool) -> Any:
 
 def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: str = "amber14-all.xml",
                  constraints: str | None = None, padding_nm: float = 1.0, ionic_strength_molar: float = 0.0,
-                 fast_gb: bool = True) -> tuple[Any, MDSystem]:
+                 fast_gb: bool = True, box_shape: str = "dodecahedron") -> tuple[Any, MDSystem]:
     """OpenMM (System, :class:`MDSystem`) for a PDB with amber14 in vacuum, implicit or explicit solvent.
 
     Parameters
@@ -116,6 +116,8 @@ def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: st
         otherwise (explicit solvent defaults to ``"auto"`` when None is given).
     padding_nm, ionic_strength_molar : water between periodic images of the solute (OpenMM's ``padding``;
         the box is at least 2 cut-offs + 0.2 nm wide), salt in mol/L (ions always neutralise).
+    box_shape : ``"dodecahedron"`` (rhombic, ~70 % of the cube's water for the same image distance),
+        ``"octahedron"`` or ``"cube"``; solutes too small for it get a cube 2 cut-offs + 0.2 nm wide.
     fast_gb : OBC2 through the native ``GBSAOBCForce`` (:func:`native_obc2`).
     """
     import openmm
@@ -132,7 +134,9 @@ def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: st
     try:
         if explicit:
             mod = app.Modeller(pdbf.topology, pdbf.positions)
-            mod.addSolvent(ff, model=solvent, padding=padding_nm * u.nanometer,
+            if box_shape not in ("cube", "dodecahedron", "octahedron"):
+                raise InputError(f"unknown box_shape {box_shape!r}; expected cube, dodecahedron or octahedron")
+            mod.addSolvent(ff, model=solvent, padding=padding_nm * u.nanometer, boxShape=box_shape,
                            ionicStrength=ionic_strength_molar * u.molar, neutralize=True)
             side = min(v[k].value_in_unit(u.nanometer) for k, v in enumerate(mod.topology.getPeriodicBoxVectors()))
             if side < 2.0 * CUTOFF_NM + 0.1:  # small solutes: a cube just wide enough for the cut-off
@@ -268,7 +272,8 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
                   solvent: str = "vacuum", forcefield: str = "amber14-all.xml", equilibration_steps: int = 10000,
                   minimize: bool | int = True, seed: int = 0, platform: str | None = None, progress: bool = True,
                   constraints: str | None = None, replicas: int = 1, padding_nm: float = 1.0,
-                  pressure_bar: float | None = 1.0, fast_gb: bool = True, hot_start_K: float | None = None) -> Dataset:
+                  pressure_bar: float | None = 1.0, fast_gb: bool = True, hot_start_K: float | None = None,
+                  box_shape: str = "dodecahedron") -> Dataset:
     """Langevin MD of a PDB system with OpenMM; returns positions, forces and energies as a :class:`Dataset`.
 
     Parameters
@@ -296,6 +301,7 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
         order; ``extra["replica"]`` gives each frame's run (contiguous blocks: split by replica or block).
     platform : ``None``/``"auto"``, ``"CUDA"``, ``"OpenCL"``, ``"CPU"`` or ``"Reference"`` (see :func:`_platform`).
     fast_gb : OBC2 through OpenMM's native GBSAOBCForce (same energies, ~5x faster; :func:`native_obc2`).
+    box_shape : water box of explicit solvent: ``"dodecahedron"`` (default), ``"octahedron"`` or ``"cube"``.
 
     Returns
     -------
@@ -308,7 +314,8 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     if n_frames < 1 or save_every < 1 or replicas < 1:
         raise InputError(f"n_frames, save_every and replicas must be positive, got {n_frames}, {save_every}, "
                          f"{replicas}")
-    system, mds = build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb)
+    system, mds = build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb,
+                               box_shape=box_shape)
     solute_top = _load_pdb(pdb)
     z = _elements(solute_top.topology, str(pdb))
     dt_fs = float(timestep_fs) if timestep_fs is not None else (2.0 if mds.explicit else 1.0)
