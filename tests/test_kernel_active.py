@@ -2,6 +2,7 @@
 ethanol): a round adds frames and lowers the error on the model's own MD; an interrupted run resumes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,9 @@ def test_round_adds_frames_and_lowers_own_md_error(system, tmp_path):
     assert r0["frames_added"] == 18 and len(res.train) == len(train) + 18  # 8 picked + 10 spot-check frames
     assert r1["frames_added"] == 0  # the last round only checks
     # the refitted model is better on its own MD (new random frames) than the first model was on its own
-    spot_R = np.load(tmp_path / "starts.npz")["R"]
-    assert spot_R.shape == (4, len(train.z), 3)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["next_round"] == 2 and state["rounds"] == res.log
+    assert np.load(tmp_path / state["files"]["starts"])["R"].shape == (4, len(train.z), 3)
     assert r1["spot_mae"] < r0["spot_mae"]
     # ... and the result saves and loads
     back = ActiveResult.load(tmp_path)
@@ -104,7 +106,7 @@ def test_interrupted_run_resumes_after_the_last_round(system, tmp_path):
     cfg = dict(CFG, max_rounds=2)
     with pytest.raises(Crash):
         active_learn(ff, train, test, starts=train.R, label_fn=flaky, config=cfg, workdir=tmp_path)
-    first = active_learn.__globals__["json"].loads((tmp_path / "state.json").read_text())
+    first = json.loads((tmp_path / "state.json").read_text())
     assert first["next_round"] == 1 and len(first["rounds"]) == 1
     calls = ref.calls
     res = active_learn(ff, train, test, starts=train.R, label_fn=ref, config=cfg, workdir=tmp_path)

@@ -200,11 +200,12 @@ def active_learn(ff: KernelForceField, train: Dataset, test: Dataset, starts: np
     if wd is not None and (wd / "state.json").exists():  # resume
         st = json.loads((wd / "state.json").read_text())
         log, first, converged = st["rounds"], int(st["next_round"]), bool(st["converged"])
-        ff = KernelForceField.load(wd / "kernel.npz", device=ff.device)
+        files = st["files"]
+        ff = KernelForceField.load(wd / files["kernel"], device=ff.device)
         if cfg.std_rank is not None:
             ff.std_options = {"rank": cfg.std_rank}
-        train = load_dataset(wd / "train.npz")
-        starts = load_npz(wd / "starts.npz")["R"]
+        train = load_dataset(wd / files["train"])
+        starts = load_npz(wd / files["starts"])["R"]
     elif cfg.std_rank is not None:
         ff.std_options = {"rank": cfg.std_rank}
     for k in range(first, cfg.max_rounds + 1):
@@ -224,14 +225,20 @@ def active_learn(ff: KernelForceField, train: Dataset, test: Dataset, starts: np
 
 
 def _save_state(wd: Path, ff, train, starts, log, next_round: int, converged: bool) -> None:
+    """Files of this state under new names, then ``state.json`` pointing at them (the commit), then cleanup:
+    an interruption at any point leaves the previous state intact."""
     wd.mkdir(parents=True, exist_ok=True)
-    ff.save(wd / "kernel.npz")
-    train.save(wd / "train.npz")
-    save_npz(wd / "starts.npz", R=np.asarray(starts))
+    files = {"kernel": f"kernel_r{next_round}.npz", "train": f"train_r{next_round}.npz",
+             "starts": f"starts_r{next_round}.npz"}
+    ff.save(wd / files["kernel"])
+    train.save(wd / files["train"])
+    save_npz(wd / files["starts"], R=np.asarray(starts))
     write_csv(wd / "active_log.csv", log)
-    # written last: a crash before this line repeats the round from the previous state's files... which were
-    # overwritten; the round then re-runs from the new model, which is still a valid (more trained) state
-    _write_json(wd / "state.json", {"next_round": next_round, "converged": converged, "rounds": log})
+    _write_json(wd / "state.json", {"next_round": next_round, "converged": converged, "rounds": log, "files": files})
+    for pattern in ("kernel_r*.npz", "train_r*.npz", "starts_r*.npz"):
+        for f in wd.glob(pattern):
+            if f.name not in files.values():
+                f.unlink()
 
 
 def _round(k: int, ff: KernelForceField, train: Dataset, test: Dataset, starts: np.ndarray, label_fn: LabelFn,
