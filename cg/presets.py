@@ -15,7 +15,10 @@ Presets (``Mapping.from_preset(atoms, name)``):
 ``"residue"``
     one bead per residue with all its atoms.
 ``"ca"``
-    one bead per Cα atom holding that atom only; other atoms are in no bead.
+    one bead per Cα atom holding that atom only; other atoms are in no bead. The bead force is the summed
+    force of the Cα atom and its own hydrogens (HA, HA2, HA3): a consistent force map (``W C^T = I``) in
+    which the stiff Cα-H bond forces cancel (lower noise than the Cα force alone) and which stays valid
+    when X-H bonds are constrained (the constraint force between Cα and HA is internal to the sum).
 ``"sidechain"``
     two beads per residue (one for glycine): ``BB`` with the backbone atoms (N, CA, C, O and their
     hydrogens) and ``SC`` with the side chain (CB onwards); caps join the nearest bead along bonds.
@@ -30,9 +33,9 @@ the ``"ca"`` preset). Bead types (:attr:`Mapping.bead_types`) are residue names 
 
 Bead positions are centres of mass (``weighting="com"``) or geometry (``"cog"``) of the bead's atoms,
 and bead forces are the sums of their atoms' forces, which satisfies the consistency condition
-``W C^T = I`` (Noid et al. 2008) for non-overlapping beads. For ``"ca"`` the bead force is the Cα atom's
-own force: valid (its conditional mean is the mean force) but noisier than the aggregated forces of
-the other presets, which also cancel internal (bond, constraint) forces.
+``W C^T = I`` (Noid et al. 2008) for non-overlapping beads. For ``"ca"`` the bead force is that of the Cα
+atom and its hydrogens (see above): valid, but noisier than the aggregated forces of the other presets,
+which cancel more internal (bond, constraint) forces.
 """
 from __future__ import annotations
 
@@ -216,8 +219,15 @@ def from_preset(cls: type, atoms: Any, preset: str, weighting: str = "com") -> A
             raise InputError("preset 'ca': no atoms named CA in the group")
         assign = np.full(atoms.n_atoms, -1)
         assign[ca] = np.arange(len(ca))
+        W = np.zeros((len(ca), atoms.n_atoms))
+        W[np.arange(len(ca)), ca] = 1.0
+        hyd = _is_hydrogen(atoms, info["atom_masses"])
+        for i, j in np.asarray(info["atom_bonds"], dtype=int).reshape(-1, 2):
+            for a, h in ((i, j), (j, i)):
+                if assign[a] >= 0 and hyd[h]:
+                    W[assign[a], h] = 1.0
         return cls(beads=[[i] for i in ca], names=["CA"] * len(ca), weighting=weighting, source="preset ca",
-                   **info, **_chain_kw(atoms, assign, info, [resnames[res[i]] for i in ca]))
+                   force_weights=W, **info, **_chain_kw(atoms, assign, info, [resnames[res[i]] for i in ca]))
     if key == "sidechain":
         return _sidechain(cls, atoms, info, names, res, resnames, weighting)
     # residue: one bead per residue

@@ -61,7 +61,11 @@ def test_residue_and_ca_presets(ala_u, ala_md):
     assert np.allclose(m.map_forces(ala_md.F[:5]).sum(1), ala_md.F[:5].sum(1))  # total force conserved
     ca = cg.Mapping.from_preset(ala_u.atoms, "ca")
     assert ca.n_beads == 1 and ca.beads[0].tolist() == [8]
-    assert np.allclose(ca.map_positions(R)[:, 0], R[:, 8]) and np.allclose(ca.map_forces(ala_md.F[:5])[:, 0], ala_md.F[:5, 8])
+    assert np.allclose(ca.map_positions(R)[:, 0], R[:, 8])
+    # the Cα bead force: Cα and its own hydrogen (HA, atom 9), so the stiff C-H bond force cancels
+    F = ala_md.F
+    assert np.allclose(ca.map_forces(F)[:, 0], F[:, 8] + F[:, 9])
+    assert (ca.map_forces(F)[:, 0] ** 2).mean() < (F[:, 8] ** 2).mean()
     with pytest.raises(InputError, match="unknown preset"):
         cg.Mapping.from_preset(ala_u.atoms, "martini")
 
@@ -132,6 +136,10 @@ def test_ca_map_of_a_peptide_has_its_chain_topology(chig_pdb, tmp_path):
     m = cg.Mapping.from_preset(u.atoms, "ca")
     n = 10
     assert m.n_beads == n and m.bead_types == CHIGNOLIN and m.names == ["CA"] * n
+    # bead forces: each Cα with its hydrogens (two on glycine)
+    W = m.force_matrix()
+    assert (W > 0).sum(1).tolist() == [3 if r == "GLY" else 2 for r in CHIGNOLIN]
+    assert {str(u.atoms[i].name) for i in np.flatnonzero(W.sum(0))} == {"CA", "HA", "HA2", "HA3"}
     assert m.bonds.tolist() == [[i, i + 1] for i in range(n - 1)]
     assert m.angles.tolist() == [[i, i + 1, i + 2] for i in range(n - 2)]
     assert sorted(m.dihedrals.tolist()) == [[i, i + 1, i + 2, i + 3] for i in range(n - 3)]
