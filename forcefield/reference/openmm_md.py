@@ -288,8 +288,9 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
         forces (solvent contributions included), which is what a solvent-free CG model is fitted to; ``E`` is
         then None and ``extra["box_energy"]`` holds the potential energy of the whole box.
     constraints : ``None`` (``"auto"``: HBonds in explicit solvent, none otherwise), ``"none"``, ``"hbonds"``.
-        With constraints the saved forces are still the force-field forces (no constraint forces); map every
-        constrained hydrogen into the bead of its heavy atom (all presets but ``"ca"`` do).
+        With constraints the saved forces are still the force-field forces (no constraint forces); a force map
+        must then give a constrained hydrogen the weight of its heavy atom, so constraint forces cancel (every
+        preset of :mod:`cg.presets` does: the ``"ca"`` bead force sums the Cα and its hydrogens).
     equilibration_steps : steps run (after minimisation) before the first saved frame, per replica.
     minimize : minimise first (True: up to 2000 iterations to 1 kJ/mol/nm, in explicit solvent 1000 to 10), or
         the number of iterations.
