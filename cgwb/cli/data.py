@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--caps", choices=["ace-nme", "zwitterion"], default="ace-nme",
                    help="ACE/NME caps or charged termini (default: %(default)s)")
     p.add_argument("--conformation", default="extended",
-                   help="extended | helix | ppii, or PHI,PSI in degrees (default: %(default)s)")
+                   help="extended | helix | ppii, or PHI,PSI in degrees as --conformation=-80,70 "
+                        "(default: %(default)s)")
     p.add_argument("--ph", type=float, default=7.0, help="pH for protonation states (default: %(default)s)")
     p.add_argument("--no-minimize", action="store_true", help="keep the ideal geometry (no minimisation)")
     p.set_defaults(func=_build)
