@@ -21,6 +21,7 @@ bound for OpenMM's threads, exact for independent CG replicas). The compiled ste
 is reported apart and left out of its timing.
 
     python benchmarks/cg_md_speed.py [--quick] [--threads 1] [--compile] [--json out.json]
+    python benchmarks/cg_md_speed.py --kernel-md 300      # kernel-FF AA MD, factored vs generic predictor
 """
 from __future__ import annotations
 
@@ -149,6 +150,31 @@ def cg_speed(pot, R: np.ndarray, name: str, replicas: int, seconds: float, compi
             "first_call_s": first if compile else None, "load": _load()}
 
 
+def kernel_md_speed(replicas: int, steps: int, seconds_unused: float = 0.0) -> list[dict]:
+    """Kernel-FF AA MD at the main job's settings (alanine dipeptide, 200 training frames, 1 fs): steps/s of
+    :func:`forcefield.kernel.md.run_md` with the symmetry-factored predictor and with the model's generic one."""
+    from forcefield import KernelForceField
+    from forcefield.kernel.md import run_md
+    from forcefield.reference.openmm_md import run_openmm_md
+
+    ds = run_openmm_md(HERE / "data" / "alanine-dipeptide.pdb", n_frames=400, save_every=100,
+                       equilibration_steps=5000, platform="Reference", progress=False)
+    ff = KernelForceField(sigma=40, cholesky_max=16000).fit(ds.R[::2], ds.z, F=ds.F[::2], E=ds.E[::2])
+    starts = ds.R[1::25][:replicas]
+    out = []
+    for rep in range(2):
+        for fast in (False, True):
+            w, c = time.perf_counter(), time.process_time()
+            run_md(ff, starts, n_steps=steps, save_every=50, dt_fs=1.0, progress=False, fast=fast)
+            w, c = time.perf_counter() - w, time.process_time() - c
+            out.append({"engine": "symmetry-factored" if fast else "generic predict_torch", "repeat": rep,
+                        "steps_per_s_wall": steps / w, "steps_per_s_cpu": steps / c, "load": _load(),
+                        "perms": len(ff.perms)})
+            print(f"[kernel-FF MD, {replicas} replicas, {out[-1]['engine']}] {steps / w:.1f} steps/s wall, "
+                  f"{steps / c:.1f} per CPU-second (load {out[-1]['load']})", flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 def table(rows: list[dict]) -> str:
     head = ("| system | engine | particles | replicas | ns/day summed (wall) | per replica (wall) | "
@@ -171,7 +197,20 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (dipeptide)")
     ap.add_argument("--seconds", type=float, default=None, help="target wall seconds per timing")
     ap.add_argument("--json", default=None, help="write all rows as JSON")
+    ap.add_argument("--kernel-md", type=int, default=0, metavar="STEPS",
+                    help="only time kernel-FF AA MD (16 replicas, STEPS steps; fits a kernel FF first, ~2 min)")
     a = ap.parse_args()
+    if a.kernel_md:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        res = kernel_md_speed(16, a.kernel_md)
+        for e in ("generic predict_torch", "symmetry-factored"):
+            best = max((r for r in res if r["engine"] == e), key=lambda r: r["steps_per_s_wall"])
+            print(f"{e}: best {best['steps_per_s_wall']:.1f} steps/s wall, {best['steps_per_s_cpu']:.1f} per CPU-s")
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return
     import torch
 
     torch.set_num_threads(a.threads)
