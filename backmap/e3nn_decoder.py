@@ -20,8 +20,9 @@ Nothing in the model is indexed by atom or bead number: the topology (tokens, ho
 Generative training (:func:`train_e3nn_decoder`, on the shared trainer :mod:`cg.trainer`): conditional implicit maximum-likelihood estimation
 (IMLE, Li & Malik 2018): for each training frame ``n_draws`` noise draws are decoded and the coordinate
 error of the closest draw is minimised, so different draws learn different conformers (e.g. methyl rotamers)
-instead of their average; bond, 1-3 distance and clash terms (:mod:`backmap.losses`) apply to every draw, so
-every sample is chemically valid. Sampling is one forward pass per draw. Units: Å; float32 by default.
+instead of their average; interchangeable atoms (methyl hydrogens, carboxylate oxygens) are matched in their
+best order. Bond, 1-3 distance and clash terms (:mod:`backmap.losses`) apply to every draw, so every sample
+is chemically valid. Sampling is one forward pass per draw. Units: Å; float32 by default.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class DecoderConfig:
     noise: int = 8
     avg_neighbours: float = 4.0
     n_draws: int = 6  # IMLE draws per training frame
+    symmetric: bool = True  # match interchangeable atoms (methyl H, carboxylate O) in their best order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,24 +227,56 @@ def _pair_d(R: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(((R[:, p[:, 0]] - R[:, p[:, 1]]) ** 2).sum(-1) + 1e-10)
 
 
-class GeometryBuffers(nn.Module):
-    """Index pairs and clash hinges of :class:`backmap.losses.GeometryTerms` as buffers (they follow the
-    module's device)."""
+def equivalent_groups(bonds: np.ndarray, z: np.ndarray) -> list[list[int]]:
+    """Groups of interchangeable atoms: terminal atoms (one bond) of one element on the same atom, e.g. the
+    hydrogens of a methyl or NH2 group, or the oxygens of a carboxylate (at least two per group)."""
+    bonds = np.asarray(bonds, dtype=int).reshape(-1, 2)
+    deg = np.bincount(bonds.ravel(), minlength=len(z))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, j in bonds.tolist():
+        for a, b in ((i, j), (j, i)):
+            if deg[a] == 1 and deg[b] > 1:
+                groups.setdefault((b, int(z[a])), []).append(a)
+    return [sorted(g) for g in groups.values() if 2 <= len(g) <= 4]
 
-    def __init__(self, terms: GeometryTerms) -> None:
+
+class GeometryBuffers(nn.Module):
+    """Index pairs and clash hinges of :class:`backmap.losses.GeometryTerms`, and groups of interchangeable
+    atoms (:func:`equivalent_groups`, by size), as buffers (they follow the module's device)."""
+
+    def __init__(self, terms: GeometryTerms, groups: list[list[int]] | None = None) -> None:
         super().__init__()
+        import itertools
+
         for k in ("bonds", "angles13", "nonbonded"):
             self.register_buffer(k, torch.as_tensor(np.asarray(getattr(terms, k)), dtype=torch.long).reshape(-1, 2))
         self.register_buffer("clash_t", torch.as_tensor(np.asarray(terms.clash_t), dtype=torch.float32))
+        self.sizes = sorted({len(g) for g in groups or []})
+        for m in self.sizes:
+            self.register_buffer(f"groups{m}", torch.tensor([g for g in groups if len(g) == m], dtype=torch.long))
+            self.register_buffer(f"perms{m}", torch.tensor(list(itertools.permutations(range(m))), dtype=torch.long))
+
+    def coordinate_error(self, P: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """Mean squared atom error (Å²) of draws P (b, K, N, 3) against R (b, N, 3), each group of
+        interchangeable atoms matched in its best order: (b, K)."""
+        d = ((P - R[:, None]) ** 2).sum(-1)                                   # (b, K, N)
+        total = d.sum(-1)
+        for m in self.sizes:
+            g, perms = getattr(self, f"groups{m}"), getattr(self, f"perms{m}")
+            D = ((P[:, :, g][..., :, None, :] - R[:, None, g][..., None, :, :]) ** 2).sum(-1)   # (b, K, G, m, m)
+            cost = D[..., torch.arange(m, device=P.device), perms].sum(-1)          # (b, K, G, m!)
+            total = total - d[:, :, g].sum((-1, -2)) + cost.min(-1).values.sum(-1)
+        return total / P.shape[2]
 
 
 def imle_loss(model: E3nnDecoder, terms: GeometryBuffers, R: torch.Tensor, X: torch.Tensor, tc: TrainConfig,
               geometry: float = 1.0, n_draws: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Closest-draw coordinate MSE (Å²) + geometry terms (bond, 1-3, clash) averaged over all draws."""
+    """Closest-draw coordinate MSE (Å², interchangeable atoms in their best order) + geometry terms (bond,
+    1-3, clash) averaged over all draws."""
     K = n_draws or model.cfg.n_draws
     b = R.shape[0]
     P = model.decode(X.repeat_interleave(K, 0), model.noise(b * K)).view(b, K, -1, 3)
-    err = ((P - R[:, None]) ** 2).sum(-1).mean(-1)                          # (b, K)
+    err = terms.coordinate_error(P, R)                                       # (b, K)
     parts = {"coord": err.min(1).values.mean(), "coord_mean": err.mean().detach()}
     Q, Rk = P.reshape(b * K, -1, 3), R.repeat_interleave(K, 0)
     zero = R.new_zeros(())
@@ -310,14 +344,15 @@ def _module_class() -> type:
 def train_e3nn_decoder(model: E3nnDecoder, geometry: GeometryTerms, R: np.ndarray, X: np.ndarray, tc: TrainConfig,
                        device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None,
                        resume: bool = True, progress: bool = True, max_seconds: float | None = None,
-                       lengths: Any = None, **trainer: Any) -> History:
+                       lengths: Any = None, groups: list[list[int]] | None = None, **trainer: Any) -> History:
     """Fit the decoder by conditional IMLE on atoms R (M, N, 3) and beads X (M, n, 3), Å, centred per frame.
 
     Runs on the shared trainer (:func:`cg.trainer.fit`): contiguous train/validation blocks
     (:func:`forcefield.splits.block_split`; ``lengths``: frames per trajectory), Adam with a cosine
     schedule per step, geometry weights ramped in over the first ``tc.beta_warmup`` share of steps, the
     weights of the best epoch (validation loss) restored; checkpoints after every epoch (resumed with
-    ``resume=True``); ``max_seconds`` bounds the time; ``trainer``: more :class:`cg.trainer.TrainerConfig`
+    ``resume=True``); ``max_seconds`` bounds the time; ``groups``: interchangeable atoms matched in their
+    best order in the coordinate error (:func:`equivalent_groups`); ``trainer``: more :class:`cg.trainer.TrainerConfig`
     fields (``log_dir``, ``devices``, ``strategy``...).
     """
     from cg.trainer import TrainerConfig, fit, loader
@@ -327,7 +362,7 @@ def train_e3nn_decoder(model: E3nnDecoder, geometry: GeometryTerms, R: np.ndarra
     tr, va = block_split(M, tc.val_fraction, lengths)
     Rt, Xt = torch.as_tensor(R, dtype=torch.float32), torch.as_tensor(X, dtype=torch.float32)
     steps = max(1, math.ceil(len(tr) / tc.batch_size))
-    module = _module_class()(model, GeometryBuffers(geometry), tc, steps)
+    module = _module_class()(model, GeometryBuffers(geometry, groups), tc, steps)
     cfg = TrainerConfig(max_epochs=tc.epochs, monitor="val_loss", restore_best=True, checkpoint=checkpoint,
                         resume=resume, progress=progress, device=device, grad_clip=tc.grad_clip, seed=tc.seed,
                         max_seconds=max_seconds, **trainer)
@@ -356,5 +391,7 @@ def fit_e3nn_decoder(mapping: Any, R: np.ndarray, X: np.ndarray, host: np.ndarra
     torch.manual_seed(tc.seed)
     model = E3nnDecoder(cfg, bead_tokens, atom_tokens, host, weights)
     geo = GeometryTerms.build(bonds, R, tc.clash_distance)
-    hist = train_e3nn_decoder(model, geo, R, X, tc, device, checkpoint, resume, progress, max_seconds, lengths)
+    groups = equivalent_groups(bonds, z) if model.cfg.symmetric else None
+    hist = train_e3nn_decoder(model, geo, R, X, tc, device, checkpoint, resume, progress, max_seconds, lengths,
+                              groups)
     return model, hist

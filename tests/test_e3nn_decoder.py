@@ -161,3 +161,24 @@ def test_backmapper_e3nn_fit_sample_save_load(fitted, ala_md, tmp_path):
     bm3.fit(ala_md.subset(np.arange(120)), checkpoint=ck, progress=False)
     assert len(bm3.history.train) == 3
     assert [h["coord"] for h in bm3.history.train[:2]] == [h["coord"] for h in bm.history.train]
+
+
+def test_coordinate_error_matches_interchangeable_atoms_in_best_order(ala, rng):
+    """Methyl hydrogens swapped among themselves cost nothing; the plain per-atom error is kept otherwise."""
+    from backmap.e3nn_decoder import GeometryBuffers, equivalent_groups
+    from backmap.losses import GeometryTerms
+
+    R0, z, bonds, _ = ala
+    groups = equivalent_groups(bonds, z)
+    assert sorted(map(len, groups)) == [3, 3, 3] and all((z[g] == 1).all() for g in groups)  # three methyls
+    R = torch.tensor(R0[None])
+    terms = GeometryBuffers(GeometryTerms.build(bonds, R0[None], 2.0), groups)
+    P = R.clone()
+    for g in groups:  # a cyclic relabelling of every methyl
+        P[0, g] = R[0, np.roll(g, 1)]
+    assert ((P - R) ** 2).sum(-1).mean() > 0.5
+    assert terms.coordinate_error(P[:, None], R).item() == pytest.approx(0.0, abs=1e-12)
+    Q = P + torch.tensor(rng.normal(scale=0.1, size=P.shape))
+    plain = GeometryBuffers(GeometryTerms.build(bonds, R0[None], 2.0))
+    assert plain.coordinate_error(Q[:, None], R).item() == pytest.approx(((Q - R) ** 2).sum(-1).mean().item())
+    assert terms.coordinate_error(Q[:, None], R).item() < 0.1 * plain.coordinate_error(Q[:, None], R).item()
