@@ -285,11 +285,12 @@ class FusedForces:
 
     @classmethod
     def for_potential(cls, potential) -> "FusedForces | None":
+        from .potential import FeatureNet
+
         net = potential.net
         if potential.priors is None:
             return None
-        if net is not None and not (hasattr(net, "pairs") and hasattr(net, "quads") and hasattr(net, "mlp")
-                                    and mlp_supported(net.mlp)):
+        if net is not None and not (type(net) is FeatureNet and mlp_supported(net.mlp)):
             return None
         return cls(potential.priors, net)
 
