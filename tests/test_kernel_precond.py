@@ -116,3 +116,56 @@ def test_pcg_with_schur_agrees_with_cholesky(train, energy):
     res = pcg(lambda v: kern.matvec(v, lam), y, P, rtol=1e-12, maxiter=5000)
     assert res.converged
     assert float((res.x - x_ch).norm() / x_ch.norm()) <= 1e-6
+
+
+_KILLED = r"""
+import sys, time, numpy as np, torch
+from forcefield import load_dataset
+from forcefield.kernel.kernel import HessianKernel, TrainingSet
+from forcefield.kernel.solvers import pcg
+ds = load_dataset(sys.argv[1])
+kern = HessianKernel(TrainingSet.from_positions(torch.as_tensor(ds.R[:12]), np.arange(9)[None]), 10.0)
+y = torch.as_tensor(ds.F[:12]) / float(ds.F[:12].std())
+def slow(v):
+    time.sleep(0.05)
+    return kern.matvec(v, 1e-4)
+pcg(slow, y, None, rtol=1e-30, maxiter=10 ** 6, checkpoint=sys.argv[2], checkpoint_every_s=0.0, tag="kill")
+"""
+
+
+def test_killed_pcg_resumes_from_its_checkpoint(tmp_path):
+    """A solve killed (SIGKILL) mid-way resumes from its last checkpoint and reaches the same solution."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from forcefield.fileio import load_npz
+
+    ck = tmp_path / "pcg.npz"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(DATA / "ethanol_xtb.npz"), str(ck)],
+                            cwd=Path(__file__).parent.parent, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = 0
+    t0 = time.time()
+    while time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = int(load_npz(ck)["n_iter"]) if ck.exists() else 0
+        except Exception:  # being replaced at this moment
+            continue
+        if done >= 5:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if done < 5:
+        pytest.skip("the solver subprocess did not reach 5 iterations in time (machine too loaded)")
+    done = int(load_npz(ck)["n_iter"])  # the last checkpoint written before the kill
+    ds = load_dataset(DATA / "ethanol_xtb.npz")
+    kern = HessianKernel(TrainingSet.from_positions(torch.as_tensor(ds.R[:12]), np.arange(9)[None]), 10.0)
+    y = torch.as_tensor(ds.F[:12]) / float(ds.F[:12].std())
+    res = pcg(lambda v: kern.matvec(v, 1e-4), y, None, rtol=1e-10, maxiter=20000, checkpoint=ck, tag="kill")
+    assert res.converged and not ck.exists() and res.n_iter > done
+    assert float((kern.matvec(res.x, 1e-4) - y).norm() / y.norm()) < 1e-8  # the true residual
+    ref = pcg(lambda v: kern.matvec(v, 1e-4), y, None, rtol=1e-10, maxiter=20000)
+    assert float((res.x - ref.x).norm() / ref.x.norm()) < 1e-6
