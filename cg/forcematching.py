@@ -138,7 +138,7 @@ def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConf
     info: dict[str, Any] = {"frames": len(R), "force_map": cfg.force_map,
                             "mapped_force_rms": float(np.sqrt((F ** 2).mean()))}
     if len(R) >= cfg.min_prior_frames and len(m.bonds):
-        pri = Priors.fit(R, m.bonds, temperature, n_fourier=cfg.n_fourier)
+        pri = Priors.fit(R, m.bonds, temperature, n_fourier=cfg.n_fourier, names=list(m.bead_types))
     else:  # Boltzmann inversion needs histograms (and bonds); a few frames cannot give them
         log(f"{len(R)} frames, {len(m.bonds)} CG bonds: no Boltzmann-inversion priors, network only")
         pri = None
@@ -146,8 +146,11 @@ def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConf
             raise InputError("network = 'none' needs priors, but there are too few frames or no CG bonds")
     torch.manual_seed(seed)
     net = False if cfg.network == "none" else cfg.network
-    pot = build_potential(pri, m.names, m.masses, m.bonds, temperature=temperature, device=device, network=net,
-                          reference=R, **cfg.net_kwargs())
+    from .potential import bead_types
+
+    # bead types (residue names for Cα beads, bead names otherwise) share embeddings in schnet / e3nn
+    pot = build_potential(pri, m.names, m.masses, m.bonds, types=bead_types(list(m.bead_types)),
+                          temperature=temperature, device=device, network=net, reference=R, **cfg.net_kwargs())
     hist: dict[str, Any] = {}
     if pot.net is not None:
         from .train import train_force_matching

@@ -52,23 +52,28 @@ class SystemConfig(Config):
     selection: str = "all"
     solvent: Literal["vacuum", "obc2", "gbn2", "tip3p"] = "vacuum"
     temperature: float = Field(300.0, gt=0)
+    platform: Literal["auto", "CUDA", "OpenCL", "CPU", "Reference"] = "auto"
 
 
 class SamplingConfig(Config):
     """AA sampling with OpenMM (frames saved every ``save_every`` steps of ``timestep_fs``).
 
-    method : ``remd`` (temperature replica exchange, ``remd_replicas`` temperatures spaced geometrically from
-    the system's up to ``remd_max_temperature``; frames at the system's temperature), ``hot`` (independent
-    replicas, each equilibrated first at ``remd_max_temperature`` then cooled) or ``md`` (one plain run).
-    Seed data that has crossed barriers lets the kernel force field cover the states its MD will visit.
+    method : ``remd`` (temperature replica exchange over ``replicas`` temperatures spaced geometrically from
+    the system's up to ``max_temperature``, or the ladder ``temperatures``; frames at the system's temperature),
+    ``hot`` (``replicas`` independent runs, each equilibrated first at ``max_temperature`` then cooled) or
+    ``md`` (one plain run). Seed data that has crossed barriers lets the kernel force field cover the states
+    its MD will visit. constraints : ``auto`` (HBonds in explicit solvent only), ``none`` or ``hbonds`` (then
+    2 fs steps are safe; the saved forces are the force field's, map constrained H into their heavy atom's bead).
     """
 
     method: Literal["md", "remd", "hot"] = "remd"
     frames: int = Field(2000, gt=0)
     save_every: int = Field(250, gt=0)
     timestep_fs: float = Field(1.0, gt=0)
-    remd_replicas: int = Field(4, ge=2)
-    remd_max_temperature: float = Field(600.0, gt=0)
+    replicas: int = Field(4, ge=1)
+    max_temperature: float = Field(600.0, gt=0)
+    temperatures: list[float] | None = None
+    constraints: Literal["auto", "none", "hbonds"] = "auto"
 
 
 class ReferenceConfig(Config):

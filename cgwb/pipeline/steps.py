@@ -57,15 +57,20 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
 
         pdb = cfg.path(s["pdb"]) if s["pdb"] else alanine_dipeptide_pdb()
         kw = dict(n_frames=smp["frames"], save_every=smp["save_every"], timestep_fs=smp["timestep_fs"],
-                  solvent=s["solvent"], seed=cfg["seed"], progress=ctx.progress)
+                  solvent=s["solvent"], seed=cfg["seed"], progress=ctx.progress,
+                  platform=None if s["platform"] == "auto" else s["platform"],
+                  constraints=None if smp["constraints"] == "auto" else smp["constraints"])
         if smp["method"] == "remd":
             from forcefield.reference import geometric_temperatures, run_openmm_remd
 
-            T = geometric_temperatures(s["temperature"], smp["remd_max_temperature"], smp["remd_replicas"])
+            T = smp["temperatures"] or geometric_temperatures(s["temperature"], smp["max_temperature"],
+                                                              max(2, smp["replicas"]))
+            if abs(float(T[0]) - s["temperature"]) > 1e-6:
+                raise InputError(f"sampling.temperatures must start at system.temperature ({s['temperature']} K)")
             ds = run_openmm_remd(pdb, temperatures=T, **kw)
         else:
-            hot = smp["remd_max_temperature"] if smp["method"] == "hot" else None
-            reps = smp["remd_replicas"] if smp["method"] == "hot" else 1
+            hot = smp["max_temperature"] if smp["method"] == "hot" else None
+            reps = smp["replicas"] if smp["method"] == "hot" else 1
             kw["n_frames"] = max(1, smp["frames"] // reps)
             ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw)
         ctx.file("topology.pdb").write_text(str(ds.extra["pdb"]))
@@ -242,9 +247,15 @@ def reference_direct(ctx: RunContext) -> dict[str, Any]:
         if aa.F is None:
             raise InputError(f"{cfg['system']['trajectory']}: reference.forces = 'trajectory' but it has no forces")
         ref = aa
+    elif src == "openmm" and aa.F is not None and not cfg["system"]["topology"]:
+        ref = aa  # OpenMM sampled these frames: its forces are saved with them (explicit solvent: the solute's
+        # total forces, water included, which a solvent-free CG model matches; no water to recompute them from)
     elif src == "openmm":
         from forcefield.reference import openmm_energy_forces
 
+        if cfg["system"]["solvent"] == "tip3p":
+            raise InputError("reference.forces = 'openmm' with explicit solvent needs frames sampled here "
+                             "(a user trajectory has no water coordinates to recompute forces from)")
         E, F = openmm_energy_forces(ctx.file("topology.pdb"), aa.R, solvent=cfg["system"]["solvent"])
         ref = aa[:]
         ref.E, ref.F = E, F
