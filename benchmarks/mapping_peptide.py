@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sequence", default="GYDPETGTWG")
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--save-every", type=int, default=1000, help="MD steps (1 fs) between frames")
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         pdb = Path(d) / "pep.pdb"
         pdb.write_text(build_peptide(a.sequence, caps="zwitterion"))
         t0 = time.perf_counter()
-        ds = run_openmm_md(pdb, n_frames=a.frames, save_every=1000, solvent="obc2", seed=a.seed, progress=False)
+        ds = run_openmm_md(pdb, n_frames=a.frames, save_every=a.save_every, solvent="obc2", seed=a.seed, progress=False)
         t_md = time.perf_counter() - t0
         u = open_universe(pdb, to_guess=("types", "masses", "bonds"), force_guess=("bonds",))
     cut = int(0.8 * len(ds))
