@@ -65,12 +65,10 @@ def atom_bonds(atoms: Any, guess: bool | None = None) -> np.ndarray:
 
 
 def neighbours(n: int, bonds: np.ndarray) -> list[list[int]]:
-    """Adjacency lists of the bond graph."""
-    adj: list[list[int]] = [[] for _ in range(n)]
-    for a, b in np.asarray(bonds, dtype=int).reshape(-1, 2):
-        adj[a].append(int(b))
-        adj[b].append(int(a))
-    return adj
+    """Adjacency lists of the bond graph (:func:`forcefield.topology.neighbours`, argument order kept)."""
+    from forcefield.topology import neighbours as _nb
+
+    return _nb(bonds, n)
 
 
 def attach_to_nearest_bead(assign: np.ndarray, bonds: np.ndarray) -> np.ndarray:
