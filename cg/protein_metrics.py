@@ -16,16 +16,7 @@ import numpy as np
 
 from forcefield.errors import InputError
 
-from .evaluate import histogram_js, js_divergence
-
-
-def _frames(R: np.ndarray, what: str) -> np.ndarray:
-    R = np.asarray(R, dtype=float)
-    if R.ndim == 2:
-        R = R[None]
-    if R.ndim != 3 or R.shape[-1] != 3 or len(R) == 0:
-        raise InputError(f"{what}: expected frames (M, n, 3) with M >= 1, got shape {R.shape}")
-    return R
+from .evaluate import _frames, histogram_js, js_divergence
 
 
 def radius_of_gyration(R: np.ndarray, masses: np.ndarray | None = None) -> np.ndarray:
