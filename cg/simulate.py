@@ -30,7 +30,10 @@ class SimulationConfig(Config):
     """Settings of :func:`simulate_cg`.
 
     n_steps : steps per replica. stop : stop replicas by the stability rule; its thresholds are
-    ``max(stop_base, stop_widen × largest deviation in the reference)`` per bond (Å).
+    ``max(stop_base, stop_widen × largest deviation in the reference)`` per bond (Å). compile : compile the
+    whole MD step with ``torch.compile`` (CUDA graphs on GPU; pays off for long runs, the compilation takes
+    tens of seconds on CPU). repulsion_cutoff : Å, Verlet neighbour lists for the prior's repulsion (large
+    bead counts).
     """
 
     replicas: int = Field(16, gt=0)
@@ -42,6 +45,8 @@ class SimulationConfig(Config):
     stop: bool = True
     stop_base: float = Field(FU_THRESHOLD, gt=0)
     stop_widen: float = Field(1.5, ge=0)
+    compile: bool = False
+    repulsion_cutoff: float | None = Field(None, gt=0)
 
 
 @dataclass
@@ -134,7 +139,7 @@ def simulate_cg(potential: CGPotential, starts: np.ndarray, config: SimulationCo
     run = run_cg_md(potential, starts[idx], cfg.n_steps, dt_fs=cfg.timestep_fs, save_every=cfg.save_every,
                     temperature=cfg.temperature, friction_per_ps=cfg.friction_per_ps,
                     max_bond_deviation=thr if cfg.stop else None, reference_bond_lengths=r0, device=device,
-                    seed=seed, progress=progress)
+                    seed=seed, progress=progress, compile=cfg.compile, repulsion_cutoff=cfg.repulsion_cutoff)
     out = CGTrajectory.from_run(run)
     out.speed = {**run.speed(), "wall_s": run.wall_seconds}
     return out

@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--widen", type=float, default=1.5,
                    help="per-bond stop threshold max(--max-bond-dev, WIDEN x the largest deviation in the starting "
                         "frames), the stability rule of the pipeline (0: a fixed --max-bond-dev)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the MD step with torch.compile (faster long runs; compiling takes a while)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_quiet(p)
@@ -181,7 +183,7 @@ def _simulate(a: argparse.Namespace) -> int:
     cfg = SimulationConfig.build(dict(replicas=a.replicas, n_steps=a.steps, timestep_fs=a.dt, save_every=a.save_every,
                                       friction_per_ps=a.friction, temperature=a.temperature,
                                       stop=a.max_bond_dev > 0, stop_base=a.max_bond_dev if a.max_bond_dev > 0 else 0.5,
-                                      stop_widen=a.widen), source="cgwb cg simulate")
+                                      stop_widen=a.widen, compile=a.compile), source="cgwb cg simulate")
     traj = simulate_cg(pot, R, cfg, reference=R if a.widen > 0 else None, device=dev, seed=a.seed,
                        progress=not a.quiet)
     sp = traj.speed
