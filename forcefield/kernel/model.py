@@ -165,8 +165,9 @@ class KernelForceField:
             if E is not None:
                 tr, va = stratified_split(E, len(R) - nv, nv, seed=seed)
             else:
-                p = np.random.default_rng(seed).permutation(len(R))
-                tr, va = np.sort(p[nv:]), np.sort(p[:nv])
+                from ..splits import random_split  # labelled frames are independent draws, not MD neighbours
+
+                tr, va = random_split(len(R), nv / len(R), seed=seed)
             Rv, Fv = R[va], F[va]
             R, F, E = R[tr], F[tr], (None if E is None else E[tr])
         else:
