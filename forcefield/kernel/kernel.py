@@ -141,14 +141,16 @@ class DescriptorKernel:
         self.sigma = float(sigma)
         self.q = q
         self.d = d
-        self.dp = d[:, q].reshape(-1, d.shape[1])  # (MP, D)
+        # no symmetries: the permuted copies are the rows themselves (no gathers)
+        self._ident = q.shape[0] == 1 and bool((q[0] == torch.arange(q.shape[1], device=q.device)).all())
+        self.dp = d if self._ident else d[:, q].reshape(-1, d.shape[1])  # (MP, D)
         self.dp_sq = (self.dp * self.dp).sum(1)  # (MP,)
         mp = self.dp.shape[0]
         self.block_size = block_size or max(8, min(1024, int(2e6 // max(mp, 1))))
 
     def permuted(self, x: torch.Tensor) -> torch.Tensor:
         """(M, D) rows -> (M * P, D) rows of every permuted copy (training-point major)."""
-        return x[:, self.q].reshape(-1, x.shape[1])
+        return x if self._ident else x[:, self.q].reshape(-1, x.shape[1])
 
     def prepare(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Permuted weights (MP, D) and products t = d_b^p · w_b^p (MP,) for descriptor weights w (M, D)."""
