@@ -100,8 +100,9 @@ def test_rotations_only_and_frozen_rotor(aspirin):
     assert len(methyl) == 1 and 0.005 <= methyl[0].activity < 0.02 and not rep.kept
 
 
-def test_cap_keeps_the_most_active_blocks():
-    """Two methyls, one turning often, one rarely: with room for one S3 the active one is kept."""
+def test_cap_leaves_out_whole_size_classes():
+    """Two methyls, one turning often, one in a fifth of the frames: both are S3 blocks; with room for only
+    one, both are left out (picking one by activity would depend on the frames drawn)."""
     R0, z = _embed("CC(=O)OC")  # methyl acetate: two methyl groups
     hs_a = [a for a in range(len(z)) if z[a] == 1 and np.linalg.norm(R0[a] - R0[0]) < 1.2]
     c_b = 4
@@ -118,6 +119,10 @@ def test_cap_keeps_the_most_active_blocks():
     frames = np.array(frames)
     with pytest.warns(UserWarning, match="left out"):
         rep = detect_symmetries(frames, z, max_size=10)
-    assert {tuple(p) for p in rep.perms} == _methyl_s3(len(z), hs_a)
-    assert len(detect_permutations(frames, z, max_size=36)) == 36  # room for both: the product S3 x S3
-    assert len(close_group(list(rep.perms))) == len(rep.perms)
+    assert len(rep.perms) == 1 and len(rep.dropped) == 2
+    assert min(b.activity for b in rep.dropped) > 0.1
+    g = detect_permutations(frames, z, max_size=36)  # room for both: the product S3 x S3
+    assert {tuple(p) for p in g} == {tuple(p) for p in close_group([np.array(p) for p in _methyl_s3(len(z), hs_a)]
+                                                                   + [np.array(p) for p in _methyl_s3(len(z), hs_b)])}
+    # with rotations only (C3, 3 elements) both fit a cap of 10
+    assert len(detect_permutations(frames, z, max_size=10, mirror=False, complete_rotors=False)) == 9
