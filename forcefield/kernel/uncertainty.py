@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .descriptor import descriptor, jacobian_apply, jacobian_t_apply
+from .descriptor import descriptor, jacobian_apply
 from .kernel import HessianKernel, TrainingSet, dense_jacobian
 
 SQRT5 = math.sqrt(5.0)
@@ -106,6 +106,22 @@ def prior_blocks(d: torch.Tensor, diff: torch.Tensor, d3: torch.Tensor, q: torch
     return 0.5 * (K + K.transpose(1, 2))
 
 
+def prior_diagonal(d: torch.Tensor, diff: torch.Tensor, d3: torch.Tensor, q: torch.Tensor, sigma: float
+                   ) -> torch.Tensor:
+    """Diagonals (B, 3N) of the prior force covariance blocks K(x, x): w_i · y_i, no 3N x 3N product."""
+    W = dense_jacobian(diff, d3)  # (B, D, 3N)
+    dp, Wp = d[:, q], W[:, q]
+    rr = SQRT5 * torch.linalg.vector_norm(d[:, None] - dp, dim=-1)
+    base = torch.exp(-rr / sigma) * (5.0 / (3.0 * sigma ** 3))
+    A = base * (rr + sigma)
+    WtW = torch.einsum("bdi,bpdi->bpi", W, Wp)  # w_i · (w_i permuted)
+    sdot = torch.einsum("bd,bpdi->bpi", d, Wp) - torch.einsum("bd,bdi->bi", d, W)[:, None]
+    c = (base * (5.0 / sigma))[..., None] * sdot  # (B, P, 3N)
+    wd = torch.einsum("bdi,bd->bi", W, d)[:, None]  # w_i · x
+    wdp = torch.einsum("bdi,bpd->bpi", W, dp)  # w_i · d_p
+    return (A[..., None] * WtW).sum(1) + (c * (wdp - wd)).sum(1)
+
+
 class ForcePosterior:
     """Force posterior covariance of a fitted :class:`~forcefield.kernel.model.KernelForceField`.
 
@@ -166,14 +182,12 @@ class ForcePosterior:
         B, D = xd.shape
         r = len(dirs_frame)
         out = torch.empty(B, r, self.n3, dtype=xd.dtype, device=xd.device)
-        step = max(1, int(chunk_bytes // max(1, 8 * r * D * 4)))
+        step = max(1, int(chunk_bytes // max(1, 8 * (r + self.n3) * D * 2)))
         for s in range(0, B, step):
             e = min(B, s + step)
             y = self._directions_response(xd[s:e], dirs_frame, dirs_w)  # (b, r, D)
-            b = e - s
-            diff = xdiff[s:e, None].expand(b, r, D, 3).reshape(b * r, D, 3)
-            d3 = xd3[s:e, None].expand(b, r, D).reshape(b * r, D)
-            out[s:e] = jacobian_t_apply(y.reshape(b * r, D), diff, d3).reshape(b, r, self.n3)
+            JT = dense_jacobian(xdiff[s:e], xd3[s:e], transposed=True)  # (b, 3N, D): one batched product
+            out[s:e] = torch.bmm(y, JT.transpose(1, 2))
         return out
 
     def _factorise(self, frames_per_step: int, rel_tol: float, progress: bool) -> None:
@@ -276,20 +290,20 @@ class ForcePosterior:
     def variance(self, R: torch.Tensor, batch: int = 64, neighbours: int | None = None) -> torch.Tensor:
         """Normalised posterior variances (B, N, 3) of the force components at geometries R (B, N, 3) Å.
 
-        Low-rank form: conditioned on the factor's directions and, exactly, on every force component of the
-        ``neighbours`` training frames nearest to each geometry (default 2; 0 for the plain Nyström form).
+        Low-rank form: conditioned on the factor's directions and, with ``neighbours`` > 0 (default 0: the
+        plain Nyström form), exactly on every force component of the training frames nearest to each geometry.
         Both are subsets of the training data, so the variance stays an upper bound of the exact one.
         Multiply by std² s² for (kcal/mol/Å)² (see :func:`force_std`).
         """
         R = R.to(self.R.device, torch.float64)
         out = torch.empty(R.shape, dtype=torch.float64, device=R.device)
-        nn = (0 if self.exact else 2) if neighbours is None else int(neighbours)
+        nn = 0 if neighbours is None or self.exact else int(neighbours)
         nn = min(nn, len(self.R))
         n3 = self.n3
         for s in range(0, len(R), batch):
             xd, xdiff, xd3 = descriptor(R[s:s + batch])
             b = len(xd)
-            prior = prior_blocks(xd, xdiff, xd3, self.q, self.sigma).diagonal(dim1=1, dim2=2)  # (b, 3N)
+            prior = prior_diagonal(xd, xdiff, xd3, self.q, self.sigma)  # (b, 3N)
             k = self._columns(xd, xdiff, xd3, self.dir_frame, self.dir_w)  # (b, r, 3N)
             Z = torch.linalg.solve_triangular(self.C, k.transpose(0, 1).reshape(self.rank, b * n3), upper=False)
             red = (Z * Z).sum(0).view(b, n3)
@@ -335,12 +349,13 @@ class ForcePosterior:
 
 
 def auto_rank(n_train: int, n_atoms: int, n_perms: int) -> int:
-    """Default rank of the low-rank posterior: about two kernel predictions' worth of work per geometry.
+    """Default rank of the low-rank posterior: 4 directions per training frame, at least 1,000, at most 3,000.
 
-    A direction costs ~4 P D flop per geometry against ~4 P D M for the prediction, and the triangular
-    solve adds 3N r² / 2; r = 2 M balances them for P D ≳ 3N r / 8.
+    On aspirin (GFN2-xTB, 120 training frames, σ = 50; 6,840 non-rigid unknowns) the Spearman ρ between
+    predicted std and true error per frame was 0.41 / 0.56 / 0.57 on held-out frames and 0.55 / 0.67 / 0.73
+    on 1,000 K frames at rank 240 / 1,000 / exact. A geometry costs ~(4 P D + 3N D + 3N r / 2) r flop.
     """
-    return int(max(100, min(3000, 2 * n_train)))
+    return int(max(1000, min(3000, 4 * n_train)))
 
 
 def ml_amplitude2(ff, n_eff: int) -> float:
