@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--latent", type=int, default=16, help="latent size per bead")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (evenly spaced)")
+    p.add_argument("--decoder", choices=["vae", "e3nn"], default="vae",
+                   help="vae: conditional VAE (posterior reconstructions too); e3nn: e3nn decoder on residue/bead "
+                        "tokens (default: %(default)s)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (resumed when present)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
@@ -81,7 +84,7 @@ def _train(a: argparse.Namespace) -> int:
     mapping = Mapping.load(a.mapping)
     aa = _open(a.topology, a.traj)
     cfg = BackmapConfig.build(dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, beta=a.beta, hidden=a.hidden,
-                                   latent=a.latent, train_frames=a.max_frames),
+                                   latent=a.latent, train_frames=a.max_frames, decoder=a.decoder),
                               source="cgwb backmap train")
     t = time.time()
     bm = fit_backmapper(mapping, aa, cfg, device=pick_device(a.device), seed=a.seed, checkpoint=a.checkpoint,
