@@ -44,10 +44,10 @@ class ActiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_rounds: int = Field(4, ge=0, description="labelling rounds at most (the last model is always checked)")
+    max_rounds: int = Field(3, ge=0, description="labelling rounds at most (the last model is always checked)")
     replicas: int = Field(16, ge=1)
-    md_steps: int = Field(1000, ge=1, description="MD steps per replica and round")
-    save_every: int = Field(20, ge=1)
+    md_steps: int = Field(500, ge=1, description="MD steps per replica and round")
+    save_every: int = Field(10, ge=1)
     timestep_fs: float = Field(1.0, gt=0)
     temperature: float = Field(300.0, gt=0)
     friction_per_ps: float = Field(1.0, gt=0)
