@@ -99,9 +99,9 @@ def _peak_bytes(M: int) -> int:
 
 
 def test_product_memory_grows_linearly():
-    """Peak extra memory of one product (profile recomputed in blocks of 64 rows) at M and 2M training
-    points: a stored M x MP kernel profile would quadruple it (92 MB at 1,600 points, 3 permutations)."""
-    small, large = _peak_bytes(800), _peak_bytes(1600)  # ~25 and ~38 MB here (GEMM work buffers included)
-    assert large < 2.5 * small + 4e6
-    # the growth is far below that of a stored quadratic profile (16 M² P bytes: +92 MB)
-    assert large - small < 0.25 * 16 * (1600 * 4800 - 800 * 2400)
+    """Peak extra memory of one product (profile recomputed in blocks of 64 rows) at M and 3M training
+    points: linear growth at most triples it, a stored M x MP kernel profile (16 M² P bytes) would add
+    ~250 MB and multiply it by nine."""
+    small, large = _peak_bytes(800), _peak_bytes(2400)  # ~28 and ~75 MB here (GEMM work buffers included)
+    assert large < 4 * small + 8e6
+    assert large - small < 0.3 * 16 * (2400 * 7200 - 800 * 2400)
