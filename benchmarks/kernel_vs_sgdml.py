@@ -5,7 +5,9 @@ Dataset: made with this repository's tools (RDKit geometry from SMILES, ``forcef
 at random; training frames energy-stratified from the other 1,000 (all of them for 1,000 points); at
 2,000 points every frame is used (time and memory only). Same split and σ for both codes.
 
-sgdml runs in its own venv (numpy<2.4; ``--sgdml-python``) through ``kernel_sgdml_driver.py``. It is run
+sgdml runs in its own venv (numpy<2.4; ``--sgdml-python``) through ``kernel_sgdml_driver.py``; its
+``sgdml.predict`` module needs torch importable (it checks ``torch.backends.mps`` at import), so a venv made
+with ``pip install --no-deps sgdml==1.0.3`` fails with ``NameError: name 'torch' is not defined``. It is run
 at 200 points; at 1,000 points only with ``--sgdml-1000`` (capped at ``--sgdml-max-memory`` GB, default 6,
 because with default settings it took 24 GB here); otherwise the figures measured earlier on this machine
 (ANCHORS.md) are quoted and labelled as such. Every run of ours is a fresh subprocess so that its peak
