@@ -125,8 +125,8 @@ def evaluate(name: str, train, test, ood, sigmas, rank: int | None, seed: int = 
     return rows
 
 
-def alanine_active(n_train: int, rounds: int, md_steps: int, progress: bool) -> list[dict]:
-    """Active learning (GFN2-xTB labels) from the cached alanine model; resumable in bench_out/unc_ala_active."""
+def alanine_active(n_train: int, rounds: int, md_steps: int, temperature: float, progress: bool) -> list[dict]:
+    """Active learning (GFN2-xTB labels) from the cached alanine model; resumable in bench_out/unc_ala_active_<T>K."""
     from forcefield import KernelForceField
     from forcefield.kernel.active import ActiveConfig, active_learn, plot_rounds
     from forcefield.kernel.model import stratified_split
@@ -138,9 +138,10 @@ def alanine_active(n_train: int, rounds: int, md_steps: int, progress: bool) -> 
     if not models:
         raise RuntimeError("run the alanine calibration first (it fits and caches the model)")
     ff = KernelForceField.load(models[0])
-    res = active_learn(ff, train[tr], test, starts=train.R[tr], config=ActiveConfig(max_rounds=rounds, md_steps=md_steps, progress=progress),
-                       workdir=OUT / "unc_ala_active")
-    plot_rounds(res.log, OUT / "unc_ala_active" / "active_rounds.png")
+    res = active_learn(ff, train[tr], test, starts=train.R[tr], config=ActiveConfig(max_rounds=rounds, md_steps=md_steps, temperature=temperature,
+                                           progress=progress),
+                       workdir=OUT / f"unc_ala_active_{temperature:g}K")
+    plot_rounds(res.log, OUT / f"unc_ala_active_{temperature:g}K" / "active_rounds.png")
     return res.log
 
 
@@ -159,12 +160,13 @@ def main() -> None:
     ap.add_argument("--active", type=int, default=None, metavar="ROUNDS",
                     help="instead: active learning on alanine dipeptide (xTB labels) for at most ROUNDS rounds")
     ap.add_argument("--md-steps", type=int, default=500, help="active learning: MD steps per replica and round")
+    ap.add_argument("--temperature", type=float, default=300.0, help="active learning: MD temperature (K)")
     a = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if a.active is not None:
         from forcefield.kernel.active import LOG_FIELDS
 
-        log = alanine_active(a.n_train, a.active, a.md_steps, not a.quiet)
+        log = alanine_active(a.n_train, a.active, a.md_steps, a.temperature, not a.quiet)
         print(" ".join(f"{k:>11s}" for k in LOG_FIELDS))
         for r in log:
             print(" ".join(f"{r[k]:11.4g}" if isinstance(r[k], float) else f"{r[k]:>11}" for k in LOG_FIELDS))
