@@ -59,7 +59,8 @@ class ActiveConfig(BaseModel):
     add_spot_checks: bool = Field(True, description="also train on the spot-check frames (labels are paid)")
     target_ratio: float = Field(1.5, gt=0, description="stop at spot-check MAE <= target_ratio x held-out MAE")
     sigma: Optional[Union[float, list[float]]] = Field(None, description="None: keep the model's σ each refit")
-    cholesky_max: int = Field(16000, ge=0, description="direct solve up to this many unknowns")
+    cholesky_max: int = Field(20000, ge=0, description="direct solve up to this many unknowns (8 n² bytes, twice "
+                                                      "at the peak; PCG beyond)")
     std_rank: Optional[int] = Field(None, description="rank of the low-rank posterior std (None: automatic)")
     seed: int = 0
     progress: bool = False
