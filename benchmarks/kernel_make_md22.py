@@ -12,7 +12,7 @@ equilibration, then a frame every 20 steps (10 fs); every sampled frame is then 
 (``forcefield.reference.xtb_energy_forces``), the labels fanned out over Dask workers (``--workers``).
 ``--sampler xtb`` runs GFN2-xTB MD instead (``forcefield.reference.xtb_md``, a frame every 10 steps).
 
-CPU on the shared 2-core machine is scarce, so the default sets are small (1,200 / 600 / 400 frames, a few
+CPU on the shared 2-core machine is scarce, so the default sets are small (1,200 / 600 / 700 frames, minutes to
 minutes each); MD22 has 85k / 69k / 6k frames. Sets are cached in ``bench_out/`` and made once.
 
     python benchmarks/kernel_make_md22.py [--molecule ac-ala3-nhme] [--frames N] [--workers 1]
@@ -28,7 +28,7 @@ import numpy as np
 MOLECULES = {  # name: (SMILES, sampler, default frames)
     "ac-ala3-nhme": ("CC(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)N[C@@H](C)C(=O)NC", "mmff", 1200),
     "dha": ("CC/C=C\\C/C=C\\C/C=C\\C/C=C\\C/C=C\\C/C=C\\CCC(=O)O", "mmff", 600),
-    "ac-ala13-nhme": ("CC(=O)" + "N[C@@H](C)C(=O)" * 13 + "NC", "mmff", 400),
+    "ac-ala13-nhme": ("CC(=O)" + "N[C@@H](C)C(=O)" * 13 + "NC", "mmff", 700),
 }
 
 
