@@ -12,8 +12,10 @@ equilibration, then a frame every 20 steps (10 fs); every sampled frame is then 
 (``forcefield.reference.xtb_energy_forces``), the labels fanned out over Dask workers (``--workers``).
 ``--sampler xtb`` runs GFN2-xTB MD instead (``forcefield.reference.xtb_md``, a frame every 10 steps).
 
-CPU on the shared 2-core machine is scarce, so the default sets are small (1,200 / 600 / 700 frames, minutes to
-minutes each); MD22 has 85k / 69k / 6k frames. Sets are cached in ``bench_out/`` and made once.
+CPU on the shared 2-core machine is scarce, so the default sets are small: 1,200 / 600 / 700 frames (MD22 has
+85k / 69k / 6k). Measured here on one core of a loaded machine: Ac-Ala3-NHMe 174 s (11 s of MMFF sampling),
+DHA 383 s; the 142-atom labels took 1.4 s per frame unloaded and 5-11 s at load average 12-14 (700 frames:
+~20 min to 2 h). Sets are cached in ``bench_out/`` and made once.
 
     python benchmarks/kernel_make_md22.py [--molecule ac-ala3-nhme] [--frames N] [--workers 1]
 """
