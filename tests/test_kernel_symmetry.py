@@ -101,8 +101,9 @@ def test_rotations_only_and_frozen_rotor(aspirin):
 
 
 def test_cap_leaves_out_whole_size_classes():
-    """Two methyls, one turning often, one in a fifth of the frames: both are S3 blocks; with room for only
-    one, both are left out (picking one by activity would depend on the frames drawn)."""
+    """Two methyls, one turning often, one in a fifth of the frames: both are S3 blocks. Without room for
+    S3 x S3 both fall back to their rotations together (C3 x C3); without room for that either, both are left
+    out (picking one by activity would depend on the frames drawn)."""
     R0, z = _embed("CC(=O)OC")  # methyl acetate: two methyl groups
     hs_a = [a for a in range(len(z)) if z[a] == 1 and np.linalg.norm(R0[a] - R0[0]) < 1.2]
     c_b = 4
@@ -117,8 +118,12 @@ def test_cap_leaves_out_whole_size_classes():
             R[hs_b] = _rotate_about(R[hs_b], R[c_b], R[c_b] - R[3], 2 * np.pi / 3)
         frames.append(R + 0.02 * rng.normal(size=R.shape))
     frames = np.array(frames)
+    rep = detect_symmetries(frames, z, max_size=10)  # room for C3 x C3 = 9, not S3 x S3 = 36
+    assert len(rep.perms) == 9 and len(rep.kept) == 2
+    assert {tuple(p) for p in rep.perms} == {tuple(p) for p in detect_permutations(
+        frames, z, max_size=10, mirror=False, complete_rotors=False)}
     with pytest.warns(UserWarning, match="left out"):
-        rep = detect_symmetries(frames, z, max_size=10)
+        rep = detect_symmetries(frames, z, max_size=5)
     assert len(rep.perms) == 1 and len(rep.dropped) == 2
     assert min(b.activity for b in rep.dropped) > 0.1
     g = detect_permutations(frames, z, max_size=36)  # room for both: the product S3 x S3

@@ -75,6 +75,8 @@ class SymmetryBlock:
     candidates : (c, N) the candidate permutations (row 0 the identity).
     fractions : (c,) share of frames whose best match is each candidate.
     group : (g, N) the block's group kept from the seen candidates (identity only if none was seen).
+    seen_group : (s, N) the group of the seen candidates alone (a rotor not completed: its rotations), the
+        fallback when completed groups do not fit into ``max_size``.
     """
 
     kind: str
@@ -83,6 +85,7 @@ class SymmetryBlock:
     candidates: np.ndarray
     fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     group: np.ndarray | None = None
+    seen_group: np.ndarray | None = None
 
     @property
     def activity(self) -> float:
@@ -226,6 +229,22 @@ def _best_match(R: np.ndarray, ref: np.ndarray, cand: np.ndarray, rows: np.ndarr
     return np.argmin(cost, axis=1)
 
 
+def _parity(images: np.ndarray, atoms: np.ndarray) -> int:
+    """Parity (0 even, 1 odd) of the permutation of ``atoms`` that sends atoms[k] to images[k]."""
+    pos = {int(a): k for k, a in enumerate(atoms)}
+    perm = [pos[int(i)] for i in images]
+    seen, par = set(), 0
+    for k in range(len(perm)):
+        if k in seen:
+            continue
+        j, length = k, 0
+        while j not in seen:
+            seen.add(j)
+            j, length = perm[j], length + 1
+        par ^= (length - 1) & 1
+    return par
+
+
 def _generators(group: np.ndarray) -> list[np.ndarray]:
     """A small generating set of a group (P, N) (identity first): elements not yet generated, greedily."""
     gens: list[np.ndarray] = []
@@ -286,6 +305,10 @@ def detect_symmetries(R: np.ndarray, z: np.ndarray, max_size: int = 100, mirror:
         counts = np.bincount(best, minlength=len(b.candidates))
         b.fractions = counts / len(best)
         seen = [b.candidates[c] for c in np.nonzero(counts >= need)[0] if c > 0]
+        # fallback when completed groups do not fit: the proper rotations among the seen elements (even
+        # permutations of a rotor's atoms; a local mirror image is odd)
+        rot = [p for p in seen if b.kind != "rotor" or _parity(p[b.atoms], b.atoms) == 0]
+        b.seen_group = close_group([np.arange(n)] + rot, max_size=10 ** 6) if rot else ident
         if not seen:
             b.group = ident
         elif b.kind == "rotor" and complete_rotors and len(b.atoms) <= 5:
@@ -305,6 +328,14 @@ def detect_symmetries(R: np.ndarray, z: np.ndarray, max_size: int = 100, mirror:
         tier = [b for b in active if len(b.group) == size]
         new = [p for b in tier for p in _generators(b.group)]
         g = close_group(gens + new, max_size=max_size)
+        if g is None and any(len(b.seen_group) < len(b.group) for b in tier):
+            # completed rotors too many together (alanine dipeptide: three S3 methyls, 216): keep the tier's
+            # seen proper rotations instead (C3 each, 27)
+            new = [p for b in tier for p in _generators(b.seen_group)]
+            g = close_group(gens + new, max_size=max_size)
+            if g is not None:
+                for b in tier:
+                    b.group = b.seen_group
         if g is None:
             dropped += tier
         else:
