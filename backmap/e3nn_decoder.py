@@ -40,7 +40,7 @@ from cg.nets.equivariant import EquivariantStack
 from forcefield.errors import InputError
 
 from .losses import GeometryTerms
-from .train import History, TrainConfig
+from .train import History, TrainConfig, cosine_adam
 
 __all__ = ["DecoderConfig", "E3nnDecoder", "topology_tokens", "train_e3nn_decoder", "fit_e3nn_decoder"]
 
@@ -303,13 +303,7 @@ def _module_class() -> type:
             self.steps_per_epoch, self.total = steps_per_epoch, cfg.epochs * steps_per_epoch
 
         def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
-            c, total = self.cfg, self.total
-            opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
-
-            def cosine(s: int) -> float:
-                return (c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / c.lr
-
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine), "step"
+            return cosine_adam(self.model.parameters(), self.cfg.lr, self.cfg.lr_min, self.total)
 
         def train_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, dict]:
             r, x = batch

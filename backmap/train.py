@@ -58,6 +58,16 @@ class History:
     val: list[dict] = field(default_factory=list)
 
 
+def cosine_adam(params: Any, lr: float, lr_min: float, total: int) -> tuple[torch.optim.Optimizer, Any, str]:
+    """Adam with a per-step cosine decay from ``lr`` to ``lr_min`` over ``total`` steps (for the shared trainer)."""
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def cosine(s: int) -> float:
+        return (lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / lr
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine), "step"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a training checkpoint (``torch.load(weights_only=True)``; :class:`InputError` when unreadable)."""
     from cg.trainer import load_checkpoint as load
@@ -83,13 +93,7 @@ def _module_class() -> type:
             self.beta = 0.0
 
         def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
-            c, total = self.cfg, self.total
-            opt = torch.optim.Adam(self.model.parameters(), lr=c.lr)
-
-            def cosine(s: int) -> float:
-                return (c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(s, total) / total))) / c.lr
-
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine), "step"
+            return cosine_adam(self.model.parameters(), self.cfg.lr, self.cfg.lr_min, self.total)
 
         def train_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, dict]:
             r, x = batch
