@@ -102,6 +102,14 @@ def torsion_bwd(G: Tensor, quads: Tensor, saved: tuple[Tensor, ...], dU_dc: Tens
 
 
 # ----------------------------------------------------------------------------- priors
+def _fourier(phi: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U(φ) = Σ_n a_n cos nφ + b_n sin nφ and dU/dφ, for torsions φ (..., k) and coefficients (k, n)."""
+    n = torch.arange(1, a.shape[-1] + 1, device=phi.device, dtype=phi.dtype)
+    ang = phi[..., None] * n
+    ca, sa = torch.cos(ang), torch.sin(ang)
+    return (a * ca + b * sa).sum(-1), (n * (b * ca - a * sa)).sum(-1)
+
+
 def _smoothstep5(t: Tensor) -> tuple[Tensor, Tensor]:
     """s(t) = t³(10 - 15t + 6t²) on t clamped to [0, 1], and s'(t) (zero outside (0, 1))."""
     t = t.clamp(0.0, 1.0)
@@ -135,13 +143,7 @@ def prior_energy_forces(p, x: Tensor, start_deg: float = 155.0, end_deg: float =
     if len(p.dih_idx):
         q = p.dih_idx
         c, s, sv = torsion_fwd(x, q)
-        phi = torch.atan2(s, c)
-        nn_ = torch.arange(1, p.dih_a.shape[1] + 1, device=x.device, dtype=dt)
-        ang = phi[..., None] * nn_
-        ca, sa = torch.cos(ang), torch.sin(ang)
-        a, b = p.dih_a.to(dt), p.dih_b.to(dt)
-        uphi = (a * ca + b * sa).sum(-1)
-        du = (nn_ * (b * ca - a * sa)).sum(-1)
+        uphi, du = _fourier(torch.atan2(s, c), p.dih_a.to(dt), p.dih_b.to(dt))
         if p.damp_collinear:
             lo, hi = math.radians(start_deg), math.radians(end_deg)
             th1, sv1 = angles_fwd(x, q[:, :3])
@@ -318,13 +320,7 @@ class FusedForces:
         gth.append(ka * dth)
         if nd:
             cd, sd = c[:, :nd], s[:, :nd]
-            phi = torch.atan2(sd, cd)
-            nn_ = torch.arange(1, p.dih_a.shape[1] + 1, device=x.device, dtype=dt)
-            ang = phi[..., None] * nn_
-            ca, sa = torch.cos(ang), torch.sin(ang)
-            a, b = p.dih_a.to(dt), p.dih_b.to(dt)
-            uphi = (a * ca + b * sa).sum(-1)
-            du = (nn_ * (b * ca - a * sa)).sum(-1)
+            uphi, du = _fourier(torch.atan2(sd, cd), p.dih_a.to(dt), p.dih_b.to(dt))
             if self.damp:
                 w = self.hi - self.lo
                 s12, ds12 = _smoothstep5((th[:, na:na + 2 * nd] - self.lo) / w)
