@@ -7,12 +7,15 @@ friction 1/ps (converted to 1/fs inside).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from .units import KB_KCAL, KCAL_PER_AMU_A2_TO_A_PER_FS2
+
+if TYPE_CHECKING:
+    from .remd import TemperatureLadders
 
 ForceFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 CheckFn = Callable[[torch.Tensor], torch.Tensor]
@@ -38,6 +41,14 @@ class Trajectory:
     stopped: list[tuple[int, int, str]] = field(default_factory=list)
     dt_fs: float = 1.0
     save_every: int = 1
+    temperature: np.ndarray | None = None  # (n_saved, B) K of each saved frame, when replicas exchange
+
+    def at_temperature(self, b: int, temperature: float) -> np.ndarray:
+        """Indices of replica ``b``'s valid frames saved at ``temperature`` (all valid frames without exchange)."""
+        n = int(self.n_valid[b])
+        if self.temperature is None:
+            return np.arange(n)
+        return np.flatnonzero(np.isclose(self.temperature[:n, b], temperature))
 
     @property
     def times_fs(self) -> np.ndarray:
@@ -84,7 +95,7 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
              dt_fs: float = 1.0, temperature: float = 300.0, friction_per_ps: float = 1.0,
              v0: torch.Tensor | None = None, seed: int = 0, check_fn: CheckFn | None = None,
              check_every: int | None = None, progress: bool = True, desc: str = "Langevin MD",
-             compile: bool = False) -> Trajectory:
+             compile: bool = False, exchange: "TemperatureLadders | None" = None) -> Trajectory:
     """Run BAOAB Langevin dynamics of B replicas of an N-particle system.
 
     Parameters
@@ -93,7 +104,8 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
     x0 : (B, N, 3) or (N, 3) starting positions in Å; its device and dtype are used throughout.
     masses : (N,) masses in amu.
     n_steps, save_every : number of steps, and a frame is saved every ``save_every`` steps.
-    dt_fs, temperature, friction_per_ps : time step (fs), bath temperature (K), friction (1/ps).
+    dt_fs, temperature, friction_per_ps : time step (fs), bath temperature (K; one, or one per replica (B,)),
+        friction (1/ps).
     v0 : starting velocities (Å/fs); drawn from Maxwell-Boltzmann when None.
     check_fn : optional instability test mapping positions (B, N, 3) to a bool tensor (B,) that is True
         for replicas to stop; non-finite positions or forces always stop a replica. A stopped replica
@@ -102,6 +114,9 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
     progress : show a tqdm progress bar.
     compile : fuse each step (integrator and ``force_fn``) with ``torch.compile`` (:func:`compile_step`);
         the eager step is used when compiling is not possible. Same update, same distribution.
+    exchange : temperature replica exchange (:class:`forcefield.remd.TemperatureLadders`, B walkers): every
+        ``exchange.every`` steps neighbouring temperatures of each ladder try to swap; ``temperature`` is
+        then ignored, and the returned trajectory records each saved frame's temperature.
 
     Notes
     -----
@@ -117,19 +132,36 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
     B, N, _ = x.shape
     m = masses.to(device=dev, dtype=dt)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    v = maxwell_boltzmann(m, (B, N, 3), temperature, gen) if v0 is None else v0.to(dev, dt).clone()
+    if exchange is not None:
+        if exchange.n_walkers != B:
+            raise ValueError(f"the exchange has {exchange.n_walkers} walkers for {B} replicas")
+        temperature = exchange.walker_temperature
+    per_replica = np.ndim(temperature) > 0
+    if per_replica and np.shape(temperature) != (B,):
+        raise ValueError(f"temperature must be one value or one per replica ({B}), got shape {np.shape(temperature)}")
+    T_b = torch.as_tensor(np.asarray(temperature, dtype=float), dtype=dt, device=dev)
+    if v0 is not None:
+        v = v0.to(dev, dt).clone()
+    elif per_replica:
+        v = maxwell_boltzmann(m, (B, N, 3), 1.0, gen) * torch.sqrt(T_b)[:, None, None]
+    else:
+        v = maxwell_boltzmann(m, (B, N, 3), temperature, gen)
     if v.dim() == 2:
         v = v[None].expand(B, N, 3).clone()
     inv_m = (KCAL_PER_AMU_A2_TO_A_PER_FS2 / m)[None, :, None]
     gamma = friction_per_ps / 1000.0
     c1 = float(np.exp(-gamma * dt_fs))
     c2 = float(np.sqrt(1.0 - c1 * c1))
-    vstd = torch.sqrt(KB_KCAL * temperature * inv_m)
+    if per_replica:
+        vstd = torch.sqrt(KB_KCAL * T_b[:, None, None] * inv_m)
+    else:
+        vstd = torch.sqrt(KB_KCAL * temperature * inv_m)
     check_every = check_every or save_every
     n_saved = n_steps // save_every
     R = np.full((n_saved, B, N, 3), np.nan)
     Fs = np.full((n_saved, B, N, 3), np.nan)
     Es = np.full((n_saved, B), np.nan)
+    Ts = np.full((n_saved, B), np.nan) if exchange is not None else None
     alive = torch.ones(B, dtype=torch.bool, device=dev)
     all_alive = True
     n_valid = np.zeros(B, dtype=int)
@@ -193,13 +225,19 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
                     stopped.append((b, step, why))
                 alive = alive & ~newly
                 all_alive = False
+        if exchange is not None and step % exchange.every == 0 and exchange(E, v, alive):
+            vstd.copy_(torch.sqrt(KB_KCAL * torch.as_tensor(exchange.walker_temperature, dtype=dt, device=dev)
+                                  [:, None, None] * inv_m))
         if step % save_every == 0:
             k = step // save_every - 1
             al = alive.cpu().numpy()
+            if Ts is not None:
+                Ts[k] = exchange.walker_temperature
             R[k][al] = x.detach().cpu().double().numpy()[al]
             Fs[k][al] = F.detach().cpu().double().numpy()[al]
             Es[k][al] = E.detach().cpu().double().numpy()[al]
             n_valid[al] += 1
         if not all_alive and not alive.any():
             break
-    return Trajectory(R=R, F=Fs, E=Es, n_valid=n_valid, stopped=stopped, dt_fs=dt_fs, save_every=save_every)
+    return Trajectory(R=R, F=Fs, E=Es, n_valid=n_valid, stopped=stopped, dt_fs=dt_fs, save_every=save_every,
+                      temperature=Ts)

@@ -227,3 +227,24 @@ def test_alternating_search_matches_exhaustive(ala, rng):
     for k in ("rmsd_all", "rmsd_all_median", "rmsd_heavy"):
         assert alt[k] == pytest.approx(full[k], rel=1e-9)
     assert full["rmsd_all_plain"] > full["rmsd_all"] + 0.2
+
+
+def test_nearest_cg_baseline_finds_the_frame_itself_and_ignores_rotation(ala_md, rng):
+    """Held-out frames that are rotated copies of training frames have their own frame as nearest CG
+    neighbour: floor zero; frames not in the pool get a positive floor no smaller than their CG distance."""
+    from backmap.recipe import nearest_cg_baseline
+    from cg import Mapping
+    from forcefield.elements import masses
+
+    beads = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [16, 17, 18, 19, 20, 21]]
+    m = Mapping.from_indices(beads, masses(ala_md.z), weighting="com")
+    train = ala_md[:150]
+    held = train[[5, 70, 140]]
+    Q = random_rotation(rng)
+    held.R = held.R @ Q.T + 4.0
+    out = nearest_cg_baseline(m, train, held)
+    assert out["nn_rmsd_all"] < 1e-6 and out["nn_cg_rmsd"] < 1e-6
+    other = nearest_cg_baseline(m, train, ala_md[[180, 199]])
+    assert other["nn_rmsd_all"] > 0.05 and other["nn_cg_rmsd"] > 0.0
+    with pytest.raises(InputError):
+        nearest_cg_baseline(m, train[:0], held)

@@ -27,6 +27,9 @@ GROUPS = [
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cgwb", description="cgworkbench: coarse-graining and backmapping workbench")
     p.add_argument("--version", action="version", version="cgworkbench 0.1.0")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: all cores; on a machine shared with other jobs, fewer "
+                        "threads avoid oversubscription, which can slow small kernels down by an order of magnitude)")
     sub = p.add_subparsers(dest="group", metavar="COMMAND")
     for name, module, help_ in GROUPS:
         try:
@@ -45,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.group is None else 2
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except InputError as e:

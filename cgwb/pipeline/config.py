@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from backmap.recipe import BackmapConfig
+from forcefield.kernel.md import ReferenceMDConfig
 from cg.fit_mapping import MappingConfig
 from cg.forcematching import ForceMatchingConfig
 from cg.simulate import SimulationConfig
@@ -101,22 +102,25 @@ class ActiveSection(Config):
     target_ratio: float = Field(1.5, gt=0)
 
 
-class KernelMDConfig(Config):
-    """AA Langevin MD with the kernel force field: the reference ensemble."""
-
-    replicas: int = Field(16, gt=0)
-    frames: int = Field(800, gt=0)
-    save_every: int = Field(50, gt=0)
-    timestep_fs: float = Field(1.0, gt=0)
+class KernelMDConfig(ReferenceMDConfig):
+    """AA Langevin MD with the kernel force field: the reference ensemble
+    (:class:`forcefield.kernel.md.ReferenceMDConfig`)."""
 
 
 class CGSection(ForceMatchingConfig):
-    """Force matching (:class:`cg.forcematching.ForceMatchingConfig`) and CG MD settings of the pipeline."""
+    """Force matching (:class:`cg.forcematching.ForceMatchingConfig`) and CG MD settings of the pipeline.
+
+    md_ns : CG simulated time summed over ``replicas`` (ns); None: as long as the AA reference. Replicas run
+    as one batch, so many replicas cost little more than a few. save_fs : fs between saved CG frames (None:
+    the reference's frame interval).
+    """
 
     force_map: Literal["auto", "sum", "optimal"] = "sum"  # type: ignore[assignment]
-    replicas: int = Field(16, gt=0)
+    replicas: int = Field(128, gt=0)
     timestep_fs: float = Field(2.0, gt=0)
     friction_per_ps: float = Field(1.0, gt=0)
+    md_ns: float | None = Field(8.0, gt=0)
+    save_fs: float | None = Field(100.0, gt=0)
 
     def forcematching(self, force_map: str) -> ForceMatchingConfig:
         """The recipe config, with ``auto`` already resolved into ``force_map``."""
@@ -127,6 +131,13 @@ class CGSection(ForceMatchingConfig):
         return SimulationConfig(replicas=self.replicas, n_steps=n_steps, timestep_fs=self.timestep_fs,
                                 save_every=save_every, friction_per_ps=self.friction_per_ps,
                                 temperature=float(temperature))
+
+
+class BackmapSection(BackmapConfig):
+    """Backmapping (:class:`backmap.recipe.BackmapConfig`) and the end-to-end comparison: ``cg_frames`` CG-MD
+    frames (evenly spaced over every replica's run) are backmapped for the φ/ψ free-energy surface."""
+
+    cg_frames: int = Field(40000, gt=0)
 
 
 class PipelineConfig(Config):
@@ -142,7 +153,7 @@ class PipelineConfig(Config):
     kernel_md: KernelMDConfig = Field(default_factory=KernelMDConfig)
     mapping: MappingConfig = Field(default_factory=MappingConfig)
     cg: CGSection = Field(default_factory=CGSection)
-    backmap: BackmapConfig = Field(default_factory=BackmapConfig)
+    backmap: BackmapSection = Field(default_factory=lambda: BackmapSection())
 
 
 #: the pipeline's own defaults where they differ from the recipes' (the embedded alanine-dipeptide run)
@@ -152,9 +163,10 @@ QUICK: dict[str, Any] = {
     "sampling": {"frames": 300, "save_every": 50},
     "active": {"rounds": 1, "replicas": 2, "md_steps": 100, "save_every": 10, "frames_per_round": 5, "spot_checks": 5},
     "reference": {"label_frames": 30, "test_frames": 20, "sigma": 40.0, "spot_frames": 10},
-    "kernel_md": {"replicas": 2, "frames": 60, "save_every": 10},
+    "kernel_md": {"replicas": 4, "temperatures": 2, "max_temperature": 350.0, "frames": 60, "save_every": 10,
+                  "timestep_fs": 1.0},
     "mapping": {"epochs": 20},
-    "cg": {"epochs": 3, "replicas": 2},
+    "cg": {"epochs": 3, "replicas": 2, "md_ns": None, "save_fs": None},
     "backmap": {"epochs": 2, "samples": 2, "frames": 10, "train_frames": 60},
 }
 

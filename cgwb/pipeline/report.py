@@ -38,6 +38,9 @@ SUMMARY_KEYS = [
     ("backmap_rmsd_all", "Backmapping, prior samples: all-atom RMSD, symmetry-aware (held-out)", "Å"),
     ("backmap_rmsd_all_plain", "Backmapping, prior samples: all-atom RMSD, plain", "Å"),
     ("backmap_rmsd_heavy", "Backmapping, prior samples: heavy-atom RMSD (held-out)", "Å"),
+    ("backmap_rmsd_all_floor", "Backmapping floor: all-atom RMSD of the training frame with the nearest CG "
+     "(an ideal sampler's score)", "Å"),
+    ("backmap_rmsd_heavy_floor", "Backmapping floor: heavy-atom RMSD of that nearest-CG frame", "Å"),
     ("backmap_recon_rmsd_all", "Backmapping, posterior reconstruction: all-atom RMSD", "Å"),
     ("backmap_valid_ratio", "Backmapping, prior samples: valid bond graphs", ""),
     ("backmap_clash_rate", "Backmapping, prior samples: clash rate", ""),

@@ -164,35 +164,22 @@ def kernel_learn(ctx: RunContext) -> dict[str, Any]:
 
 
 def kernel_md(ctx: RunContext) -> dict[str, Any]:
-    """AA Langevin MD with the kernel force field on many replicas: the AA reference (its forces are the FF's)."""
+    """The AA reference: kernel-FF Langevin MD (:func:`forcefield.kernel.md.sample_reference`), its forces
+    the FF's, started from frames of the seed sampling."""
     from forcefield import KernelForceField
-    from forcefield.kernel.md import run_md
+    from forcefield.kernel.md import sample_reference
 
     cfg = ctx.config
-    km = cfg["kernel_md"]
+    km = cfg.section("kernel_md")
     ff = KernelForceField.load(ctx.file("kernel.npz"), device=_device(ctx))
     aa = load_dataset(ctx.file("aa.npz"))
     rng = np.random.default_rng(cfg["seed"] + 7)
-    starts = aa.R[np.sort(rng.choice(len(aa), km["replicas"], replace=len(aa) < km["replicas"]))]
-    import time
-
-    t0 = time.perf_counter()
-    traj = run_md(ff, starts, n_steps=km["frames"] * km["save_every"], save_every=km["save_every"],
-                  dt_fs=km["timestep_fs"], temperature=cfg["system"]["temperature"], seed=cfg["seed"],
-                  progress=ctx.progress)
-    wall = time.perf_counter() - t0
-    parts = [Dataset(R=traj.replica(b)[0], z=aa.z, E=traj.replica(b)[2], F=traj.replica(b)[1])
-             for b in range(len(starts)) if traj.n_valid[b] > 0]
-    if not parts:
-        raise RuntimeError("every kernel-FF MD replica became unstable at once; train on more frames")
-    ref = Dataset.concatenate(parts)
-    ref.name, ref.theory = aa.name, "kernel force field MD"
-    ref.extra = {"replica_frames": traj.n_valid[traj.n_valid > 0].astype(np.int64)}
+    starts = aa.R[np.sort(rng.choice(len(aa), km.replicas, replace=len(aa) < km.replicas))]
+    ref, out = sample_reference(ff, starts, km, temperature=float(cfg["system"]["temperature"]), seed=cfg["seed"],
+                                progress=ctx.progress)
+    ref.name = aa.name
     ref.save(ctx.file("reference.npz"))
-    out = {"kernel_md_frames": len(ref), "kernel_md_stable_fraction": float(np.mean(traj.n_valid == km["frames"])),
-           "kernel_md_ps_per_replica": km["frames"] * km["save_every"] * km["timestep_fs"] / 1000,
-           "kernel_md_steps_per_s": km["frames"] * km["save_every"] / wall,  # all replicas advance together
-           "kernel_md_replica_steps_per_s": km["replicas"] * km["frames"] * km["save_every"] / wall}
+    out = {f"kernel_md_{k}": v for k, v in out.items()}
     out.update(_reference_floor(ctx, ref))
     return out
 

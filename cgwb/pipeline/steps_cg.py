@@ -112,9 +112,9 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
     ref_cg = m.map_positions(ref.R)
     pot = CGPotential.load(str(ctx.file("cg_potential.pt")), device=_device(ctx))
     frame_fs = _ref_frame_fs(cfg)
-    total_fs = len(ref) * frame_fs  # same total simulated time as the AA reference
+    total_fs = c["md_ns"] * 1e6 if c["md_ns"] else len(ref) * frame_fs  # default: the AA reference's time
     n_steps = max(100, int(total_fs / c["timestep_fs"] / c["replicas"]))
-    save_every = max(1, int(round(frame_fs / c["timestep_fs"])))
+    save_every = max(1, int(round((c["save_fs"] or frame_fs) / c["timestep_fs"])))
     sim = cfg.section("cg").simulation(n_steps, save_every, cfg["system"]["temperature"])
     traj = simulate_cg(pot, ref_cg, sim, reference=ref_cg, device=_device(ctx), seed=cfg["seed"],
                        progress=ctx.progress)
@@ -159,13 +159,14 @@ def backmap_train(ctx: RunContext) -> dict[str, Any]:
     bm = fit_backmapper(m, train, b, device=_device(ctx), seed=cfg["seed"],
                         checkpoint=ctx.checkpoint("backmap_train"), progress=ctx.progress)
     bm.save(ctx.file("backmap.pt"))
-    met = evaluate_backmapper(bm, test, b, seed=cfg["seed"])
+    met = evaluate_backmapper(bm, test, b, seed=cfg["seed"], train=train)
     out = {"backmap_heldout_frames": met["frames"], "backmap_samples": met["samples"]}
     for key, name in (("prior_rmsd_all", "backmap_rmsd_all"), ("prior_rmsd_all_plain", "backmap_rmsd_all_plain"),
                       ("prior_rmsd_heavy", "backmap_rmsd_heavy"), ("prior_valid_ratio", "backmap_valid_ratio"),
                       ("prior_clash_rate", "backmap_clash_rate"), ("prior_diversity", "backmap_diversity"),
                       ("recon_rmsd_all", "backmap_recon_rmsd_all"), ("recon_rmsd_heavy", "backmap_recon_rmsd_heavy"),
-                      ("recon_valid_ratio", "backmap_recon_valid_ratio")):
+                      ("recon_valid_ratio", "backmap_recon_valid_ratio"), ("nn_rmsd_all", "backmap_rmsd_all_floor"),
+                      ("nn_rmsd_heavy", "backmap_rmsd_heavy_floor"), ("nn_cg_rmsd", "backmap_floor_cg_rmsd")):
         if key in met:
             out[name] = float(met[key])
     return out
@@ -184,6 +185,8 @@ def backmap_cg(ctx: RunContext) -> dict[str, Any]:
     cgR = CGTrajectory.load(ctx.file("cg_md.npz")).frames()
     if len(cgR) == 0:
         raise InputError("CG MD kept no frames (every replica stopped at once): nothing to backmap")
+    if len(cgR) > cfg["backmap"]["cg_frames"]:
+        cgR = cgR[np.linspace(0, len(cgR) - 1, cfg["backmap"]["cg_frames"]).round().astype(int)]
     gen = bm.sample(cgR, n_samples=1, seed=cfg["seed"], temperature=cfg["backmap"]["temperature"])
     R = np.stack([gen.atoms.positions.astype(np.float64) for _ in gen.trajectory])
     ref = load_dataset(ctx.file("reference.npz"))

@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pydantic import Field, model_validator
+
+from ..config import Config
 from ..dataset import Dataset
-from ..elements import masses
+from ..elements import masses, repartitioned_masses
 from ..errors import InputError, where
 from ..langevin import Trajectory, simulate
 
@@ -145,13 +148,18 @@ def _orbits(perms: np.ndarray) -> np.ndarray:
 
 def run_md(model, R0: np.ndarray, n_steps: int, n_replicas: int = 1, save_every: int = 10,
            dt_fs: float = 0.5, temperature: float = 300.0, friction_per_ps: float = 1.0, seed: int = 0,
-           max_bond_change: float = 0.5, progress: bool = True, fast: bool = True) -> Trajectory:
+           max_bond_change: float = 0.5, progress: bool = True, fast: bool = True,
+           exchange: Any = None, hydrogen_mass: float | None = None) -> Trajectory:
     """BAOAB Langevin MD of ``n_replicas`` copies on the model's surface (forcefield.langevin.simulate).
 
     R0 is one geometry (N, 3) or one per replica (B, N, 3), in Å. A replica is stopped when a covalent bond
     (from the first geometry) changes by more than ``max_bond_change`` Å (the MDsim stability rule).
     Runs on the model's device in float64; all replicas are one batch per force call. ``fast``: forces from
     :class:`SymmetryFactoredPredictor` (same values as ``model.predict_torch``, far less arithmetic).
+    ``exchange``: a :class:`forcefield.remd.TemperatureLadders` over the B replicas (temperature replica
+    exchange; ``temperature`` is then ignored and every saved frame records its temperature).
+    ``hydrogen_mass``: amu per hydrogen by mass repartitioning (:func:`forcefield.elements.repartitioned_masses`;
+    same configurational ensemble, ~2x longer stable time step); None keeps the true masses.
     """
     from ..geometry import covalent_bonds
 
@@ -176,10 +184,104 @@ def run_md(model, R0: np.ndarray, n_steps: int, n_replicas: int = 1, save_every:
 
     force_fn = SymmetryFactoredPredictor(model) if fast else model.predict_torch
 
+    m = masses(model.z) if hydrogen_mass is None else repartitioned_masses(model.z, bonds, hydrogen_mass)
     return simulate(force_fn, torch.as_tensor(R0, dtype=torch.float64, device=dev),
-                    torch.as_tensor(masses(model.z)), n_steps=n_steps, save_every=save_every, dt_fs=dt_fs,
+                    torch.as_tensor(m), n_steps=n_steps, save_every=save_every, dt_fs=dt_fs,
                     temperature=temperature, friction_per_ps=friction_per_ps, seed=seed, check_fn=check,
-                    progress=progress, desc="kernel-FF MD")
+                    progress=progress, desc="kernel-FF MD", exchange=exchange)
+
+
+class ReferenceMDConfig(Config):
+    """Settings of :func:`sample_reference`.
+
+    replicas : walkers, all one batch; with ``temperatures`` > 1 they form ``replicas / temperatures``
+    independent replica-exchange ladders from the target temperature to ``max_temperature`` (geometric), with
+    an exchange sweep every ``exchange_every`` steps, and the reference keeps the frames saved at the target.
+    frames, save_every : frames saved per walker, and steps between them (fs: ``timestep_fs``).
+    hydrogen_mass : amu by mass repartitioning (same configurational ensemble, longer stable steps; None: true
+    masses). discard_ps : a walker stopped by the stability rule loses the frames saved this long before the stop.
+    """
+
+    replicas: int = Field(33, gt=0)
+    frames: int = Field(1600, gt=0)
+    save_every: int = Field(25, gt=0)
+    timestep_fs: float = Field(2.0, gt=0)
+    friction_per_ps: float = Field(1.0, gt=0)
+    temperatures: int = Field(3, gt=0)
+    max_temperature: float = Field(450.0, gt=0)
+    exchange_every: int = Field(25, gt=0)
+    hydrogen_mass: float | None = Field(3.0, gt=0)
+    discard_ps: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ladders(self) -> "ReferenceMDConfig":
+        if self.replicas % self.temperatures:
+            raise ValueError(f"replicas ({self.replicas}) must be a multiple of temperatures ({self.temperatures})")
+        return self
+
+
+def sample_reference(model, starts: np.ndarray, config: ReferenceMDConfig | None = None, *,
+                     temperature: float = 300.0, seed: int = 0, progress: bool = True
+                     ) -> tuple[Dataset, dict[str, Any]]:
+    """The AA reference ensemble at ``temperature`` (K) by kernel-FF Langevin MD (:func:`run_md`).
+
+    With ``config.temperatures`` > 1 the walkers form temperature replica-exchange ladders
+    (:class:`forcefield.remd.TemperatureLadders`) and only frames saved at ``temperature`` are kept: a
+    canonical sample that crosses barriers a plain run at that temperature rarely crosses. A walker stopped
+    by the stability rule keeps only the frames saved ``discard_ps`` before its stop (the approach to a
+    blow-up is no sample of the ensemble). ``starts`` (B, N, 3) Å, one per walker.
+
+    Returns the frames (energies and forces are the model's; ``extra['replica_frames']`` counts them per
+    walker, in walker order) and figures: ``frames``, ``stable_fraction``, ``unstable_walkers``,
+    ``ps_per_replica``, ``ps_at_temperature``, ``steps_per_s``, ``replica_steps_per_s`` and, with exchange,
+    ``temperatures`` and ``exchange_acceptance`` per neighbour pair.
+    """
+    import time
+
+    from ..remd import TemperatureLadders, geometric_temperatures
+
+    c = config or ReferenceMDConfig()
+    starts = np.asarray(starts, dtype=float)
+    if starts.ndim != 3 or len(starts) != c.replicas:
+        raise InputError(f"sample_reference: need {c.replicas} start geometries (B, N, 3), got {starts.shape}")
+    exchange = None
+    if c.temperatures > 1:
+        if not c.max_temperature > temperature:
+            raise InputError(f"max_temperature ({c.max_temperature} K) must exceed the target temperature "
+                             f"({temperature} K) when temperatures > 1")
+        exchange = TemperatureLadders(geometric_temperatures(temperature, c.max_temperature, c.temperatures),
+                                      c.replicas // c.temperatures, c.exchange_every, seed=seed)
+    steps = c.frames * c.save_every
+    t0 = time.perf_counter()
+    traj = run_md(model, starts, n_steps=steps, save_every=c.save_every, dt_fs=c.timestep_fs,
+                  temperature=temperature, friction_per_ps=c.friction_per_ps, seed=seed, progress=progress,
+                  exchange=exchange, hydrogen_mass=c.hydrogen_mass)
+    wall = time.perf_counter() - t0
+    drop = math.ceil(c.discard_ps * 1000.0 / (c.save_every * c.timestep_fs))
+    stopped = {b for b, _, _ in traj.stopped}
+    parts, counts = [], []
+    for b in range(len(starts)):
+        idx = traj.at_temperature(b, temperature)
+        if b in stopped:
+            idx = idx[idx < traj.n_valid[b] - drop]
+        if len(idx):
+            parts.append(Dataset(R=traj.R[idx, b], z=model.z, E=traj.E[idx, b], F=traj.F[idx, b]))
+            counts.append(len(idx))
+    if not parts:
+        raise InputError("every kernel-FF MD walker became unstable before saving a frame at the target "
+                         "temperature; train the force field on more frames")
+    ref = Dataset.concatenate(parts)
+    ref.theory, ref.extra = "kernel force field MD", {"replica_frames": np.asarray(counts, dtype=np.int64)}
+    info: dict[str, Any] = {
+        "frames": len(ref), "stable_fraction": float(np.mean(traj.n_valid == c.frames)),
+        "unstable_walkers": len(stopped), "ps_per_replica": steps * c.timestep_fs / 1000,
+        "ps_at_temperature": len(ref) * c.save_every * c.timestep_fs / 1000,
+        "steps_per_s": steps / wall,  # all walkers advance together
+        "replica_steps_per_s": c.replicas * steps / wall}
+    if exchange is not None:
+        info["temperatures"] = [float(t) for t in exchange.temperatures]
+        info["exchange_acceptance"] = [float(a) for a in exchange.acceptance]
+    return ref, info
 
 
 def trajectory_to_dataset(traj: Trajectory, z: np.ndarray, replica: int | None = None, name: str = "kernel MD"

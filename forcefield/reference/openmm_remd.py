@@ -20,50 +20,11 @@ import numpy as np
 
 from ..dataset import Dataset
 from ..errors import InputError
+from ..remd import exchange_probability, exchange_sweep, geometric_temperatures  # noqa: F401 (re-exported)
 from ..units import kT as kT_of
 
 #: bar·nm³ -> kcal/mol (1 bar = 1e5 Pa, 1 nm³ = 1e-27 m³, N_A, 4184 J/kcal)
 BAR_NM3_TO_KCAL = 1e5 * 1e-27 * 6.02214076e23 / 4184.0
-
-
-def geometric_temperatures(t_min: float, t_max: float, n: int) -> np.ndarray:
-    """``n`` temperatures spaced geometrically from ``t_min`` to ``t_max`` (equal acceptance for constant C_v)."""
-    if n < 2 or not 0 < t_min < t_max:
-        raise InputError(f"need n >= 2 and 0 < t_min < t_max, got n={n}, t_min={t_min}, t_max={t_max}")
-    return t_min * (t_max / t_min) ** (np.arange(n) / (n - 1))
-
-
-def exchange_probability(beta_i: float, beta_j: float, u_i: float, u_j: float) -> float:
-    """Metropolis probability of swapping the configurations (energies u_i, u_j, kcal/mol) of replicas at
-    inverse temperatures beta_i, beta_j (mol/kcal): ``min(1, exp((β_i - β_j)(u_i - u_j)))``."""
-    d = (beta_i - beta_j) * (u_i - u_j)
-    return 1.0 if d >= 0 else float(np.exp(d))
-
-
-def exchange_sweep(betas: np.ndarray, energies: np.ndarray, rng: np.random.Generator,
-                   parity: int) -> tuple[np.ndarray, np.ndarray]:
-    """One sweep of neighbour swaps over pairs (k, k+1) with k = parity, parity + 2, ...
-
-    Parameters
-    ----------
-    betas : (n,) inverse temperatures of the slots (mol/kcal), in order.
-    energies : (n,) reduced-relevant energies of the configurations now in each slot (kcal/mol; potential
-        energy, plus P·V at constant pressure).
-    rng, parity : random generator; 0 for pairs (0,1), (2,3), ..., 1 for (1,2), (3,4), ...
-
-    Returns
-    -------
-    perm : (n,) slot k takes the configuration that was in slot ``perm[k]``.
-    accepted : (n-1,) bool, whether pair (k, k+1) swapped (False for pairs not attempted).
-    """
-    n = len(betas)
-    perm = np.arange(n)
-    acc = np.zeros(max(n - 1, 0), dtype=bool)
-    for k in range(int(parity) % 2, n - 1, 2):
-        if rng.random() < exchange_probability(betas[k], betas[k + 1], energies[k], energies[k + 1]):
-            perm[k], perm[k + 1] = k + 1, k
-            acc[k] = True
-    return perm, acc
 
 
 def run_openmm_remd(pdb: str | os.PathLike, temperatures: Sequence[float] = (300.0, 340.0, 385.0, 435.0),
