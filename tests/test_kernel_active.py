@@ -149,3 +149,18 @@ def test_cli_learn_with_xtb(tmp_path):
     res = ActiveResult.load(out)
     assert [r["round"] for r in res.log] == [0, 1] and len(res.train) == 10 + 5
     assert (out / "active_rounds.png").exists()
+
+
+def test_round_with_replica_exchange_ladders(system, tmp_path):
+    """Active learning that explores with the reference's sampler (two-temperature ladders, repartitioned
+    hydrogen masses) still lowers the error on its own MD; a replica count that fills no ladder is refused."""
+    from forcefield.errors import InputError
+
+    ref, train, test, ff = system
+    cfg = dict(CFG, temperatures=2, max_temperature=400.0, exchange_every=10, hydrogen_mass=2.0)
+    res = active_learn(ff, train, test, starts=train.R[:4], label_fn=ref, config=cfg, workdir=tmp_path)
+    r0, r1 = res.log
+    assert r0["frames_added"] == 18 and r1["spot_mae"] < r0["spot_mae"]
+    with pytest.raises(InputError, match="multiple of temperatures"):
+        active_learn(ff, train, test, starts=train.R[:3], label_fn=ref, config=dict(cfg, replicas=3),
+                     workdir=tmp_path / "bad")

@@ -141,13 +141,20 @@ def kernel_learn(ctx: RunContext) -> dict[str, Any]:
     tr, te = load_dataset(ctx.file("labels_train.npz")), load_dataset(ctx.file("labels_test.npz"))
     out: dict[str, Any] = {"kernel_active_rounds": 0}
     if a["rounds"] > 0:
+        km = cfg["kernel_md"]  # explore with the sampler the reference will use
+        if a["replicas"] % km["temperatures"]:
+            raise InputError(f"active.replicas ({a['replicas']}) must be a multiple of kernel_md.temperatures "
+                             f"({km['temperatures']}): active learning runs the reference's replica-exchange ladders")
         aa = load_dataset(ctx.file("aa.npz"))
         rng = np.random.default_rng(cfg["seed"] + 5)
         starts = aa.R[np.sort(rng.choice(len(aa), a["replicas"], replace=len(aa) < a["replicas"]))]
         acfg = ActiveConfig(max_rounds=a["rounds"], replicas=a["replicas"], md_steps=a["md_steps"],
                             save_every=a["save_every"], frames_per_round=a["frames_per_round"],
                             spot_checks=a["spot_checks"], target_ratio=a["target_ratio"],
-                            temperature=cfg["system"]["temperature"], seed=cfg["seed"], progress=ctx.progress)
+                            temperature=cfg["system"]["temperature"], seed=cfg["seed"], progress=ctx.progress,
+                            temperatures=km["temperatures"], max_temperature=km["max_temperature"],
+                            exchange_every=km["exchange_every"], hydrogen_mass=km["hydrogen_mass"],
+                            timestep_fs=km["timestep_fs"])
         res = active_learn(ff, tr, te, starts, config=acfg, workdir=ctx.file(f".active-{ctx.fingerprint[:12]}"))
         ff = res.model
         plot_rounds(res.log, ctx.file("kernel_active.png"))

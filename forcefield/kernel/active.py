@@ -51,6 +51,11 @@ class ActiveConfig(BaseModel):
     timestep_fs: float = Field(1.0, gt=0)
     temperature: float = Field(300.0, gt=0)
     friction_per_ps: float = Field(1.0, gt=0)
+    temperatures: int = Field(1, ge=1, description="temperatures per replica-exchange ladder (1: plain MD at "
+                                                   "`temperature`); explore what a REMD reference will visit")
+    max_temperature: float = Field(450.0, gt=0, description="K, top of each ladder (geometric spacing)")
+    exchange_every: int = Field(25, ge=1, description="MD steps between exchange sweeps")
+    hydrogen_mass: Optional[float] = Field(None, gt=0, description="amu, hydrogen mass repartitioning")
     max_bond_change: float = Field(0.5, gt=0, description="Å; the stability rule of run_md")
     frames_per_round: int = Field(30, ge=1, description="most uncertain frames labelled per round")
     candidate_factor: int = Field(4, ge=1, description="farthest-point picks among this many x frames_per_round "
@@ -250,15 +255,29 @@ def _round(k: int, ff: KernelForceField, train: Dataset, test: Dataset, starts: 
     t0 = time.perf_counter()
     heldout = _mae(ff, test)
     t1 = time.perf_counter()
+    exchange = None
+    if cfg.temperatures > 1:
+        from ..remd import TemperatureLadders, geometric_temperatures
+
+        if len(starts) % cfg.temperatures or not cfg.max_temperature > cfg.temperature:
+            raise InputError(f"active learning: replicas ({len(starts)}) must be a multiple of temperatures "
+                             f"({cfg.temperatures}) and max_temperature ({cfg.max_temperature} K) above "
+                             f"temperature ({cfg.temperature} K)")
+        exchange = TemperatureLadders(geometric_temperatures(cfg.temperature, cfg.max_temperature, cfg.temperatures),
+                                      len(starts) // cfg.temperatures, cfg.exchange_every, seed=cfg.seed + k)
     traj = run_md(ff, starts, n_steps=cfg.md_steps, save_every=cfg.save_every, dt_fs=cfg.timestep_fs,
                   temperature=cfg.temperature, friction_per_ps=cfg.friction_per_ps, seed=cfg.seed + 1000 * k,
-                  max_bond_change=cfg.max_bond_change, progress=cfg.progress)
-    R, owner = [], []
+                  max_bond_change=cfg.max_bond_change, progress=cfg.progress, exchange=exchange,
+                  hydrogen_mass=cfg.hydrogen_mass)
+    R, at_target = [], []
     for b in range(traj.R.shape[1]):
         Rb = traj.replica(b)[0]
         R.append(Rb)
-        owner += [b] * len(Rb)
+        mask = np.zeros(len(Rb), dtype=bool)
+        mask[traj.at_temperature(b, cfg.temperature)] = True
+        at_target.append(mask)
     R = np.concatenate(R) if R else np.zeros((0, ff.n_atoms, 3))
+    at_target = np.concatenate(at_target) if at_target else np.zeros(0, dtype=bool)
     unstable = len(traj.stopped)
     t_md = time.perf_counter() - t1
     if not len(R):
@@ -266,7 +285,8 @@ def _round(k: int, ff: KernelForceField, train: Dataset, test: Dataset, starts: 
     _, _, std = ff.predict(R, return_std=True)
     s = np.sqrt((std ** 2).mean(1))
     rng = np.random.default_rng(cfg.seed + 7919 * (k + 1))
-    spot = np.sort(rng.choice(len(R), min(cfg.spot_checks, len(R)), replace=False))
+    pool = np.flatnonzero(at_target) if at_target.any() else np.arange(len(R))  # the ensemble to validate
+    spot = np.sort(rng.choice(pool, min(cfg.spot_checks, len(pool)), replace=False))
     t2 = time.perf_counter()
     spot_ds = label_fn(Dataset(R=R[spot], z=ff.z, name="spot check"))
     t_label = time.perf_counter() - t2
