@@ -116,7 +116,7 @@ class CGSection(ForceMatchingConfig):
     the reference's frame interval).
     """
 
-    force_map: Literal["auto", "sum", "optimal"] = "sum"  # type: ignore[assignment]
+    force_map: Literal["auto", "sum", "optimal"] = "auto"  # type: ignore[assignment]
     replicas: int = Field(128, gt=0)
     timestep_fs: float = Field(2.0, gt=0)
     friction_per_ps: float = Field(1.0, gt=0)

@@ -66,10 +66,14 @@ def mapping(ctx: RunContext) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- 4. CG potential
 def cg_force_map(cfg: Any) -> str:
-    """``auto``: the least-noise map for our own engines (no bond constraints), the sum for user trajectories."""
+    """``auto``: the least-noise map where the reference forces come without bond constraints (kernel FF,
+    xTB, OpenMM without constraints), the per-bead sum otherwise (user trajectories, constrained OpenMM MD)."""
     fmap = cfg["cg"]["force_map"]
     if fmap == "auto":
-        fmap = "sum" if cfg["reference"]["forces"] == "trajectory" else "optimal"
+        forces, smp = cfg["reference"]["forces"], cfg["sampling"]
+        constrained = smp["constraints"] == "hbonds" or (smp["constraints"] == "auto"
+                                                         and cfg["system"]["solvent"] == "tip3p")
+        fmap = "sum" if forces == "trajectory" or (forces == "openmm" and constrained) else "optimal"
     return fmap
 
 
