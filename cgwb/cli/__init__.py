@@ -48,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.group is None else 2
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
+    threads = args.threads if args.threads is not None else getattr(args, "run_threads", None)
+    if threads is not None:
+        if threads < 1:
+            parser.error(f"--threads must be >= 1, got {threads}")
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--config", default=None, help="TOML/YAML config (default: embedded alanine dipeptide)")
     p.add_argument("-o", "--out", default=None, help="run folder (default: runs/<name>[-quick])")
     p.add_argument("--quick", action="store_true", help="shrink every stage for a smoke run (minutes)")
+    p.add_argument("--threads", dest="run_threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (as `cgwb --threads N run`)")
     p.add_argument("--stop-after", default=None, help="stop after this stage (e.g. kernel_train)")
     add_device(p)
     add_quiet(p)
