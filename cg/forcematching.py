@@ -36,6 +36,8 @@ class ForceMatchingConfig(Config):
     network : ``features`` (MLP on internal coordinates), ``schnet``, ``e3nn`` (equivariant) or ``none``
         (priors only). hidden : width (default 128 features, 32 schnet). force_map : ``sum`` (atom forces
         summed per bead) or ``optimal`` (least-noise consistent map; references without bond constraints).
+    lipschitz : spectral-norm bound of every linear layer of the network (CGnet's Lipschitz regularisation;
+        None: off); keeps the network from digging spurious wells where the reference has no frames.
     """
 
     network: Literal["features", "schnet", "e3nn", "none"] = "features"
@@ -53,6 +55,7 @@ class ForceMatchingConfig(Config):
     force_map: Literal["sum", "optimal"] = "sum"
     min_prior_frames: int = Field(20, ge=1)
     max_seconds: float | None = Field(None, gt=0)
+    lipschitz: float | None = Field(None, gt=0)
 
     def net_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the chosen network's constructor."""
@@ -158,7 +161,7 @@ def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConf
         res = train_force_matching(pot, R, F, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    val_fraction=cfg.val_fraction, patience=cfg.patience, seed=seed, device=device,
                                    checkpoint=checkpoint, resume=resume, progress=progress,
-                                   max_seconds=cfg.max_seconds, lengths=lengths)
+                                   max_seconds=cfg.max_seconds, lengths=lengths, lipschitz=cfg.lipschitz)
         hist = res.as_dict()
         info.update(best_val_rmse=float(res.best_val_rmse), prior_val_rmse=float(res.prior_val_rmse),
                     epochs=len(res.val_rmse), best_epoch=int(res.best_epoch) + 1,

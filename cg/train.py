@@ -60,17 +60,36 @@ def _prior_forces(model: CGPotential, R: torch.Tensor, batch: int, device: Any) 
     return out
 
 
+@torch.no_grad()
+def lipschitz_project(net: torch.nn.Module, bound: float) -> None:
+    """Rescale every linear layer of ``net`` whose spectral norm exceeds ``bound`` onto it (CGnet's Lipschitz
+    regularisation, Wang et al. 2019): the network's energy then changes at most ∏ bound × (activation
+    slopes) per unit of (standardised) input, so it cannot dig deep, narrow wells where the reference has no
+    data, which the priors alone would have kept the CG model out of."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            s = torch.linalg.matrix_norm(m.weight.double(), ord=2)
+            if s > bound:
+                m.weight.mul_(float(bound / s))
+
+
 class ForceMatching(TrainModule):
     """Lightning module: the network's forces -∇U_net against the residual forces ``F_ref - F_prior``."""
 
     seed_steps = False  # no random draws in a step
 
     def __init__(self, net: torch.nn.Module, lr: float, weight_decay: float, lr_factor: float, lr_patience: int,
-                 min_lr: float) -> None:
+                 min_lr: float, lipschitz: float | None = None) -> None:
         super().__init__()
         self.net = net
         self.opt_kw = dict(lr=lr, weight_decay=weight_decay)
         self.plateau_kw = dict(factor=lr_factor, patience=lr_patience, min_lr=min_lr)
+        self.lipschitz = lipschitz
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.lipschitz is not None:
+            lipschitz_project(self.net, self.lipschitz)
 
     def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any, str]:
         opt = torch.optim.Adam(self.net.parameters(), **self.opt_kw)
@@ -124,7 +143,7 @@ def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, ep
                          resume: bool = True, progress: bool = True, max_seconds: float | None = None,
                          lengths: Sequence[int] | None = None, log_dir: str | Path | None = None,
                          checkpoint_every: int = 1, devices: Any = None, accelerator: str | None = None,
-                         strategy: Any = "auto", num_nodes: int = 1) -> TrainResult:
+                         strategy: Any = "auto", num_nodes: int = 1, lipschitz: float | None = None) -> TrainResult:
     """Train ``model.net`` by force matching on bead positions R (M, n, 3) Å and forces F (M, n, 3) kcal/mol/Å.
 
     Parameters
@@ -143,6 +162,7 @@ def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, ep
     max_seconds : bound on wall time (training stops after the epoch that passes it).
     log_dir : folder for ``metrics.csv`` (one row per epoch).
     devices, accelerator, strategy, num_nodes : Lightning settings, e.g. ``devices=2, strategy="ddp"``.
+    lipschitz : spectral-norm bound of every linear layer, enforced after each step (:func:`lipschitz_project`).
 
     Returns
     -------
@@ -162,7 +182,7 @@ def train_force_matching(model: CGPotential, R: np.ndarray, F: np.ndarray, *, ep
     tr, va = block_split(M, max(val_fraction, 1e-9), lengths, min_val=1)
     Rt = torch.from_numpy(R)
     dF = torch.from_numpy(F) - _prior_forces(model, Rt, 1024, device).float()
-    module = ForceMatching(model.net, lr, weight_decay, lr_factor, lr_patience, min_lr)
+    module = ForceMatching(model.net, lr, weight_decay, lr_factor, lr_patience, min_lr, lipschitz)
     cfg = TrainerConfig(max_epochs=epochs, patience=patience, min_delta=1e-6, monitor="val_rmse", checkpoint=checkpoint,
                         checkpoint_every=checkpoint_every, resume=resume, log_dir=log_dir, progress=progress,
                         device=device, accelerator=accelerator, devices=devices, strategy=strategy,

@@ -321,3 +321,40 @@ def test_torsion_terms_stay_smooth_when_beads_line_up(rng):
             assert torch.isfinite(g).all()
             peaks.append(float(g.abs().max()))
     assert max(peaks) < 1e3
+
+
+def test_lipschitz_projection_bounds_the_network_slope(rng):
+    """After the projection every linear layer has spectral norm <= bound, so |∇_x U_net| <= bound^L × (largest
+    SiLU slope ~1.1)^(L-1) for an L-layer MLP: checked on random inputs of a network with larger weights."""
+    from cg.train import lipschitz_project
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.SiLU(), torch.nn.Linear(32, 32), torch.nn.SiLU(),
+                              torch.nn.Linear(32, 1)).double()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(5.0)
+    x = torch.tensor(rng.normal(size=(500, 8)), requires_grad=True)
+
+    def max_slope():
+        (g,) = torch.autograd.grad(net(x).sum(), x)
+        return float(g.norm(dim=1).max())
+
+    before = max_slope()
+    bound = 1.5
+    lipschitz_project(net, bound)
+    norms = [float(torch.linalg.matrix_norm(m.weight, ord=2)) for m in net if isinstance(m, torch.nn.Linear)]
+    assert max(norms) <= bound * (1 + 1e-9) and min(norms) > 0.5 * bound  # scaled onto the bound, not zeroed
+    assert max_slope() <= bound**3 * 1.1**2 < before
+
+
+def test_force_matching_with_lipschitz_keeps_the_bound(rng):
+    pot, X = _toy(rng, dtype=torch.float32)
+    _, F = _true_cg(torch.tensor(X[:, :3]))
+    Fall = rng.normal(size=X.shape)
+    Fall[:, :3] = F.numpy()
+    train_force_matching(pot, X, Fall, epochs=3, batch_size=16, lr=1e-2, progress=False, lipschitz=0.8)
+    norms = [float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in pot.net.modules()
+             if isinstance(m, torch.nn.Linear)]
+    assert norms and max(norms) <= 0.8 * (1 + 1e-5)
