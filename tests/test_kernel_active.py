@@ -164,3 +164,17 @@ def test_round_with_replica_exchange_ladders(system, tmp_path):
     with pytest.raises(InputError, match="multiple of temperatures"):
         active_learn(ff, train, test, starts=train.R[:3], label_fn=ref, config=dict(cfg, replicas=3),
                      workdir=tmp_path / "bad")
+
+
+def test_worst_case_check_keeps_learning_when_random_spot_checks_pass(system, tmp_path):
+    """With a lenient spot-check target, random spot checks call round 0 converged; the labelled most
+    uncertain frames are worse than the held-out error, so the worst-case check goes on and adds them."""
+    ref, train, test, ff = system
+    lenient = dict(CFG, target_ratio=100.0, md_steps=40, save_every=4)  # short runs: no replica blows up
+    plain = active_learn(ff, train, test, starts=train.R, label_fn=ref, config=lenient, workdir=tmp_path / "a")
+    assert plain.converged and plain.log[0]["frames_added"] == 0 and "picked_mae" not in plain.log[0]
+    strict = active_learn(ff, train, test, starts=train.R, label_fn=ref, workdir=tmp_path / "b",
+                          config=dict(lenient, uncertain_ratio=1.0))
+    r0 = strict.log[0]
+    assert r0["picked_ratio"] > 1.0 and r0["frames_added"] == 18
+    assert strict.log[1]["picked_mae"] < r0["picked_mae"]  # the refit model is better where it was least sure

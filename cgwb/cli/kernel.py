@@ -224,10 +224,11 @@ def _learn(a: argparse.Namespace) -> int:
                        spot_checks=a.spot_checks, target_ratio=a.target_ratio, seed=a.seed, progress=not a.quiet)
     res = active_learn(ff, train, test, starts, config=cfg, workdir=a.out)
     plot = plot_rounds(res.log, f"{a.out}/active_rounds.png")
-    cols = [k for k in LOG_FIELDS if not k.endswith("_s")]
+    cols = [k for k in LOG_FIELDS if not k.endswith("_s") and any(k in r for r in res.log)]
     print(" ".join(f"{k:>12s}" for k in cols))
     for r in res.log:
-        print(" ".join(f"{r[k]:12.4g}" if isinstance(r[k], float) else f"{r[k]:>12}" for k in cols))
+        print(" ".join(f"{r.get(k, float('nan')):12.4g}" if not isinstance(r.get(k), (int, str)) else f"{r[k]:>12}"
+                       for k in cols))
     print(("converged" if res.converged else "not converged") + f" after {res.rounds} labelling round(s); "
           f"{len(res.train)} training frames")
     print(f"wrote {a.out}/kernel.npz, train.npz, active_log.json/.csv, {plot}")

@@ -92,15 +92,18 @@ class ReferenceConfig(Config):
 class ActiveSection(Config):
     """Active learning of the kernel force field on its own MD (:func:`forcefield.kernel.active.active_learn`);
     ``rounds = 0`` turns it off. Its MD uses the reference's sampler (``kernel_md``: temperatures, ladders,
-    time step, hydrogen mass), so ``replicas`` must be a multiple of ``kernel_md.temperatures``."""
+    time step, hydrogen mass), so ``replicas`` must be a multiple of ``kernel_md.temperatures``. A round ends
+    learning when random spot checks (``target_ratio``) and the labelled most uncertain frames
+    (``uncertain_ratio``; None: no worst-case check) are within those multiples of the held-out force error."""
 
     rounds: int = Field(4, ge=0)
     replicas: int = Field(18, gt=0)
-    md_steps: int = Field(1500, gt=0)
-    save_every: int = Field(20, gt=0)
+    md_steps: int = Field(4000, gt=0)
+    save_every: int = Field(40, gt=0)
     frames_per_round: int = Field(30, gt=0)
     spot_checks: int = Field(20, gt=0)
     target_ratio: float = Field(1.5, gt=0)
+    uncertain_ratio: float | None = Field(2.5, gt=0)
 
 
 class KernelMDConfig(ReferenceMDConfig):

@@ -151,6 +151,7 @@ def kernel_learn(ctx: RunContext) -> dict[str, Any]:
         acfg = ActiveConfig(max_rounds=a["rounds"], replicas=a["replicas"], md_steps=a["md_steps"],
                             save_every=a["save_every"], frames_per_round=a["frames_per_round"],
                             spot_checks=a["spot_checks"], target_ratio=a["target_ratio"],
+                            uncertain_ratio=a["uncertain_ratio"],
                             temperature=cfg["system"]["temperature"], seed=cfg["seed"], progress=ctx.progress,
                             temperatures=km["temperatures"], max_temperature=km["max_temperature"],
                             exchange_every=km["exchange_every"], hydrogen_mass=km["hydrogen_mass"],

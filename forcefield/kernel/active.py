@@ -36,7 +36,7 @@ from .model import KernelForceField
 
 LabelFn = Callable[[Dataset], Dataset]
 LOG_FIELDS = ("round", "train_frames", "frames_added", "md_frames", "unstable_replicas", "std_mean", "std_max",
-              "spot_mae", "heldout_mae", "ratio", "fit_s", "md_s", "label_s", "round_s")
+              "spot_mae", "heldout_mae", "ratio", "picked_mae", "picked_ratio", "fit_s", "md_s", "label_s", "round_s")
 
 
 class ActiveConfig(BaseModel):
@@ -63,6 +63,9 @@ class ActiveConfig(BaseModel):
     spot_checks: int = Field(20, ge=1, description="random MD frames labelled per round for the spot check")
     add_spot_checks: bool = Field(True, description="also train on the spot-check frames (labels are paid)")
     target_ratio: float = Field(1.5, gt=0, description="stop at spot-check MAE <= target_ratio x held-out MAE")
+    uncertain_ratio: Optional[float] = Field(None, gt=0, description="and (if set) at force MAE of the labelled "
+                                                                     "most uncertain frames <= uncertain_ratio x "
+                                                                     "held-out MAE (worst-case check)")
     sigma: Optional[Union[float, list[float]]] = Field(None, description="None: keep the model's σ each refit")
     cholesky_max: int = Field(20000, ge=0, description="direct solve up to this many unknowns (8 n² bytes, twice "
                                                       "at the peak; PCG beyond)")
@@ -297,15 +300,26 @@ def _round(k: int, ff: KernelForceField, train: Dataset, test: Dataset, starts: 
            "unstable_replicas": unstable, "std_mean": float(s.mean()), "std_max": float(s.max()),
            "spot_mae": spot_mae, "heldout_mae": heldout, "ratio": ratio, "fit_s": 0.0, "md_s": t_md}
     converged = bool(ratio <= cfg.target_ratio and unstable == 0)
+    # the most uncertain frames (diverse) are labelled in every round that may add them, and with
+    # ``uncertain_ratio`` in every round: random spot checks rarely land in a rare region where the model is
+    # wrong (a hole the long reference MD will find), the uncertainty-picked frames do
+    picked_ds = None
+    free = np.setdiff1d(np.arange(len(R)), spot)
+    if len(free) and ((not converged and k < cfg.max_rounds) or cfg.uncertain_ratio is not None):
+        pick = free[select_frames(ff, R[free], std[free], cfg.frames_per_round, cfg.candidate_factor)]
+        t2 = time.perf_counter()
+        picked_ds = label_fn(Dataset(R=R[pick], z=ff.z, name="active"))
+        t_label += time.perf_counter() - t2
+        if cfg.uncertain_ratio is not None:
+            _, Fp = ff.predict(picked_ds.R)
+            row["picked_mae"] = float(np.abs(Fp - picked_ds.F).mean())
+            row["picked_ratio"] = row["picked_mae"] / heldout if heldout > 0 else float("nan")
+            converged = bool(converged and row["picked_ratio"] <= cfg.uncertain_ratio)
     next_starts = _next_starts(traj, train, rng)
     if not converged and k < cfg.max_rounds:
-        free = np.setdiff1d(np.arange(len(R)), spot)
         parts = [train] + ([_as_train(spot_ds, train)] if cfg.add_spot_checks else [])
-        if len(free):
-            pick = free[select_frames(ff, R[free], std[free], cfg.frames_per_round, cfg.candidate_factor)]
-            t2 = time.perf_counter()
-            parts.append(_as_train(label_fn(Dataset(R=R[pick], z=ff.z, name="active")), train))
-            t_label += time.perf_counter() - t2
+        if picked_ds is not None:
+            parts.append(_as_train(picked_ds, train))
         if len(parts) > 1:
             train = Dataset.concatenate(parts)
             t3 = time.perf_counter()
