@@ -96,6 +96,16 @@ class TemperatureLadders:
         self.accepts = np.zeros(max(self.n_T - 1, 0))
         self._sweeps = 0
 
+    @classmethod
+    def geometric(cls, t_min: float, t_max: float, n_temperatures: int, n_walkers: int, every: int,
+                  seed: int = 0, what: str = "") -> "TemperatureLadders":
+        """Ladders of ``n_temperatures`` geometric temperatures from ``t_min`` to ``t_max`` (K) over ``n_walkers``
+        walkers; InputError (prefixed with ``what``) unless the walkers fill whole ladders and t_max > t_min."""
+        if n_walkers % n_temperatures or not t_max > t_min:
+            raise InputError(f"{what}replicas ({n_walkers}) must be a multiple of temperatures ({n_temperatures}) "
+                             f"and max_temperature ({t_max} K) above the target temperature ({t_min} K)")
+        return cls(geometric_temperatures(t_min, t_max, n_temperatures), n_walkers // n_temperatures, every, seed)
+
     @property
     def n_walkers(self) -> int:
         return self.n_ladders * self.n_T

@@ -260,14 +260,10 @@ def _round(k: int, ff: KernelForceField, train: Dataset, test: Dataset, starts: 
     t1 = time.perf_counter()
     exchange = None
     if cfg.temperatures > 1:
-        from ..remd import TemperatureLadders, geometric_temperatures
+        from ..remd import TemperatureLadders
 
-        if len(starts) % cfg.temperatures or not cfg.max_temperature > cfg.temperature:
-            raise InputError(f"active learning: replicas ({len(starts)}) must be a multiple of temperatures "
-                             f"({cfg.temperatures}) and max_temperature ({cfg.max_temperature} K) above "
-                             f"temperature ({cfg.temperature} K)")
-        exchange = TemperatureLadders(geometric_temperatures(cfg.temperature, cfg.max_temperature, cfg.temperatures),
-                                      len(starts) // cfg.temperatures, cfg.exchange_every, seed=cfg.seed + k)
+        exchange = TemperatureLadders.geometric(cfg.temperature, cfg.max_temperature, cfg.temperatures, len(starts),
+                                                cfg.exchange_every, seed=cfg.seed + k, what="active learning: ")
     traj = run_md(ff, starts, n_steps=cfg.md_steps, save_every=cfg.save_every, dt_fs=cfg.timestep_fs,
                   temperature=cfg.temperature, friction_per_ps=cfg.friction_per_ps, seed=cfg.seed + 1000 * k,
                   max_bond_change=cfg.max_bond_change, progress=cfg.progress, exchange=exchange,

@@ -238,7 +238,7 @@ def sample_reference(model, starts: np.ndarray, config: ReferenceMDConfig | None
     """
     import time
 
-    from ..remd import TemperatureLadders, geometric_temperatures
+    from ..remd import TemperatureLadders
 
     c = config or ReferenceMDConfig()
     starts = np.asarray(starts, dtype=float)
@@ -246,11 +246,8 @@ def sample_reference(model, starts: np.ndarray, config: ReferenceMDConfig | None
         raise InputError(f"sample_reference: need {c.replicas} start geometries (B, N, 3), got {starts.shape}")
     exchange = None
     if c.temperatures > 1:
-        if not c.max_temperature > temperature:
-            raise InputError(f"max_temperature ({c.max_temperature} K) must exceed the target temperature "
-                             f"({temperature} K) when temperatures > 1")
-        exchange = TemperatureLadders(geometric_temperatures(temperature, c.max_temperature, c.temperatures),
-                                      c.replicas // c.temperatures, c.exchange_every, seed=seed)
+        exchange = TemperatureLadders.geometric(temperature, c.max_temperature, c.temperatures, c.replicas,
+                                                c.exchange_every, seed=seed, what="sample_reference: ")
     steps = c.frames * c.save_every
     t0 = time.perf_counter()
     traj = run_md(model, starts, n_steps=steps, save_every=c.save_every, dt_fs=c.timestep_fs,
