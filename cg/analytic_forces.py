@@ -265,7 +265,7 @@ class FusedForces:
     (a network other than a Linear/SiLU FeatureNet): then use the general fast path.
     """
 
-    def __init__(self, priors, net, start_deg: float = 155.0, end_deg: float = 178.0) -> None:
+    def __init__(self, priors, net, start_deg: float = 155.0, end_deg: float = 178.0, domain=None) -> None:
         p = priors
         self.p, self.net = p, net
         z2, z3, z4 = (torch.zeros(0, k, dtype=torch.long, device=p.bond_idx.device) for k in (2, 3, 4))
@@ -276,12 +276,14 @@ class FusedForces:
         fp = net.pairs if net is not None else z2
         ft = net.triples if net is not None else z3
         fq = net.quads if net is not None else z4
+        self.domain = domain if net is not None else None
+        gq = self.domain.quads if self.domain is not None else z4
         self.nfp, self.nft, self.nfq = len(fp), len(ft), len(fq)
         self.pairs = torch.cat([p.bond_idx, p.rep_idx, fp])
         dq = p.dih_idx
         damp_t = torch.cat([dq[:, :3], dq[:, 1:]]) if self.damp else z3
         self.triples = torch.cat([p.angle_idx, damp_t, ft])
-        self.quads = torch.cat([dq, fq])
+        self.quads = torch.cat([dq, fq, gq])
         self.smooth = net is None or net.config["torsions"] == "smooth"
         self.kT = 0.0019872041 * p.temperature
 
@@ -294,7 +296,7 @@ class FusedForces:
             return None
         if net is not None and not (type(net) is FeatureNet and mlp_supported(net.mlp)):
             return None
-        return cls(potential.priors, net)
+        return cls(potential.priors, net, domain=potential.domain)
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         p, dt = self.p, x.dtype
@@ -336,7 +338,7 @@ class FusedForces:
         if self.net is not None:
             net = self.net
             t0 = na + (2 * nd if self.damp else 0)
-            cf, sf = c[:, nd:], s[:, nd:]
+            cf, sf = c[:, nd:nd + self.nfq], s[:, nd:nd + self.nfq]
             parts = [r[:, nb + nr:], sva[4][:, t0:]]
             if self.smooth:
                 parts += [cf, sf]
@@ -345,8 +347,15 @@ class FusedForces:
                 parts += [cf / rho, sf / rho]
             mean, std = net.mean.to(dt), net.std.to(dt)
             En, g = _mlp_energy_grad(self.mlp_of(dt), (torch.cat(parts, -1) - mean) / std)
-            E = E + En
             g = g / std
+            if self.domain is not None:  # U = gate (U_net - offset): scale the net's gradient, add the gate's
+                cg_, sg_ = c[:, nd + self.nfq:], s[:, nd + self.nfq:]
+                gate, ggc, ggs = self.domain.gate_grad(cg_, sg_)
+                En = En - self.domain.offset.to(dt)
+                g = g * gate[:, None]
+                gate_c, gate_s = ggc * En[:, None], ggs * En[:, None]
+                En = gate * En
+            E = E + En
             k = self.nfp
             gr.append(g[:, :k])
             gth.append(-g[:, k:k + self.nft] * sva[5][:, t0:])  # ∂U/∂θ = ∂U/∂cosθ · (-sinθ)
@@ -357,6 +366,9 @@ class FusedForces:
                 gcf, gsf = (gcf * sf * sf - gsf * sf * cf) / r3, (gsf * cf * cf - gcf * sf * cf) / r3
             gc.append(gcf)
             gs.append(gsf)
+            if self.domain is not None:
+                gc.append(gate_c)
+                gs.append(gate_s)
         G = torch.zeros_like(x)
         bonds_bwd(G, self.pairs, u, torch.cat(gr, 1))
         angles_bwd(G, self.triples, sva, torch.cat(gth, 1))

@@ -37,7 +37,11 @@ class ForceMatchingConfig(Config):
         (priors only). hidden : width (default 128 features, 32 schnet). force_map : ``sum`` (atom forces
         summed per bead) or ``optimal`` (least-noise consistent map; references without bond constraints).
     lipschitz : spectral-norm bound of every linear layer of the network (CGnet's Lipschitz regularisation;
-        None: off); keeps the network from digging spurious wells where the reference has no frames.
+        None: off).
+    domain_gate : switch the network off where the reference has (almost) no frames, by CG torsion
+        (:mod:`cg.domain`): there the model is its priors, so the network cannot dig spurious wells where
+        it was never fitted. domain_fraction : the fraction of the frames per 5° torsion bin above which the
+        network acts fully (off below a tenth of it).
     """
 
     network: Literal["features", "schnet", "e3nn", "none"] = "features"
@@ -56,6 +60,8 @@ class ForceMatchingConfig(Config):
     min_prior_frames: int = Field(20, ge=1)
     max_seconds: float | None = Field(None, gt=0)
     lipschitz: float | None = Field(None, gt=0)
+    domain_gate: bool = True
+    domain_fraction: float = Field(5e-4, gt=0, lt=1)
 
     def net_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the chosen network's constructor."""
@@ -167,4 +173,10 @@ def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConf
                     epochs=len(res.val_rmse), best_epoch=int(res.best_epoch) + 1,
                     seconds_per_epoch=float(np.mean(res.epoch_seconds)) if res.epoch_seconds else float("nan"),
                     n_train=int(res.n_train), n_val=int(res.n_val))
+        if cfg.domain_gate and pri is not None and len(pri.dih_idx):
+            from .domain import gate_network
+
+            info.update(gate_network(pot, R, F, hi=cfg.domain_fraction))
+            log(f"domain gate: {100 * info['domain_frames_outside']:.2f} % of the reference frames outside; "
+                f"force RMSE {info['domain_force_rmse_ungated']:.3f} -> {info['domain_force_rmse_gated']:.3f}")
     return CGModel(pot, m, cfg, hist, info)

@@ -160,15 +160,12 @@ def _fast_force_fn(potential: CGPotential, dtype: torch.dtype, neighbours: Repul
             E, F = fused(x.to(dtype))
             return E.to(x.dtype), F.to(x.dtype)
         return fused_fn
-    from .potential import _autograd_energy_forces
-
     def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xd = x.to(dtype)
         E, F = prior_energy_forces(potential.priors, xd, rep=neighbours.current(xd), rep_cutoff=neighbours.cutoff)
-        net = potential.net
-        if net is not None:
-            En, Fn = net.energy_forces(xd) if hasattr(net, "energy_forces") else _autograd_energy_forces(net, xd)
-            E, F = E + En.to(dtype), F + Fn.to(dtype)
+        if potential.net is not None:
+            En, Fn = potential.net_energy_forces(xd)
+            E, F = E + En, F + Fn
         return E.to(x.dtype), F.to(x.dtype)
     return fn
 

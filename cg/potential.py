@@ -17,13 +17,16 @@ float32; positions of any dtype are accepted and results returned in that dtype.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .priors import Priors
+
+if TYPE_CHECKING:
+    from .domain import TorsionDomain
 
 
 class RadialBasis(nn.Module):
@@ -208,6 +211,11 @@ class CGPotential(nn.Module):
         self.register_buffer("masses", torch.as_tensor(np.asarray(masses, dtype=float)))
         self.register_buffer("bonds", torch.as_tensor(np.asarray(bonds, dtype=int).reshape(-1, 2)))
         self.temperature = float(temperature)
+        self.domain = None
+
+    def set_domain(self, domain: "TorsionDomain | None") -> None:
+        """Gate the network with a :class:`cg.domain.TorsionDomain`: ``U = U_prior + g (U_net - c)``."""
+        self.domain = None if domain is None else domain.to(self.masses.device)
 
     @property
     def n_beads(self) -> int:
@@ -218,7 +226,10 @@ class CGPotential(nn.Module):
         if self.priors is not None:
             E = E + self.priors(x)
         if self.net is not None:
-            E = E + self.net(x).to(x.dtype)
+            En = self.net(x).to(x.dtype)
+            if self.domain is not None:
+                En = self.domain(x) * (En - self.domain.offset.to(x.dtype))
+            E = E + En
         return E
 
     def energy_forces(self, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,13 +249,30 @@ class CGPotential(nn.Module):
             else:
                 E, F = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), torch.zeros_like(x)
         if self.net is not None:
-            if hasattr(self.net, "energy_forces"):
-                with torch.no_grad():
-                    En, Fn = self.net.energy_forces(x)
-            else:
-                En, Fn = _autograd_energy_forces(self.net, x)
-            E, F = E + En.to(x.dtype), F + Fn.to(x.dtype)
+            En, Fn = self.net_energy_forces(x)
+            E, F = E + En, F + Fn
         return E, F
+
+    def net_energy_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's (gated, when a domain is set) energies and forces in ``x``'s dtype, without a graph."""
+        if hasattr(self.net, "energy_forces"):
+            with torch.no_grad():
+                En, Fn = self.net.energy_forces(x)
+        else:
+            En, Fn = _autograd_energy_forces(self.net, x)
+        En, Fn = En.to(x.dtype), Fn.to(x.dtype)
+        if self.domain is None:
+            return En, Fn
+        from .analytic_forces import torsion_bwd, torsion_fwd
+
+        with torch.no_grad():
+            d = self.domain
+            c, s, sv = torsion_fwd(x, d.quads)
+            g, gc, gs = d.gate_grad(c, s)
+            u = En - d.offset.to(x.dtype)
+            G = torch.zeros_like(x)
+            torsion_bwd(G, d.quads, sv, gc * u[:, None], gs * u[:, None])
+            return g * u, g[:, None, None] * Fn - G
 
     def force_fn(self, dtype: torch.dtype = torch.float32, fast: bool = False):
         """Callable for :func:`forcefield.langevin.simulate`: positions -> (E, F), evaluated in ``dtype``
@@ -266,6 +294,7 @@ class CGPotential(nn.Module):
             "net_config": None if self.net is None else dict(self.net.config),
             "net_types": None if self.net is None else self.net.types.detach().cpu(),
             "net_state": None if self.net is None else {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "domain": None if self.domain is None else self.domain.state(),
         }
 
     @classmethod
@@ -290,7 +319,12 @@ class CGPotential(nn.Module):
                 c.pop("n_types")
                 net = SchNetCG(s["net_types"].numpy(), **c)
             net.load_state_dict(s["net_state"])
-        return cls(priors, net, s["names"], s["masses"].numpy(), s["bonds"].numpy(), s["temperature"]).to(device)
+        pot = cls(priors, net, s["names"], s["masses"].numpy(), s["bonds"].numpy(), s["temperature"])
+        if s.get("domain") is not None:
+            from .domain import TorsionDomain
+
+            pot.set_domain(TorsionDomain.from_state(s["domain"]))
+        return pot.to(device)
 
     def save(self, path: str) -> None:
         """Write the potential atomically (torch.save of :meth:`state`)."""

@@ -91,6 +91,9 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
                          log=lambda s: ctx.log(f"[cg_train] {s}"))
     model.save(ctx.file("cg_potential.pt"))
     out = {"cg_force_map": fm.force_map, "cg_frames": model.info["frames"]}
+    if "domain_frames_outside" in model.info:
+        out.update(cg_reference_outside_domain=model.info["domain_frames_outside"],
+                   cg_force_rmse_gated=model.info["domain_force_rmse_gated"])
     if model.history:
         from cg.train import TrainResult
 
@@ -128,6 +131,15 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
            "cg_md_ps_total": n_steps * c["timestep_fs"] * c["replicas"] / 1000,
            "cg_md_bead_steps_per_s": traj.speed.get("bead_steps_per_s", float("nan")),
            "cg_md_ns_per_day": traj.speed.get("ns_per_day", float("nan"))}
+    if pot.domain is not None and len(R):  # a model used outside its domain says so
+        import torch
+
+        with torch.no_grad():
+            g = torch.cat([pot.domain(torch.as_tensor(R[i:i + 8192])) for i in range(0, len(R), 8192)])
+        out["cg_md_outside_domain"] = float((g < 0.5).double().mean())
+        if out["cg_md_outside_domain"] > 0.05:
+            ctx.log(f"[cg_md] {100 * out['cg_md_outside_domain']:.1f} % of the CG MD frames lie where the reference "
+                    "has (almost) no frames: there the model is its priors only")
     if len(m.bonds) and len(R):
         js = bonded_js(ref_cg, R, m.bonds)
         out.update({"cg_bonded_js": js["all_mean"], "cg_bonded_js_max": js["all_max"]})
