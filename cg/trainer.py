@@ -4,7 +4,7 @@ Force matching (:mod:`cg.train`), the mapping autoencoder (:mod:`cg.autoencoder`
 (:mod:`backmap.train`) each write a :class:`TrainModule` (what one step computes) and call :func:`fit`
 (how training runs). The machinery lives here once:
 
-* data: index batches from :class:`EpochBatchSampler`. The training order of epoch ``e`` is a permutation
+* data (:mod:`cg.batches`): index batches from :class:`EpochBatchSampler`. The training order of epoch ``e`` is a permutation
   drawn from a generator seeded by ``(seed, e)``, so a resumed run sees the same batches as an
   uninterrupted one. Under data parallelism every global batch is split over the ranks (each rank takes
   ``batch[rank::world]``), so the optimiser sees the same global batches as a one-process run.
@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +44,8 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 
 from forcefield.errors import InputError
 from forcefield.fileio import atomic_path
+
+from .batches import EpochBatchSampler, loader  # noqa: F401  (re-exported: the trainer's one API)
 
 FORMAT = "cgworkbench-train-checkpoint"
 
@@ -109,81 +110,6 @@ def accelerator_devices(device: Any, accelerator: str | None, devices: Any) -> t
     if devices is None:
         devices = [d.index] if d is not None and d.index is not None else (1 if d is not None else "auto")
     return accelerator, devices
-
-
-# ----------------------------------------------------------------------------------------- data
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Index batches over ``indices``; order of epoch ``e`` drawn from a generator seeded by ``(seed, e)``.
-
-    Each global batch of ``batch_size`` indices is shared out over the data-parallel ranks
-    (``batch[rank::world]``). Training batches smaller than the world size are padded with the first
-    indices of the epoch so every rank steps together; validation batches are not padded (a rank may skip
-    one) unless there are fewer indices than ranks. ``drop_last`` drops a final partial batch unless it is the only one.
-    """
-
-    def __init__(self, indices: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, pad: bool = True) -> None:
-        self.indices = np.asarray(indices, dtype=np.int64)
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
-        self.drop_last, self.pad = bool(drop_last), bool(pad)
-        self.epoch, self.offset = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning with the epoch of this run; ``offset`` adds the epochs of earlier runs."""
-        self.epoch = self.offset + int(epoch)
-
-    def global_batches(self) -> list[np.ndarray]:
-        idx = self.indices
-        if self.shuffle:
-            idx = idx[np.random.default_rng([self.seed, self.epoch]).permutation(len(idx))]
-        n = len(idx)
-        nb = n // self.batch_size if self.drop_last and n >= self.batch_size else math.ceil(n / self.batch_size)
-        return [idx[k * self.batch_size:(k + 1) * self.batch_size] for k in range(nb)]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        rank, world = _rank_world()
-        batches = self.global_batches()
-        head = np.concatenate(batches)[:world] if batches else np.zeros(0, np.int64)
-        pad = self.pad or len(self.indices) < world  # every rank needs a batch (its sums join a collective)
-        for b in batches:
-            if pad and len(b) < world and len(head):
-                b = np.concatenate([b, np.resize(head, world - len(b))])
-            part = b[rank::world]
-            if len(part):
-                yield torch.from_numpy(part)
-
-    def __len__(self) -> int:
-        rank, world = _rank_world()
-        pad = self.pad or len(self.indices) < world
-        return sum(1 for b in self.global_batches() if pad or len(b[rank::world]))
-
-
-class _Rows(torch.utils.data.Dataset):
-    """Rows of several tensors, indexed by a whole batch of indices at once (no per-item collation)."""
-
-    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self.tensors = tuple(tensors)
-
-    def __len__(self) -> int:
-        return len(self.tensors[0])
-
-    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t[idx] for t in self.tensors)
-
-
-def loader(tensors: Sequence[torch.Tensor], indices: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
-           drop_last: bool = False, pad: bool = True) -> torch.utils.data.DataLoader:
-    """DataLoader over ``tensors`` (rows = frames) restricted to ``indices``; batches: :class:`EpochBatchSampler`."""
-    s = EpochBatchSampler(indices, batch_size, shuffle, seed, drop_last, pad)
-    return torch.utils.data.DataLoader(_Rows(tensors), sampler=s, batch_size=None, num_workers=0)
 
 
 # ----------------------------------------------------------------------------------------- module

@@ -47,7 +47,7 @@ def _net(pot):
 
 
 def test_epoch_order_is_seeded_by_epoch_and_shared_over_ranks(monkeypatch):
-    import cg.trainer as T
+    import cg.batches as B
 
     s = EpochBatchSampler(np.arange(10, 33), batch_size=5, shuffle=True, seed=3)
     orders = []
@@ -66,7 +66,7 @@ def test_epoch_order_is_seeded_by_epoch_and_shared_over_ranks(monkeypatch):
     glob = s.global_batches()
     parts = []
     for rank in (0, 1):
-        monkeypatch.setattr(T, "_rank_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(B, "_rank_world", lambda r=rank: (r, 2))
         parts.append([b.numpy() for b in s])
         assert len(s) == len(glob)
     for g, a, b in zip(glob, *parts):
