@@ -182,7 +182,10 @@ def backmap_train(ctx: RunContext) -> dict[str, Any]:
                       ("prior_clash_rate", "backmap_clash_rate"), ("prior_diversity", "backmap_diversity"),
                       ("recon_rmsd_all", "backmap_recon_rmsd_all"), ("recon_rmsd_heavy", "backmap_recon_rmsd_heavy"),
                       ("recon_valid_ratio", "backmap_recon_valid_ratio"), ("nn_rmsd_all", "backmap_rmsd_all_floor"),
-                      ("nn_rmsd_heavy", "backmap_rmsd_heavy_floor"), ("nn_cg_rmsd", "backmap_floor_cg_rmsd")):
+                      ("nn_rmsd_heavy", "backmap_rmsd_heavy_floor"), ("nn_cg_rmsd", "backmap_floor_cg_rmsd"),
+                      ("relaxed_rmsd_all", "backmap_relaxed_rmsd_all"), ("relaxed_rmsd_heavy", "backmap_relaxed_rmsd_heavy"),
+                      ("relaxed_valid_ratio", "backmap_relaxed_valid_ratio"),
+                      ("relaxed_clash_rate", "backmap_relaxed_clash_rate")):
         if key in met:
             out[name] = float(met[key])
     return out
