@@ -81,6 +81,13 @@ class SymmetryFactoredPredictor:
             DW = torch.stack([d[:, qs].transpose(0, 1), w[:, qs].transpose(0, 1)], 1)  # (g, 2, M, n_K)
             self.classes.append((torch.as_tensor(K, device=dev), g,
                                  torch.as_tensor(idx.reshape(-1), device=dev), DW.reshape(g * 2 * M, len(K))))
+        # spreading the classes' restrictions over p and marginalising back are one GEMM each with the 0/1
+        # selection matrix S (P, G): S[p, offset_c + k] = 1 when permutation p restricts to k in class c
+        offs = np.cumsum([0] + [c[1] for c in self.classes])
+        S = torch.zeros(P, int(offs[-1]), dtype=f64, device=dev)
+        for (K, g, idx, DW), o in zip(self.classes, offs[:-1]):
+            S[torch.arange(P, device=dev), int(o) + idx] = 1.0
+        self.S, self.offsets = S, [int(o) for o in offs]
         self.d_sq = (d * d).sum(1)  # |P_p d_b|² = |d_b|²
         self.t = (d * w).sum(1)  # d_b^p · w_b^p = d_b · w_b
         self.flops_ratio = sum(len(c[0]) * c[1] for c in self.classes) / float(P * d.shape[1])
@@ -93,10 +100,9 @@ class SymmetryFactoredPredictor:
         d3 = x * x * x
         B, M, P, s5 = x.shape[0], self.M, self.P, math.sqrt(5.0)
         # arrays are (P, M, B): p leading, so spreading over p and marginalising are row gathers/adds
-        dot = x.new_zeros(P, 2, M, B)
-        for K, g, idx, DW in self.classes:  # x·(copies) over each class's few restrictions, spread over p
-            Z = (DW @ x[:, K].T).view(g, 2, M, B)
-            dot += Z if g == 1 else Z.index_select(0, idx)
+        # x·(copies) over each class's few restrictions, then spread over p (one GEMM with S)
+        Z = torch.cat([DW @ x[:, K].T for K, g, idx, DW in self.classes]).view(-1, 2 * M * B)
+        dot = (self.S @ Z).view(P, 2, M, B)
         dotD, dotW = dot[:, 0], dot[:, 1]
         sig = self.sigma
         r2 = dotD.mul_(-2.0).add_(self.d_sq[:, None]).add_((x * x).sum(1)).clamp_min_(0.0)
@@ -116,9 +122,9 @@ class SymmetryFactoredPredictor:
             c = c + Aal
         y = -csum[:, None] * x
         AC = torch.stack([c, A], 1)  # (P, 2, M, B): coefficients of the permuted d and of the permuted w
-        for K, g, idx, DW in self.classes:  # marginalise over p onto the restrictions, then back-product
-            m = AC.sum(0) if g == 1 else AC.new_zeros(g, 2, M, B).index_add_(0, idx, AC)
-            y[:, K] += (DW.T @ m.view(g * 2 * M, B)).T
+        Mg = (self.S.T @ AC.view(P, -1)).view(-1, 2 * M, B)  # marginalised over p onto every restriction
+        for (K, g, idx, DW), o in zip(self.classes, self.offsets):  # back-products per class
+            y[:, K] += (DW.T @ Mg[o:o + g].reshape(g * 2 * M, B)).T
         g = (y * d3).mul_(-self.std)[..., None] * diff  # J^T y on atom i; atom j gets the opposite
         F = torch.zeros_like(Rd).index_add_(1, self.pi, g).index_add_(1, self.pj, -g)
         E = self.c - self.std * T
