@@ -181,3 +181,24 @@ def test_gated_forces_agree_on_every_path_and_survive_save_load(tmp_path):
     with torch.no_grad():  # the loaded network is float32 (as every saved one): float tolerance
         assert torch.allclose(back(x), Ea, rtol=1e-4, atol=1e-3)
         assert torch.equal(back.domain(x), g)
+
+
+def test_gate_works_with_message_passing_networks():
+    """The gate wraps any network: a SchNet potential's fast path (autograd net + analytic gate) equals
+    autograd through the whole gated potential, and the neighbour-list MD path uses the gate too."""
+    from cg.md import RepulsionNeighbours, _fast_force_fn
+    from cg.potential import SchNetCG
+
+    R = _reference(M=1500)
+    pri = Priors.fit(R, BONDS, 300.0)
+    torch.manual_seed(1)
+    pot = CGPotential(pri, SchNetCG(np.zeros(6, int), hidden=8, n_rbf=6, n_interactions=1).double(),
+                      [f"B{k}" for k in range(6)], np.full(6, 40.0), BONDS)
+    gate_network(pot, R)
+    x = torch.as_tensor(_build(np.random.default_rng(2).vonmises(math.radians(-60.0), 1.5, size=(32, 3)), noise=0.05))
+    Ea, Fa = pot.energy_forces(x)
+    Ef, Ff = pot.fast_energy_forces(x)
+    assert torch.allclose(Ef, Ea, atol=1e-8) and torch.allclose(Ff, Fa, atol=1e-8 * float(Fa.abs().max()))
+    nl = RepulsionNeighbours(pot.priors, cutoff=30.0, skin=2.0)
+    En, Fn = _fast_force_fn(pot, torch.float64, nl)(x)
+    assert torch.allclose(En, Ea, atol=1e-8) and torch.allclose(Fn, Fa, atol=1e-8 * float(Fa.abs().max()))
