@@ -119,8 +119,8 @@ def test_compiled_step_falls_back_when_compiling_fails(monkeypatch):
     assert np.allclose(run.traj.R, ref.traj.R, atol=1e-10)
 
 
-@pytest.mark.skipif(os.environ.get("CGWB_TEST_COMPILE") != "1",
-                    reason="torch.compile takes minutes on a shared CPU; set CGWB_TEST_COMPILE=1")
+@pytest.mark.skipif(os.environ.get("CGWB_TEST_COMPILE") == "0",
+                    reason="CGWB_TEST_COMPILE=0: torch.compile skipped (13 s on a quiet 2-core machine, minutes under load)")
 def test_compiled_step_equals_eager():
     pri, R, bonds = _priors()
     torch.manual_seed(0)
@@ -128,8 +128,11 @@ def test_compiled_step_equals_eager():
                           reference=R, hidden=16)
     kw = dict(dt_fs=2.0, save_every=10, seed=2, progress=False, max_bond_deviation=None)
     a = run_cg_md(pot, R[:4], 100, **kw)
-    b = run_cg_md(pot, R[:4], 100, compile=True, **kw)
-    assert b.engine == "fast+compile"
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        b = run_cg_md(pot, R[:4], 100, compile=True, **kw)
+    if b.engine != "fast+compile":  # no compiler backend on this machine: the fallback has its own test
+        pytest.skip(f"torch.compile unavailable here: {[str(m.message) for m in w][:1]}")
     assert np.allclose(a.traj.R, b.traj.R, atol=1e-3)
 
 
