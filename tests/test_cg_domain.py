@@ -202,3 +202,30 @@ def test_gate_works_with_message_passing_networks():
     nl = RepulsionNeighbours(pot.priors, cutoff=30.0, skin=2.0)
     En, Fn = _fast_force_fn(pot, torch.float64, nl)(x)
     assert torch.allclose(En, Ea, atol=1e-8) and torch.allclose(Fn, Fa, atol=1e-8 * float(Fa.abs().max()))
+
+
+def test_exported_openmm_module_keeps_the_gate(tmp_path):
+    """The openmm-torch export traces the gated energy: the loaded module equals the gated potential (units
+    converted), including where the gate is between 0 and 1."""
+    from cg.export import export_torchscript
+
+    R = _reference(M=1500)
+    pri = Priors.fit(R, BONDS, 300.0)
+    torch.manual_seed(3)
+    net = FeatureNet(6, BONDS, hidden=16, layers=2, reference=R)
+    with torch.no_grad():
+        for p in net.mlp.parameters():
+            p.normal_()
+    pot = CGPotential(pri, net, [f"B{k}" for k in range(6)], np.full(6, 40.0), BONDS)
+    gate_network(pot, R)
+    x = _build(np.random.default_rng(5).vonmises(math.radians(-60.0), 1.5, size=(40, 3)), noise=0.05)
+    g = pot.domain(torch.as_tensor(x)).numpy()
+    assert ((g > 1e-3) & (g < 1 - 1e-3)).any() and (g < 1e-3).any()
+    mod = torch.jit.load(str(export_torchscript(pot, tmp_path / "cg.pt", example=R[0])))
+    for frame in x:
+        E_ref, F_ref = pot.energy_forces(torch.as_tensor(frame[None]))
+        xn = torch.as_tensor(frame / 10.0).requires_grad_(True)
+        E = mod(xn)
+        (gr,) = torch.autograd.grad(E, xn)
+        assert float(E) == pytest.approx(float(E_ref[0]) * 4.184, rel=1e-6, abs=1e-6)
+        assert torch.allclose(-gr, F_ref[0] * 41.84, atol=1e-5 * float(F_ref.abs().max()) * 41.84)
