@@ -94,10 +94,10 @@ def evaluate_backmapper(bm: Backmapper, held_out: Dataset, config: BackmapConfig
     gen = bm.sample(bm.mapping.map_positions(held.R), n_samples=cfg.samples, temperature=cfg.temperature, seed=seed)
     prior = evaluate(held, gen)
     relaxed = None
-    if cfg.relax:
-        gen_r = bm.sample(bm.mapping.map_positions(held.R), n_samples=cfg.samples, temperature=cfg.temperature,
-                          seed=seed, relax=True, k_restraint=cfg.relax_k)
-        relaxed = evaluate(held, gen_r)
+    if cfg.relax:  # the same samples, relaxed
+        R = np.stack([gen.atoms.positions.astype(np.float64) for _ in gen.trajectory])
+        Rr = bm.relax(R, k_restraint=cfg.relax_k).reshape(len(held), cfg.samples, -1, 3)
+        relaxed = evaluate(held.R, Rr, z=held.z)
     recon_R = bm.reconstruct_positions(held, sample=False)
     recon = evaluate(held.R, recon_R[:, None], z=held.z)
     out = {f"prior_{k}": v for k, v in prior.items()}

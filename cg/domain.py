@@ -32,13 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .analytic_forces import _smoothstep5
+
 Tensor = torch.Tensor
 _EPS2 = 0.1 ** 2  # ε² of the regularised torsion direction
-
-
-def _smoothstep5(t: Tensor) -> tuple[Tensor, Tensor]:
-    t = t.clamp(0.0, 1.0)
-    return t ** 3 * (10.0 - 15.0 * t + 6.0 * t * t), 30.0 * t * t * (1.0 - t) ** 2
 
 
 class TorsionDomain(nn.Module):
@@ -152,6 +149,13 @@ class TorsionDomain(nn.Module):
         gs = (b * (c * c + _EPS2) - a * c * s) / r3
         return (pre[:, -1] * gq[:, -1]).to(out_dt), gc.to(out_dt), gs.to(out_dt)
 
+    @torch.no_grad()
+    def gate_frames(self, frames: np.ndarray | Tensor, batch: int = 8192) -> Tensor:
+        """Gates (M,) of frames (M, n, 3) Å, evaluated in batches (float64, on the domain's device)."""
+        R = torch.as_tensor(np.asarray(frames) if not torch.is_tensor(frames) else frames, dtype=torch.float64,
+                            device=self.weights.device)
+        return torch.cat([self(R[i:i + batch]) for i in range(0, len(R), batch)])
+
     # ------------------------------------------------------------------ files
     def state(self) -> dict[str, Any]:
         return {"quads": self.quads.cpu(), "weights": self.weights.cpu(), "kappa": self.kappa, "lo": self.lo,
@@ -179,11 +183,10 @@ def gate_network(potential, frames: np.ndarray, forces: np.ndarray | None = None
     q = dihedral_quads(potential.bonds.cpu().numpy())
     dom = TorsionDomain.fit(frames, q, hi=hi)
     dev = potential.masses.device
-    potential.set_domain(None)
     R = torch.as_tensor(np.asarray(frames), dtype=torch.float64)
     with torch.no_grad():
         U = torch.cat([potential.net(R[i:i + batch].to(dev)).double().cpu() for i in range(0, len(R), batch)])
-        g = torch.cat([dom(R[i:i + batch]) for i in range(0, len(R), batch)])
+    g = dom.gate_frames(R, batch)
     dom.offset.fill_(float(torch.quantile(U, quantile)))
     out = {"domain_offset": float(dom.offset), "domain_frames_gated": float((g < 0.999).double().mean()),
            "domain_frames_outside": float((g < 0.5).double().mean())}

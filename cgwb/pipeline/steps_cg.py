@@ -132,11 +132,7 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
            "cg_md_bead_steps_per_s": traj.speed.get("bead_steps_per_s", float("nan")),
            "cg_md_ns_per_day": traj.speed.get("ns_per_day", float("nan"))}
     if pot.domain is not None and len(R):  # a model used outside its domain says so
-        import torch
-
-        with torch.no_grad():
-            g = torch.cat([pot.domain(torch.as_tensor(R[i:i + 8192])) for i in range(0, len(R), 8192)])
-        out["cg_md_outside_domain"] = float((g < 0.5).double().mean())
+        out["cg_md_outside_domain"] = float((pot.domain.gate_frames(R) < 0.5).double().mean())
         if out["cg_md_outside_domain"] > 0.05:
             ctx.log(f"[cg_md] {100 * out['cg_md_outside_domain']:.1f} % of the CG MD frames lie where the reference "
                     "has (almost) no frames: there the model is its priors only")

@@ -99,7 +99,7 @@ class SymmetryFactoredPredictor:
         x = torch.rsqrt((diff * diff).sum(-1))
         d3 = x * x * x
         B, M, P, s5 = x.shape[0], self.M, self.P, math.sqrt(5.0)
-        # arrays are (P, M, B): p leading, so spreading over p and marginalising are row gathers/adds
+        # arrays are (P, M, B): p leading, so spreading over p and marginalising are GEMMs with S over the rows
         # x·(copies) over each class's few restrictions, then spread over p (one GEMM with S)
         Z = torch.cat([DW @ x[:, K].T for K, g, idx, DW in self.classes]).view(-1, 2 * M * B)
         dot = (self.S @ Z).view(P, 2, M, B)
