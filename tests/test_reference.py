@@ -148,7 +148,13 @@ def test_platform_choice_and_errors(ala_pdb, tmp_path):
     vac, _ = build_system(ala_pdb, "vacuum")
     gb, _ = build_system(ala_pdb, "gbn2")
     assert _platform("auto", 22, vac).getName() == "Reference"  # tiny vacuum systems
-    assert _platform(None, 22, gb).getName() in ("CUDA", "OpenCL", "CPU")  # never Reference with GB
+    assert _platform(None, 22, gb).getName() in ("CUDA", "OpenCL", "CPU")  # never Reference with custom GB
+    obc, _ = build_system(ala_pdb, "obc2")  # native GBSAOBCForce: Reference for small systems without a GPU
+    import openmm
+
+    gpu = {"CUDA", "OpenCL"} & {openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())}
+    assert _platform(None, 22, obc).getName() == ("Reference" if not gpu else _platform(None, 500, vac).getName())
+    assert _platform(None, 300, obc).getName() in ("CUDA", "OpenCL", "CPU")
     assert _platform(None, 500, vac).getName() in ("CUDA", "OpenCL", "CPU")
     with pytest.raises(InputError, match="platform 'Nope' is not available"):
         _platform("Nope")
@@ -198,3 +204,40 @@ def test_remd_and_hot_start_runs(ala_pdb):
     assert hot.R.shape == (4, 22, 3) and hot.extra["replica"].tolist() == [0, 0, 1, 1]
     with pytest.raises(InputError, match="increasing"):
         run_openmm_remd(ala_pdb, temperatures=(400.0, 300.0), progress=False)
+
+
+def test_hydrogen_mass_repartitioning_keeps_potential_and_total_mass(ala_pdb):
+    """HMR moves mass from heavy atoms to their hydrogens (total unchanged) and leaves the potential alone: the
+    frames of a 4 fs HMR + HBonds run carry exactly the forces of the plain system at those coordinates."""
+    from forcefield.reference import openmm_energy_forces, run_openmm_md
+    from forcefield.reference.openmm_md import build_system
+
+    plain, _ = build_system(ala_pdb, "obc2", constraints="hbonds")
+    hmr, mds = build_system(ala_pdb, "obc2", constraints="hbonds", hydrogen_mass=3.0)
+    m0 = np.array([plain.getParticleMass(i)._value for i in range(plain.getNumParticles())])
+    m1 = np.array([hmr.getParticleMass(i)._value for i in range(hmr.getNumParticles())])
+    is_h = np.array([a.element.symbol == "H" for a in mds.topology.atoms()])
+    assert m1.sum() == pytest.approx(m0.sum(), rel=1e-12)
+    np.testing.assert_allclose(m1[is_h], 3.0, rtol=1e-12)
+    assert (m1[~is_h] < m0[~is_h] + 1e-12).all() and (m1[~is_h] < m0[~is_h] - 1.0).any()
+    ds = run_openmm_md(ala_pdb, n_frames=20, save_every=50, timestep_fs=4.0, solvent="obc2", constraints="hbonds",
+                       hydrogen_mass=3.0, equilibration_steps=200, seed=3, progress=False)
+    assert np.isfinite(ds.R).all() and float(ds.extra["hydrogen_mass"]) == 3.0
+    e, f = openmm_energy_forces(ala_pdb, ds.R, solvent="obc2")  # the CPU platform's mixed precision: 1e-2
+    np.testing.assert_allclose(ds.E, e, atol=1e-2)
+    np.testing.assert_allclose(ds.F, f, atol=1e-2)
+    with pytest.raises(InputError, match="hydrogen_mass"):
+        build_system(ala_pdb, "vacuum", hydrogen_mass=0.5)
+
+
+def test_md_replicas_on_dask_workers_equal_the_serial_run(ala_pdb):
+    from forcefield.reference import run_openmm_md
+
+    kw = dict(n_frames=3, save_every=20, equilibration_steps=50, replicas=2, seed=5, platform="Reference",
+              progress=False)
+    serial = run_openmm_md(ala_pdb, **kw)
+    fanned = run_openmm_md(ala_pdb, client="local", n_workers=2, **kw)
+    np.testing.assert_array_equal(serial.R, fanned.R)
+    np.testing.assert_array_equal(serial.F, fanned.F)
+    assert fanned.extra["replica"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert not np.allclose(serial.R[0], serial.R[3])  # the replicas are different runs

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--platform", default=None, choices=["auto", "CUDA", "OpenCL", "CPU", "Reference"],
                    help="OpenMM platform (default: CUDA if present, else CPU; Reference for tiny vacuum systems)")
     p.add_argument("--replicas", type=int, default=1, help="independent runs, concatenated (default: 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run the replicas in this many local processes (Dask; default: %(default)s, serial)")
+    p.add_argument("--hydrogen-mass", type=float, default=None, metavar="AMU",
+                   help="hydrogen mass repartitioning (e.g. 3 with --constraints hbonds --dt 4)")
     p.add_argument("--hot-start", type=float, default=None, metavar="K",
                    help="first half of the equilibration at this temperature (diverse replica starts)")
     p.add_argument("--remd", default=None, metavar="T1,T2,...",
@@ -95,7 +99,7 @@ def _md(a: argparse.Namespace) -> int:
     pdb = a.pdb or default_pdb()
     common = dict(n_frames=a.frames, save_every=a.save_every, timestep_fs=a.dt, friction_per_ps=a.friction,
                   solvent=a.solvent, equilibration_steps=a.equilibrate, seed=a.seed, platform=a.platform,
-                  progress=not a.quiet, constraints=a.constraints)
+                  progress=not a.quiet, constraints=a.constraints, hydrogen_mass=a.hydrogen_mass)
     t0 = time.perf_counter()
     if a.remd:
         try:
@@ -105,7 +109,9 @@ def _md(a: argparse.Namespace) -> int:
         ds = run_openmm_remd(pdb, temperatures=temps, **common)
         n_copies = len(temps)
     else:
-        ds = run_openmm_md(pdb, temperature=a.temperature, replicas=a.replicas, hot_start_K=a.hot_start, **common)
+        par = dict(client="local", n_workers=min(a.workers, a.replicas)) if a.workers > 1 and a.replicas > 1 else {}
+        ds = run_openmm_md(pdb, temperature=a.temperature, replicas=a.replicas, hot_start_K=a.hot_start, **common,
+                           **par)
         n_copies = a.replicas
     dt = time.perf_counter() - t0
     ds.save(a.out)

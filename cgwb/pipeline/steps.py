@@ -59,7 +59,8 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
         kw = dict(n_frames=smp["frames"], save_every=smp["save_every"], timestep_fs=smp["timestep_fs"],
                   solvent=s["solvent"], seed=cfg["seed"], progress=ctx.progress,
                   platform=None if s["platform"] == "auto" else s["platform"],
-                  constraints=None if smp["constraints"] == "auto" else smp["constraints"])
+                  constraints=None if smp["constraints"] == "auto" else smp["constraints"],
+                  hydrogen_mass=smp["hydrogen_mass"])
         if smp["method"] == "remd":
             from forcefield.reference import geometric_temperatures, run_openmm_remd
 
@@ -70,9 +71,10 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
             ds = run_openmm_remd(pdb, temperatures=T, **kw)
         else:
             hot = smp["max_temperature"] if smp["method"] == "hot" else None
-            reps = smp["replicas"] if smp["method"] == "hot" else 1
+            reps = smp["replicas"]
             kw["n_frames"] = max(1, smp["frames"] // reps)
-            ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw)
+            par = dict(client="local", n_workers=min(smp["workers"], reps)) if smp["workers"] > 1 and reps > 1 else {}
+            ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw, **par)
         ctx.file("topology.pdb").write_text(str(ds.extra["pdb"]))
     ds.save(ctx.file("aa.npz"))
     out = {"aa_frames": len(ds), "n_atoms": ds.n_atoms}

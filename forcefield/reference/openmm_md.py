@@ -27,6 +27,10 @@ FORCE_KJ_NM_TO_KCAL_A = KCAL_PER_KJ / ANGSTROM_PER_NM
 #: vacuum systems up to this many atoms run on the Reference platform by default (faster than CPU there:
 #: ~30k against ~6k steps/s for alanine dipeptide on this machine); implicit solvent never (10x slower)
 SMALL_SYSTEM = 64
+#: implicit solvent (native OBC2) up to this many atoms runs on Reference when no GPU platform exists: one
+#: Reference thread beat two CPU threads on chignolin (138 atoms: 1,179 against 885 steps/s), the CPU
+#: platform won at 285 atoms (600 against 286 steps/s; this 2-core machine, HMR 4 fs)
+SMALL_GB_SYSTEM = 160
 SOLVENTS = {"vacuum": (), "obc2": ("implicit/obc2.xml",), "gbn2": ("implicit/gbn2.xml",),
             "tip3p": ("amber14/tip3p.xml",)}
 EXPLICIT = ("tip3p",)
@@ -106,7 +110,8 @@ def _constraints(constraints: str | None, explicit: bool) -> Any:
 
 def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: str = "amber14-all.xml",
                  constraints: str | None = None, padding_nm: float = 1.0, ionic_strength_molar: float = 0.0,
-                 fast_gb: bool = True, box_shape: str = "dodecahedron") -> tuple[Any, MDSystem]:
+                 fast_gb: bool = True, box_shape: str = "dodecahedron",
+                 hydrogen_mass: float | None = None) -> tuple[Any, MDSystem]:
     """OpenMM (System, :class:`MDSystem`) for a PDB with amber14 in vacuum, implicit or explicit solvent.
 
     Parameters
@@ -119,6 +124,10 @@ def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: st
     box_shape : ``"dodecahedron"`` (rhombic, ~70 % of the cube's water for the same image distance),
         ``"octahedron"`` or ``"cube"``; solutes too small for it get a cube 2 cut-offs + 0.2 nm wide.
     fast_gb : OBC2 through the native ``GBSAOBCForce`` (:func:`native_obc2`).
+    hydrogen_mass : amu; hydrogen mass repartitioning (mass moved from each bonded heavy atom to its hydrogens,
+        total mass unchanged; rigid water untouched). With ``"hbonds"`` constraints and 3-4 amu a 4 fs step
+        is stable. Masses do not enter the Boltzmann distribution of configurations, so the sampled ensemble
+        (and every structural figure) is unchanged; only the dynamics are slowed.
     """
     import openmm
     import openmm.app as app
@@ -130,6 +139,9 @@ def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: st
     explicit = solvent in EXPLICIT
     ff = app.ForceField(forcefield, *SOLVENTS[solvent])
     cons = _constraints(constraints, explicit)
+    hm = {} if hydrogen_mass is None else {"hydrogenMass": float(hydrogen_mass) * u.amu}
+    if hydrogen_mass is not None and not 1.0 <= float(hydrogen_mass) <= 5.0:
+        raise InputError(f"hydrogen_mass must be between 1 and 5 amu, got {hydrogen_mass}")
     n_solute = pdbf.topology.getNumAtoms()
     try:
         if explicit:
@@ -146,10 +158,10 @@ def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: st
                                ionicStrength=ionic_strength_molar * u.molar, neutralize=True)
             top, pos = mod.topology, mod.positions
             system = ff.createSystem(top, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF_NM * u.nanometer,
-                                     constraints=cons, rigidWater=True)
+                                     constraints=cons, rigidWater=True, **hm)
         else:
             top, pos = pdbf.topology, pdbf.positions
-            system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=cons)
+            system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=cons, **hm)
     except ValueError as e:
         raise InputError(f"{pdb}: {forcefield} cannot parametrise this structure ({e})") from e
     if solvent == "obc2" and fast_gb:
@@ -159,8 +171,9 @@ def build_system(pdb: str | os.PathLike, solvent: str = "vacuum", forcefield: st
 
 def _platform(name: str | None, n_atoms: int = 0, system: Any = None) -> Any:
     """OpenMM platform by name; ``None``/``"auto"``: Reference for vacuum systems of at most
-    :data:`SMALL_SYSTEM` atoms (it beats the others there), else CUDA, else OpenCL, else CPU. Never Reference
-    for implicit or explicit solvent (its custom GB forces run ~10x slower than on CPU)."""
+    :data:`SMALL_SYSTEM` atoms (it beats the others there), else CUDA, else OpenCL, else Reference for native
+    OBC2 implicit solvent up to :data:`SMALL_GB_SYSTEM` atoms, else CPU. Never Reference for custom GB forces
+    (GBn2; ~10x slower than on CPU) or explicit solvent."""
     import openmm
 
     if name is not None and str(name).lower() != "auto":
@@ -176,6 +189,11 @@ def _platform(name: str | None, n_atoms: int = 0, system: Any = None) -> Any:
     if 0 < n_atoms <= SMALL_SYSTEM and plain:
         return openmm.Platform.getPlatformByName("Reference")
     names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    small_gb = system is not None and 0 < n_atoms <= SMALL_GB_SYSTEM and all(
+        f.__class__.__name__ in ("HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "NonbondedForce",
+                                 "CMMotionRemover", "CustomExternalForce", "GBSAOBCForce") for f in system.getForces())
+    if small_gb and "CUDA" not in names and "OpenCL" not in names:
+        return openmm.Platform.getPlatformByName("Reference")
     for pick in ("CUDA", "OpenCL", "CPU", "Reference"):
         if pick in names:
             return openmm.Platform.getPlatformByName(pick)
@@ -224,9 +242,10 @@ def openmm_energy_forces(pdb: str | os.PathLike, R: np.ndarray, solvent: str = "
 
 
 def make_context(mds: MDSystem, temperature: float, friction_per_ps: float, timestep_fs: float, seed: int,
-                 platform: str | None = None, pressure_bar: float | None = None) -> tuple[Any, Any]:
+                 platform: str | None = None, pressure_bar: float | None = None,
+                 threads: int | None = None) -> tuple[Any, Any]:
     """(Context, LangevinMiddleIntegrator) for an :class:`MDSystem`; a Monte Carlo barostat at ``pressure_bar``
-    when the system is periodic."""
+    when the system is periodic; ``threads`` caps the CPU platform's threads (None: OpenMM's default)."""
     import openmm
     import openmm.unit as u
 
@@ -239,7 +258,9 @@ def make_context(mds: MDSystem, temperature: float, friction_per_ps: float, time
     integ = openmm.LangevinMiddleIntegrator(temperature * u.kelvin, friction_per_ps / u.picosecond,
                                            timestep_fs * u.femtosecond)
     integ.setRandomNumberSeed(int(seed) + 1)  # OpenMM treats seed 0 as "pick one at random"
-    ctx = openmm.Context(system, integ, _platform(platform, system.getNumParticles(), system))
+    plat = _platform(platform, system.getNumParticles(), system)
+    props = {"Threads": str(int(threads))} if threads and plat.getName() == "CPU" else {}
+    ctx = openmm.Context(system, integ, plat, props)
     ctx.setPositions(mds.positions)
     return ctx, integ
 
@@ -273,7 +294,8 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
                   minimize: bool | int = True, seed: int = 0, platform: str | None = None, progress: bool = True,
                   constraints: str | None = None, replicas: int = 1, padding_nm: float = 1.0,
                   pressure_bar: float | None = 1.0, fast_gb: bool = True, hot_start_K: float | None = None,
-                  box_shape: str = "dodecahedron") -> Dataset:
+                  box_shape: str = "dodecahedron", hydrogen_mass: float | None = None, client: Any = None,
+                  n_workers: int | None = None) -> Dataset:
     """Langevin MD of a PDB system with OpenMM; returns positions, forces and energies as a :class:`Dataset`.
 
     Parameters
@@ -291,6 +313,7 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
         With constraints the saved forces are still the force-field forces (no constraint forces); a force map
         must then give a constrained hydrogen the weight of its heavy atom, so constraint forces cancel (every
         preset of :mod:`cg.presets` does: the ``"ca"`` bead force sums the Cα and its hydrogens).
+    hydrogen_mass : amu, hydrogen mass repartitioning (see :func:`build_system`; with ``"hbonds"``, 4 fs steps).
     equilibration_steps : steps run (after minimisation) before the first saved frame, per replica.
     minimize : minimise first (True: up to 2000 iterations to 1 kJ/mol/nm, in explicit solvent 1000 to 10), or
         the number of iterations.
@@ -300,6 +323,9 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
         :func:`forcefield.reference.run_openmm_remd`.
     replicas : independent runs (seeds ``seed``, ``seed + 1``, ...) from the same start, concatenated in
         order; ``extra["replica"]`` gives each frame's run (contiguous blocks: split by replica or block).
+    client, n_workers : run the replicas on Dask workers (:mod:`forcefield.parallel`: ``"local"`` = a local
+        cluster of ``n_workers`` processes); the frames equal the serial run's on deterministic platforms.
+        On the CPU platform each worker then uses one thread.
     platform : ``None``/``"auto"``, ``"CUDA"``, ``"OpenCL"``, ``"CPU"`` or ``"Reference"`` (see :func:`_platform`).
     fast_gb : OBC2 through OpenMM's native GBSAOBCForce (same energies, ~5x faster; :func:`native_obc2`).
     box_shape : water box of explicit solvent: ``"dodecahedron"`` (default), ``"octahedron"`` or ``"cube"``.
@@ -309,51 +335,79 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     Dataset with R (Å), F (kcal/mol/Å), E (kcal/mol, None in explicit solvent); ``extra`` holds ``pdb`` (the
     solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica`` and ``platform``.
     """
-    import openmm.unit as u
-    from tqdm.auto import tqdm
+    from ..parallel import map_blocks
 
     if n_frames < 1 or save_every < 1 or replicas < 1:
         raise InputError(f"n_frames, save_every and replicas must be positive, got {n_frames}, {save_every}, "
                          f"{replicas}")
-    system, mds = build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb,
-                               box_shape=box_shape)
+    if solvent not in SOLVENTS:
+        raise InputError(f"unknown solvent {solvent!r}; expected one of {sorted(SOLVENTS)}")
     solute_top = _load_pdb(pdb)
     z = _elements(solute_top.topology, str(pdb))
-    dt_fs = float(timestep_fs) if timestep_fs is not None else (2.0 if mds.explicit else 1.0)
-    n = len(z)
-    R = np.empty((replicas * n_frames, n, 3))
-    F = np.empty_like(R)
-    E = np.empty(replicas * n_frames)
-    plat = ""
-    for rep in range(replicas):
-        s = int(seed) + rep
-        ctx, integ = make_context(mds, temperature, friction_per_ps, dt_fs, s, platform, pressure_bar)
-        plat = ctx.getPlatform().getName()
-        minimise(ctx, minimize, mds.explicit)
-        if hot_start_K and equilibration_steps:
-            integ.setTemperature(hot_start_K * u.kelvin)
-            ctx.setVelocitiesToTemperature(hot_start_K * u.kelvin, s + 1)
-            integ.step(int(equilibration_steps) // 2)
-            integ.setTemperature(temperature * u.kelvin)
-            ctx.setVelocitiesToTemperature(temperature * u.kelvin, s + 2)
-            integ.step(int(equilibration_steps) - int(equilibration_steps) // 2)
-        else:
-            ctx.setVelocitiesToTemperature(temperature * u.kelvin, s + 1)
-            if equilibration_steps:
-                integ.step(int(equilibration_steps))
-        desc = f"OpenMM MD ({Path(pdb).name}, {solvent}, {plat})" + (f" {rep + 1}/{replicas}" if replicas > 1 else "")
-        for k in tqdm(range(n_frames), desc=desc, disable=not progress, mininterval=1.0):
-            integ.step(save_every)
-            j = rep * n_frames + k
-            R[j], F[j], E[j] = frame(ctx, mds.solute)
-        del ctx, integ
+    explicit = solvent in EXPLICIT
+    dt_fs = float(timestep_fs) if timestep_fs is not None else (2.0 if explicit else 1.0)
+    job = dict(pdb=str(pdb), n_frames=int(n_frames), save_every=int(save_every), dt_fs=dt_fs,
+               temperature=float(temperature), friction_per_ps=float(friction_per_ps), solvent=solvent,
+               forcefield=forcefield, equilibration_steps=int(equilibration_steps), minimize=minimize,
+               seed=int(seed), platform=platform, constraints=constraints, padding_nm=padding_nm,
+               pressure_bar=pressure_bar, fast_gb=fast_gb, hot_start_K=hot_start_K, box_shape=box_shape,
+               hydrogen_mass=hydrogen_mass, progress=progress and client is None, replicas=int(replicas),
+               threads=1 if client is not None else None)
+    if client is None:
+        build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb,
+                     box_shape=box_shape, hydrogen_mass=hydrogen_mass)  # bad input fails before any MD
+    runs = map_blocks(_md_replica, range(int(replicas)), client=client, n_workers=n_workers,
+                      progress=progress and client is not None, desc=f"OpenMM MD replicas ({Path(pdb).name})",
+                      common=job)
+    R = np.concatenate([r[0] for r in runs])
+    F = np.concatenate([r[1] for r in runs])
+    E = np.concatenate([r[2] for r in runs])
+    plat = runs[0][3]
     names = np.array([a.name for a in solute_top.topology.atoms()])
     times = np.tile(np.arange(1, n_frames + 1) * save_every * dt_fs, replicas).astype(np.float64)
     extra = {"pdb": np.array(_pdb_text(solute_top.topology, solute_top.positions)), "atom_names": names,
              "times_fs": times, "replica": np.repeat(np.arange(replicas), n_frames), "platform": np.array(plat)}
-    if mds.explicit:
+    if hydrogen_mass is not None:
+        extra["hydrogen_mass"] = np.array(float(hydrogen_mass))
+    if explicit:
         extra["box_energy"] = E
     return Dataset(
-        R=R, z=z, E=None if mds.explicit else E, F=F, name=Path(pdb).stem,
+        R=R, z=z, E=None if explicit else E, F=F, name=Path(pdb).stem,
         theory=f"OpenMM {forcefield} {solvent} {temperature:g} K", extra=extra, source=str(pdb),
     )
+
+
+def _md_replica(rep: int, job: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """One replica of :func:`run_openmm_md` (also the task run on Dask workers): (R, F, E, platform name)."""
+    import openmm.unit as u
+    from tqdm.auto import tqdm
+
+    _, mds = build_system(job["pdb"], job["solvent"], job["forcefield"], job["constraints"],
+                          padding_nm=job["padding_nm"], fast_gb=job["fast_gb"], box_shape=job["box_shape"],
+                          hydrogen_mass=job["hydrogen_mass"])
+    s, T, n_frames = job["seed"] + int(rep), job["temperature"], job["n_frames"]
+    ctx, integ = make_context(mds, T, job["friction_per_ps"], job["dt_fs"], s, job["platform"],
+                              job["pressure_bar"], job["threads"])
+    plat = ctx.getPlatform().getName()
+    minimise(ctx, job["minimize"], mds.explicit)
+    eq, hot = int(job["equilibration_steps"]), job["hot_start_K"]
+    if hot and eq:
+        integ.setTemperature(hot * u.kelvin)
+        ctx.setVelocitiesToTemperature(hot * u.kelvin, s + 1)
+        integ.step(eq // 2)
+        integ.setTemperature(T * u.kelvin)
+        ctx.setVelocitiesToTemperature(T * u.kelvin, s + 2)
+        integ.step(eq - eq // 2)
+    else:
+        ctx.setVelocitiesToTemperature(T * u.kelvin, s + 1)
+        if eq:
+            integ.step(eq)
+    n = len(mds.solute)
+    R, F, E = np.empty((n_frames, n, 3)), np.empty((n_frames, n, 3)), np.empty(n_frames)
+    nrep = job["replicas"]
+    desc = f"OpenMM MD ({Path(job['pdb']).name}, {job['solvent']}, {plat})" + (
+        f" {rep + 1}/{nrep}" if nrep > 1 else "")
+    for k in tqdm(range(n_frames), desc=desc, disable=not job["progress"], mininterval=1.0):
+        integ.step(job["save_every"])
+        R[k], F[k], E[k] = frame(ctx, mds.solute)
+    return R, F, E, plat

@@ -33,7 +33,7 @@ def run_openmm_remd(pdb: str | os.PathLike, temperatures: Sequence[float] = (300
                     equilibration_steps: int = 5000, minimize: bool | int = True, seed: int = 0,
                     platform: str | None = None, progress: bool = True, constraints: str | None = None,
                     padding_nm: float = 1.0, pressure_bar: float | None = 1.0, fast_gb: bool = True,
-                    box_shape: str = "dodecahedron") -> Dataset:
+                    box_shape: str = "dodecahedron", hydrogen_mass: float | None = None) -> Dataset:
     """Temperature replica exchange; returns the frames of the first (target) temperature as a :class:`Dataset`.
 
     Parameters
@@ -61,7 +61,7 @@ def run_openmm_remd(pdb: str | os.PathLike, temperatures: Sequence[float] = (300
     if n_frames < 1 or save_every < 1:
         raise InputError(f"n_frames and save_every must be positive, got {n_frames}, {save_every}")
     system, mds = build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb,
-                               box_shape=box_shape)
+                               box_shape=box_shape, hydrogen_mass=hydrogen_mass)
     solute_top = _load_pdb(pdb)
     z = _elements(solute_top.topology, str(pdb))
     dt_fs = float(timestep_fs) if timestep_fs is not None else (2.0 if mds.explicit else 1.0)
