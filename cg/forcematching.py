@@ -35,7 +35,8 @@ class ForceMatchingConfig(Config):
 
     network : ``features`` (MLP on internal coordinates), ``schnet``, ``e3nn`` (equivariant) or ``none``
         (priors only). hidden : width (default 128 features, 32 schnet). force_map : ``sum`` (atom forces
-        summed per bead) or ``optimal`` (least-noise consistent map; references without bond constraints).
+        summed per bead) or ``optimal`` (least-noise consistent map). constraints : the reference MD's bond
+        constraints (``hbonds``: the optimal map keeps each X-H pair at one weight, so constraint forces cancel).
     lipschitz : spectral-norm bound of every linear layer of the network (CGnet's Lipschitz regularisation;
         None: off).
     domain_gate : switch the network off where the reference has (almost) no frames, by CG torsion
@@ -57,6 +58,7 @@ class ForceMatchingConfig(Config):
     lr: float = Field(1e-3, gt=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     force_map: Literal["sum", "optimal"] = "sum"
+    constraints: Literal["none", "hbonds"] = "none"
     min_prior_frames: int = Field(20, ge=1)
     max_seconds: float | None = Field(None, gt=0)
     lipschitz: float | None = Field(None, gt=0)
@@ -141,8 +143,9 @@ def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConf
     if cfg.force_map == "optimal":
         if len(reference) < 2:
             raise InputError("force_map = 'optimal' needs at least 2 frames with forces")
-        m = mapping.with_optimal_forces(reference.F)
-        log("least-noise (optimal) force map")
+        pairs = mapping.hbond_pairs() if cfg.constraints == "hbonds" else None
+        m = mapping.with_optimal_forces(reference.F, constrained=pairs)
+        log("least-noise (optimal) force map" + (" with X-H constraints" if pairs is not None else ""))
     R, F = m.map_positions(reference.R), m.map_forces(reference.F)
     info: dict[str, Any] = {"frames": len(R), "force_map": cfg.force_map,
                             "mapped_force_rms": float(np.sqrt((F ** 2).mean()))}

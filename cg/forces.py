@@ -70,7 +70,25 @@ def mean_force_gaussian(C: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.linalg.inv(C @ np.linalg.solve(K, C.T))
 
 
-def optimal_force_map(C: np.ndarray, F: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+def constraint_groups(n_atoms: int, pairs: np.ndarray | None) -> np.ndarray:
+    """(N,) group label per atom: atoms joined by constrained pairs (e.g. X-H bonds) share a label."""
+    parent = np.arange(int(n_atoms))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in (np.zeros((0, 2), int) if pairs is None else np.asarray(pairs, int).reshape(-1, 2)):
+        if not (0 <= i < n_atoms and 0 <= j < n_atoms):
+            raise InputError(f"constrained pair ({i}, {j}) is outside the {n_atoms} atoms")
+        parent[root(i)] = root(j)
+    return np.unique([root(i) for i in range(int(n_atoms))], return_inverse=True)[1]
+
+
+def optimal_force_map(C: np.ndarray, F: np.ndarray, ridge: float = 1e-6,
+                      constrained: np.ndarray | None = None) -> np.ndarray:
     """The consistent force map with the least mapped-force variance on reference forces F.
 
     Minimises ``E |W F|^2`` (summed over beads and Cartesian axes, averaged over frames) subject to
@@ -80,14 +98,18 @@ def optimal_force_map(C: np.ndarray, F: np.ndarray, ridge: float = 1e-6) -> np.n
         W = (C S^-1 C^T)^-1 C S^-1.
 
     Every consistent W gives the same conditional mean (the mean force), so the mapped forces stay valid
-    force-matching targets; only their noise drops. Valid for dynamics without holonomic constraints
-    (with constrained bonds, the two atoms of a constraint must keep equal weights; use the plain sum).
+    force-matching targets; only their noise drops. With holonomic constraints (``constrained``: the
+    constrained atom pairs, e.g. every X-H bond of an HBonds run) the saved forces lack the constraint
+    forces, which act equally and oppositely on the two atoms; the map then gives every atom of a
+    constrained group one weight per bead (W = W_g A, A the group indicator), so those forces cancel, and
+    optimises W_g over the group-summed forces (as aggforce does).
 
     Parameters
     ----------
     C : (n, N) position map (rows sum to one), e.g. ``mapping.matrix()``.
     F : (M, N, 3) reference atomic forces (kcal/mol/Å), at least a few hundred frames.
     ridge : relative diagonal shift of S (times its mean diagonal) for a well-conditioned inverse.
+    constrained : (K, 2) atom pairs held by constraints in the reference MD (None: none).
 
     Returns
     -------
@@ -99,10 +121,15 @@ def optimal_force_map(C: np.ndarray, F: np.ndarray, ridge: float = 1e-6) -> np.n
         raise InputError(f"optimal_force_map: forces must be (frames, {C.shape[-1]}, 3), got {F.shape}")
     if len(F) < 2 or not np.isfinite(F).all():
         raise InputError("optimal_force_map: need at least 2 frames of finite forces")
-    S = np.einsum("mid,mjd->ij", F, F) / (3 * len(F))
+    g = constraint_groups(C.shape[1], constrained)
+    A = np.zeros((g.max() + 1, C.shape[1]))
+    A[g, np.arange(C.shape[1])] = 1.0  # group indicator: W = W_g A
+    Fg = np.einsum("gi,mid->mgd", A, F)
+    S = np.einsum("mid,mjd->ij", Fg, Fg) / (3 * len(F))
     S[np.diag_indices_from(S)] += ridge * float(np.trace(S)) / len(S)
-    SiCt = np.linalg.solve(S, C.T)  # S^-1 C^T (N, n)
-    W = np.linalg.solve(C @ SiCt, SiCt.T)  # (C S^-1 C^T)^-1 C S^-1, S symmetric
+    Cg = C @ A.T  # (n, g): W C^T = W_g (A C^T) = W_g Cg^T
+    SiCt = np.linalg.solve(S, Cg.T)  # S^-1 Cg^T (g, n)
+    W = np.linalg.solve(Cg @ SiCt, SiCt.T) @ A  # (Cg S^-1 Cg^T)^-1 Cg S^-1 A, S symmetric
     err = consistency_error(C, W)
     if err > 1e-6:
         raise InputError(f"optimal_force_map: ill-conditioned problem (|W C^T - I| = {err:.1e})")

@@ -154,19 +154,29 @@ class Mapping:
         """Bead forces (..., n_beads, 3) of atom forces (..., N, 3) (kcal/mol/Å)."""
         return np.einsum("bn,...nd->...bd", self.force_matrix(), np.asarray(F, dtype=float))
 
-    def with_optimal_forces(self, F: np.ndarray, ridge: float = 1e-6) -> "Mapping":
+    def with_optimal_forces(self, F: np.ndarray, ridge: float = 1e-6,
+                            constrained: np.ndarray | None = None) -> "Mapping":
         """A copy whose force map has the least mapped-force noise on reference forces F (M, N, 3).
 
         Same beads and bead positions; the mapped forces are the same mean forces with less variance
-        (:func:`cg.forces.optimal_force_map`), so force matching needs fewer frames. For reference data
-        without bond constraints (OpenMM runs here use none by default).
+        (:func:`cg.forces.optimal_force_map`), so force matching needs fewer frames. ``constrained``: the
+        atom pairs held by constraints in the reference MD (:meth:`hbond_pairs` for HBonds runs), whose
+        constraint forces the map then cancels.
         """
         from dataclasses import replace
 
         from .forces import optimal_force_map
 
-        W = optimal_force_map(self.matrix(), F, ridge)
+        W = optimal_force_map(self.matrix(), F, ridge, constrained)
         return replace(self, force_weights=W, source=f"{self.source}; optimal force map")
+
+    def hbond_pairs(self) -> np.ndarray:
+        """(K, 2) atom pairs of :attr:`atom_bonds` with a hydrogen (< 2.5 amu): what HBonds constraints hold."""
+        if self.atom_bonds is None or not len(self.atom_bonds):
+            raise InputError("the mapping has no atomic bond graph, so its X-H bonds (constraints) are unknown")
+        h = self.atom_masses < 2.5
+        b = self.atom_bonds
+        return b[h[b[:, 0]] | h[b[:, 1]]]
 
     # ---------------------------------------------------------------- CG topology
     @property

@@ -132,3 +132,37 @@ def test_optimal_force_map_is_mean_force_with_less_noise(beads, tmp_path):
     assert np.allclose(back.force_matrix(), W)
     with pytest.raises(InputError, match="not consistent"):
         cg.Mapping(beads=m.beads, atom_masses=MASSES, force_weights=np.ones((3, N)))
+
+
+@pytest.mark.parametrize("beads, pairs", [([[0, 1, 2], [3, 4], [5, 6]], [(0, 1), (3, 4)]),
+                                          ([[0, 2], [3], [6]], [(2, 1), (4, 3)])])  # Cα-like: 1, 4 in no bead
+def test_optimal_force_map_with_constraints_cancels_constraint_forces(beads, pairs):
+    """With constrained pairs the optimal map gives both atoms of a pair one weight per bead: it stays
+    consistent and gives the exact mean force, constraint forces (equal and opposite along any direction)
+    leave the mapped forces unchanged, and the noise is still below the plain sum's."""
+    rng = np.random.default_rng(11)
+    K = spring_matrix(rng)
+    m = cg.Mapping.from_indices(beads, MASSES, weighting="com")
+    r_fit, F_fit = sample(K, 20000, 300.0, rng)
+    free = m.with_optimal_forces(F_fit)
+    mc = m.with_optimal_forces(F_fit, constrained=np.array(pairs))
+    C, W = mc.matrix(), mc.force_matrix()
+    assert consistency_error(C, W) < 1e-9
+    for i, j in pairs:
+        np.testing.assert_allclose(W[:, i], W[:, j], atol=1e-12)
+    r, F = sample(K, 40000, 300.0, rng)
+    X = m.map_positions(r)
+    want = exact_mean_force_matrix(C, K)
+    assert np.abs(regress(X, mc.map_forces(F)) - want).max() < 0.05 * np.abs(want).max()
+    G = np.zeros_like(F)  # constraint forces: +g on i, -g on j, random per frame
+    for i, j in pairs:
+        g = 30.0 * rng.standard_normal((len(F), 3))
+        G[:, i] += g
+        G[:, j] -= g
+    np.testing.assert_allclose(mc.map_forces(F + G), mc.map_forces(F), atol=1e-9)
+    assert np.abs(free.map_forces(F + G) - free.map_forces(F)).max() > 1.0  # the free map would see them
+    noise = lambda f: np.sqrt(((f - np.einsum("kl,mld->mkd", want, X)) ** 2).mean())  # noqa: E731
+    assert noise(mc.map_forces(F)) < 0.95 * noise(m.map_forces(F))
+    assert noise(free.map_forces(F)) <= noise(mc.map_forces(F)) * 1.01  # fewer free weights: no better
+    with pytest.raises(InputError, match="outside"):
+        m.with_optimal_forces(F_fit, constrained=np.array([(0, 9)]))

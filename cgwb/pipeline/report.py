@@ -25,6 +25,8 @@ SUMMARY_KEYS = [
     ("cg_bonded_js_max", "CG MD: bonded distributions JS (max)", ""),
     ("cg_stable_fraction", "CG MD: stable replicas", ""),
     ("cg_md_ns_per_day", "CG MD: ns/day, summed over replicas", "ns/day"),
+    ("aa_ns_per_day", "AA sampling (OpenMM, all copies, equilibration included): ns/day", "ns/day"),
+    ("cg_md_speedup_vs_aa", "CG MD ns/day over AA sampling ns/day, same machine (goal >= 100 for peptides)", ""),
     ("cg_rg_js", "CG MD (peptides): radius-of-gyration JS", ""),
     ("cg_rg_js_floor", "CG MD (peptides): its noise floor", ""),
     ("cg_end_to_end_js", "CG MD (peptides): end-to-end distance JS", ""),

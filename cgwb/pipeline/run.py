@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from cg.forcematching import ForceMatchingConfig
+
 from .config import RunConfig, load_config
 from .report import write_report
 from .stages import RunContext, Stage, StageRunner
@@ -41,11 +43,12 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     else:
         st.append(Stage("reference", steps.reference_direct, ["reference.npz"], ["aa.npz"], d["reference"]))
     mfile = [str(cfg.path(d["mapping"]["file"]))] if d["mapping"]["file"] else []
+    fit_keys = {k: v for k, v in d["cg"].items() if k in ForceMatchingConfig.model_fields}
     st += [
         Stage("mapping", steps_cg.mapping, ["mapping.json"], ["reference.npz", "topology.pdb", *mfile],
               {"mapping": d["mapping"], "seed": d["seed"]}),
         Stage("cg_train", steps_cg.cg_train, ["cg_potential.pt"], ["reference.npz", "mapping.json"],
-              {"cg": d["cg"], "seed": d["seed"]}),
+              {"cg": fit_keys, "seed": d["seed"]}),  # CG MD settings do not retrain the model
         Stage("cg_md", steps_cg.cg_md, ["cg_md.npz"], ["reference.npz", "mapping.json", "cg_potential.pt"],
               {"cg": d["cg"], "kernel_md": d["kernel_md"], "sampling": d["sampling"], "seed": d["seed"]}),
         Stage("backmap_train", steps_cg.backmap_train, ["backmap.pt"], ["reference.npz", "mapping.json"],

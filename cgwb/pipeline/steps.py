@@ -14,6 +14,8 @@ Files in a run folder:
 """
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,7 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
                   platform=None if s["platform"] == "auto" else s["platform"],
                   constraints=None if smp["constraints"] == "auto" else smp["constraints"],
                   hydrogen_mass=smp["hydrogen_mass"])
+        t_md = time.perf_counter()
         if smp["method"] == "remd":
             from forcefield.reference import geometric_temperatures, run_openmm_remd
 
@@ -69,15 +72,24 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
             if abs(float(T[0]) - s["temperature"]) > 1e-6:
                 raise InputError(f"sampling.temperatures must start at system.temperature ({s['temperature']} K)")
             ds = run_openmm_remd(pdb, temperatures=T, **kw)
+            copies, eq_steps = len(T), 5000  # run_openmm_remd's equilibration
         else:
             hot = smp["max_temperature"] if smp["method"] == "hot" else None
             reps = smp["replicas"]
             kw["n_frames"] = max(1, smp["frames"] // reps)
             par = dict(client="local", n_workers=min(smp["workers"], reps)) if smp["workers"] > 1 and reps > 1 else {}
             ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw, **par)
+            copies, eq_steps = reps, 10000  # run_openmm_md's equilibration
+        wall = time.perf_counter() - t_md
+        dt = smp["timestep_fs"] if smp["timestep_fs"] else (2.0 if s["solvent"] == "tip3p" else 1.0)
+        aa_ns = copies * (eq_steps + kw["n_frames"] * smp["save_every"]) * dt * 1e-6  # all copies, equilibration too
+        aa_speed = {"aa_ns_simulated": aa_ns, "aa_ns_per_day": aa_ns / wall * 86400.0,
+                    "aa_platform": str(ds.extra.get("platform", ""))}
         ctx.file("topology.pdb").write_text(str(ds.extra["pdb"]))
     ds.save(ctx.file("aa.npz"))
     out = {"aa_frames": len(ds), "n_atoms": ds.n_atoms}
+    if not s["topology"]:
+        out.update(aa_speed)
     if "acceptance" in ds.extra:
         out["remd_acceptance"] = [float(a) for a in np.asarray(ds.extra["acceptance"]).ravel()]
     return out

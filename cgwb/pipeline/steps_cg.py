@@ -65,15 +65,20 @@ def mapping(ctx: RunContext) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- 4. CG potential
+def reference_constraints(cfg: Any) -> str:
+    """``hbonds`` when the AA reference forces come from OpenMM MD with X-H constraints, else ``none``."""
+    smp = cfg["sampling"]
+    constrained = smp["constraints"] == "hbonds" or (smp["constraints"] == "auto"
+                                                     and cfg["system"]["solvent"] == "tip3p")
+    return "hbonds" if cfg["reference"]["forces"] == "openmm" and constrained else "none"
+
+
 def cg_force_map(cfg: Any) -> str:
-    """``auto``: the least-noise map where the reference forces come without bond constraints (kernel FF,
-    xTB, OpenMM without constraints), the per-bead sum otherwise (user trajectories, constrained OpenMM MD)."""
+    """``auto``: the least-noise map (with X-H pairs kept at one weight where the OpenMM reference
+    constrained them), the per-bead sum for user trajectories (their constraints are unknown)."""
     fmap = cfg["cg"]["force_map"]
     if fmap == "auto":
-        forces, smp = cfg["reference"]["forces"], cfg["sampling"]
-        constrained = smp["constraints"] == "hbonds" or (smp["constraints"] == "auto"
-                                                         and cfg["system"]["solvent"] == "tip3p")
-        fmap = "sum" if forces == "trajectory" or (forces == "openmm" and constrained) else "optimal"
+        fmap = "sum" if cfg["reference"]["forces"] == "trajectory" else "optimal"
     return fmap
 
 
@@ -85,7 +90,7 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     m = Mapping.load(ctx.file("mapping.json"))
     ref = load_dataset(ctx.file("reference.npz"))
-    fm = cfg.section("cg").forcematching(cg_force_map(cfg))
+    fm = cfg.section("cg").forcematching(cg_force_map(cfg), reference_constraints(cfg))
     model = fit_cg_model(m, ref, fm, temperature=cfg["system"]["temperature"], device=_device(ctx),
                          seed=cfg["seed"], checkpoint=ctx.checkpoint("cg_train"), progress=ctx.progress,
                          log=lambda s: ctx.log(f"[cg_train] {s}"))
@@ -131,6 +136,9 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
            "cg_md_ps_total": n_steps * c["timestep_fs"] * c["replicas"] / 1000,
            "cg_md_bead_steps_per_s": traj.speed.get("bead_steps_per_s", float("nan")),
            "cg_md_ns_per_day": traj.speed.get("ns_per_day", float("nan"))}
+    aa_speed = ctx.results.get("aa_ns_per_day")
+    if aa_speed:  # the same cores: CG MD summed over replicas against the AA sampling stage as it ran
+        out["cg_md_speedup_vs_aa"] = out["cg_md_ns_per_day"] / aa_speed
     if pot.domain is not None and len(R):  # a model used outside its domain says so
         out["cg_md_outside_domain"] = float((pot.domain.gate_frames(R) < 0.5).double().mean())
         if out["cg_md_outside_domain"] > 0.05:
