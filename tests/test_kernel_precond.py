@@ -31,9 +31,13 @@ def _dense_pointmajor(kern):
 
 
 @pytest.mark.parametrize("energy", [False, True])
-def test_kernel_slice_is_the_dense_block(train, energy):
+@pytest.mark.parametrize("gemm", [True, False])  # incidence-GEMM Jacobians (small molecules) or gather/scatter
+def test_kernel_slice_is_the_dense_block(train, energy, gemm):
     kern = HessianKernel(train[0], 10.0, energy=energy)
+    assert kern._pj_gemm is not None
     K = _dense_pointmajor(kern)
+    if not gemm:
+        kern._pj_gemm = None
     w = kern.width
     rows, cols = np.array([0, 5, 6, 13]), np.array([2, 6, 9])
     ri = (rows[:, None] * w + np.arange(w)).reshape(-1)

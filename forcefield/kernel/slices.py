@@ -6,6 +6,7 @@ import torch
 
 from .descriptor import jacobian_apply, jacobian_t_apply
 from .kernel import DescriptorKernel, HessianKernel
+from .trainset import PairJacobian
 
 
 class KernelSlice:
@@ -28,6 +29,11 @@ class KernelSlice:
         self.xr = tr.d[self.rows]
         self._jr = (tr.diff[self.rows], tr.d3[self.rows])
         self._jc = (tr.diff[self.cols], tr.d3[self.cols])
+        # small molecules: the Jacobians as incidence GEMMs, as in the full product (2-6x faster than the
+        # gather/scatter forms; on Ac-Ala3-NHMe at M = 1,000 they were most of a preconditioner application)
+        small = getattr(kernel, "_pj_gemm", None) is not None
+        self._pjr = PairJacobian(*self._jr) if small else None
+        self._pjc = PairJacobian(*self._jc) if small else None
         base, r = self.dk._profile(self.xr, (self.xr * self.xr).sum(1))
         self.A = base * (r + kernel.sigma)
         self.kv = self.dk.kernel_value(base, r) if kernel.energy else None
@@ -37,7 +43,8 @@ class KernelSlice:
         """K[rows, cols] v for v (len(cols), width); returns (len(rows), width)."""
         k = self.kernel
         n3, nc = k.n3, len(self.cols)
-        w = jacobian_apply(v[:, :n3].reshape(nc, -1, 3), *self._jc)
+        vc = v[:, :n3].reshape(nc, -1, 3)
+        w = self._pjc.apply(vc) if self._pjc is not None else jacobian_apply(vc, *self._jc)
         wp, t = self.dk.prepare(w)
         sdot = self.xr @ wp.T - t[None, :]
         c = sdot * self.c5
@@ -48,6 +55,6 @@ class KernelSlice:
             csum += (self.A @ ap)[:, None]
             wp = wp + apd
         y = self.A @ wp - csum * self.xr + c @ self.dk.dp
-        out = jacobian_t_apply(y, *self._jr).reshape(len(self.rows), n3)
+        out = (self._pjr.apply_t(y) if self._pjr is not None else jacobian_t_apply(y, *self._jr)).reshape(len(self.rows), n3)
         return torch.cat([out, Te[:, None]], 1) if k.energy else out
 
