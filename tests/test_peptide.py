@@ -162,6 +162,10 @@ def test_shipped_chignolin_example_is_the_builders_output():
     cfg = load_config(here / "chignolin.toml")
     assert cfg["system"]["solvent"] == "obc2" and cfg["mapping"]["preset"] == "ca"
     assert cfg["reference"]["forces"] == "openmm"
+    for other in ("chignolin_tip3p.toml", "chignolin_10ns.toml"):  # the other shipped configs validate
+        assert load_config(here / other)["system"]["pdb"] == "chignolin.pdb"
+    ten = load_config(here / "chignolin_10ns.toml")["sampling"]  # 10 ns in all: frames (all replicas) x steps x dt
+    assert ten["frames"] * ten["save_every"] * ten["timestep_fs"] == pytest.approx(1e7)
     shipped, _ = _topology_positions((here / "chignolin.pdb").read_text())
     fresh, _ = _topology_positions(build_peptide("GYDPETGTWG", caps="zwitterion", minimize=False))
     names = lambda p: [(a.residue.name, a.name) for a in p.topology.atoms()]  # noqa: E731

@@ -34,6 +34,8 @@ def test_toml_and_yaml(tmp_path, ala_pdb):
     ('[kernel_md]\nreplicas = 2.5\n', "kernel_md.replicas = 2.5"),
     ('[backmap]\nepochs = true\n', "backmap.epochs = True"),
     ('[system]\nsolvent = "water"\n', "system.solvent = 'water'"),
+    ('[sampling]\nhydrogen_mass = 0.5\n', "sampling.hydrogen_mass = 0.5: Input should be greater than or equal to 1"),
+    ('[sampling]\nworkers = 0\n', "sampling.workers = 0"),
     ('[system\n', "cannot parse config"),
 ])
 def test_bad_config_fails_fast(tmp_path, body, message):

@@ -36,6 +36,7 @@ def test_quick_run_reports_every_figure(quick_run):
     # quick run: REMD over 4 temperatures, 5,000 equilibration + 300 x 50 steps of 1 fs each
     assert report["aa_ns_simulated"] == pytest.approx(4 * (5000 + 300 * 50) * 1e-6)
     assert report["aa_ns_per_day"] > 0
+    assert 0 <= report["cg_bonded_js_floor"] <= report["cg_bonded_js_max_floor"] <= np.log(2)
     assert report["cg_md_speedup_vs_aa"] == pytest.approx(report["cg_md_ns_per_day"] / report["aa_ns_per_day"])
     assert 0 < report["kernel_force_mae"] < 20  # kcal/mol/Å, GFN2-xTB forces of a 22-atom peptide
     assert 0 <= report["cg_fes_js"] <= np.log(2) and 0 <= report["cg_bonded_js"] <= np.log(2)
