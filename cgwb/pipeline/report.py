@@ -23,6 +23,8 @@ SUMMARY_KEYS = [
     ("cg_force_rmse_val", "CG potential: validation force RMSE", "kcal/mol/Å"),
     ("cg_bonded_js", "CG MD: bonded distributions JS (mean)", ""),
     ("cg_bonded_js_max", "CG MD: bonded distributions JS (max)", ""),
+    ("cg_bonded_js_floor", "CG MD: bonded JS noise floor, reference half vs half (mean)", ""),
+    ("cg_bonded_js_max_floor", "CG MD: bonded JS noise floor (max)", ""),
     ("cg_stable_fraction", "CG MD: stable replicas", ""),
     ("cg_md_ns_per_day", "CG MD: ns/day, summed over replicas", "ns/day"),
     ("aa_ns_per_day", "AA sampling (OpenMM, all copies, equilibration included): ns/day", "ns/day"),

@@ -147,6 +147,13 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
     if len(m.bonds) and len(R):
         js = bonded_js(ref_cg, R, m.bonds)
         out.update({"cg_bonded_js": js["all_mean"], "cg_bonded_js_max": js["all_max"]})
+        kinds = ("bonds", "angles", "dihedrals")
+        worst = max(((k, i, v) for k in kinds for i, v in enumerate(js[k])), key=lambda t: t[2])
+        out["cg_bonded_js_worst"] = f"{worst[0]} #{worst[1]}"
+        half = len(ref_cg) // 2  # noise floor: the reference's first half against its second (contiguous)
+        if half >= 2:
+            fl = bonded_js(ref_cg[:half], ref_cg[half:], m.bonds)
+            out.update({"cg_bonded_js_floor": fl["all_mean"], "cg_bonded_js_max_floor": fl["all_max"]})
         plot_distributions(ref_cg, R, m.bonds, ctx.file("cg_bonded.png"))
     else:
         ctx.log("[cg_md] no CG bonds or no stable frames: bonded JS not defined (NaN)")
