@@ -13,9 +13,9 @@ equilibration, then a frame every 20 steps (10 fs); every sampled frame is then 
 ``--sampler xtb`` runs GFN2-xTB MD instead (``forcefield.reference.xtb_md``, a frame every 10 steps).
 
 CPU on the shared 2-core machine is scarce, so the default sets are small: 1,200 / 600 / 800 frames (MD22 has
-85k / 69k / 6k; 800 leave 680 training candidates before the last 15 % test block, enough for 600 points). Measured here on one core of a loaded machine: Ac-Ala3-NHMe 174 s (11 s of MMFF sampling),
-DHA 383 s; the 142-atom set (800 frames) took 349 s on two Dask workers of a quiet machine (0.87 s per frame
-per worker). Sets are cached in ``bench_out/`` and made once.
+85k / 69k / 6k; 800 leave 680 training candidates before the last 15 % test block, enough for 600 points).
+Measured here on one core of a loaded machine: Ac-Ala3-NHMe 174 s (11 s of MMFF sampling), DHA 383 s; the
+142-atom set (800 frames) took 349 s on two Dask workers of a quiet machine (0.87 s per frame per worker). Sets are cached in ``bench_out/`` and made once.
 
     python benchmarks/kernel_make_md22.py [--molecule ac-ala3-nhme] [--frames N] [--workers 1]
 """

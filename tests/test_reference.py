@@ -152,7 +152,8 @@ def test_platform_choice_and_errors(ala_pdb, tmp_path):
     obc, _ = build_system(ala_pdb, "obc2")  # native GBSAOBCForce: Reference for small systems without a GPU
     import openmm
 
-    gpu = {"CUDA", "OpenCL"} & {openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())}
+    names = {openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())}
+    gpu = {"CUDA", "OpenCL"} & names
     assert _platform(None, 22, obc).getName() == ("Reference" if not gpu else _platform(None, 500, vac).getName())
     assert _platform(None, 300, obc).getName() in ("CUDA", "OpenCL", "CPU")
     assert _platform(None, 500, vac).getName() in ("CUDA", "OpenCL", "CPU")

@@ -62,8 +62,8 @@ class SamplingConfig(Config):
     method : ``remd`` (temperature replica exchange over ``replicas`` temperatures spaced geometrically from
     the system's up to ``max_temperature``, or the ladder ``temperatures``; frames at the system's temperature),
     ``hot`` (``replicas`` independent runs, each equilibrated first at ``max_temperature`` then cooled) or
-    ``md`` (``replicas`` independent plain runs at the system's temperature, default 1). Seed data that has crossed barriers lets the kernel force field cover the states
-    its MD will visit. constraints : ``auto`` (HBonds in explicit solvent only), ``none`` or ``hbonds`` (then
+    ``md`` (``replicas`` independent plain runs at the system's temperature, default 1). Seed data that has
+    crossed barriers lets the kernel force field cover the states its MD will visit. constraints : ``auto`` (HBonds in explicit solvent only), ``none`` or ``hbonds`` (then
     2 fs steps are safe; the saved forces are the force field's, map constrained H into their heavy atom's bead).
     hydrogen_mass : amu, hydrogen mass repartitioning (with ``hbonds``, 4 fs steps; the configurational
     ensemble is unchanged). workers : run the independent replicas of ``md``/``hot`` in that many local

@@ -72,16 +72,17 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
             if abs(float(T[0]) - s["temperature"]) > 1e-6:
                 raise InputError(f"sampling.temperatures must start at system.temperature ({s['temperature']} K)")
             ds = run_openmm_remd(pdb, temperatures=T, **kw)
-            copies, eq_steps = len(T), 5000  # run_openmm_remd's equilibration
+            copies = len(T)
         else:
             hot = smp["max_temperature"] if smp["method"] == "hot" else None
             reps = smp["replicas"]
             kw["n_frames"] = max(1, smp["frames"] // reps)
             par = dict(client="local", n_workers=min(smp["workers"], reps)) if smp["workers"] > 1 and reps > 1 else {}
             ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw, **par)
-            copies, eq_steps = reps, 10000  # run_openmm_md's equilibration
+            copies = reps
         wall = time.perf_counter() - t_md
         dt = smp["timestep_fs"] if smp["timestep_fs"] else (2.0 if s["solvent"] == "tip3p" else 1.0)
+        eq_steps = int(ds.extra["equilibration_steps"])
         aa_ns = copies * (eq_steps + kw["n_frames"] * smp["save_every"]) * dt * 1e-6  # all copies, equilibration too
         aa_speed = {"aa_ns_simulated": aa_ns, "aa_ns_per_day": aa_ns / wall * 86400.0,
                     "aa_platform": str(ds.extra.get("platform", ""))}

@@ -55,6 +55,7 @@ class KernelSlice:
             csum += (self.A @ ap)[:, None]
             wp = wp + apd
         y = self.A @ wp - csum * self.xr + c @ self.dk.dp
-        out = (self._pjr.apply_t(y) if self._pjr is not None else jacobian_t_apply(y, *self._jr)).reshape(len(self.rows), n3)
+        out = self._pjr.apply_t(y) if self._pjr is not None else jacobian_t_apply(y, *self._jr)
+        out = out.reshape(len(self.rows), n3)
         return torch.cat([out, Te[:, None]], 1) if k.energy else out
 

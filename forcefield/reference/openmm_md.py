@@ -333,7 +333,7 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     Returns
     -------
     Dataset with R (Å), F (kcal/mol/Å), E (kcal/mol, None in explicit solvent); ``extra`` holds ``pdb`` (the
-    solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica`` and ``platform``.
+    solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica``, ``platform`` and ``equilibration_steps``.
     """
     from ..parallel import map_blocks
 
@@ -366,7 +366,8 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     names = np.array([a.name for a in solute_top.topology.atoms()])
     times = np.tile(np.arange(1, n_frames + 1) * save_every * dt_fs, replicas).astype(np.float64)
     extra = {"pdb": np.array(_pdb_text(solute_top.topology, solute_top.positions)), "atom_names": names,
-             "times_fs": times, "replica": np.repeat(np.arange(replicas), n_frames), "platform": np.array(plat)}
+             "times_fs": times, "replica": np.repeat(np.arange(replicas), n_frames), "platform": np.array(plat),
+             "equilibration_steps": np.array(int(equilibration_steps))}
     if hydrogen_mass is not None:
         extra["hydrogen_mass"] = np.array(float(hydrogen_mass))
     if explicit:

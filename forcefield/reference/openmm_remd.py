@@ -110,7 +110,8 @@ def run_openmm_remd(pdb: str | os.PathLike, temperatures: Sequence[float] = (300
     extra = {"pdb": np.array(_pdb_text(solute_top.topology, solute_top.positions)), "atom_names": names,
              "times_fs": (np.arange(1, n_frames + 1) * save_every * dt_fs).astype(np.float64),
              "temperatures": T, "acceptance": np.where(attempts > 0, accepts / np.maximum(attempts, 1), np.nan),
-             "origin": frame_origin, "platform": np.array(plat)}
+             "origin": frame_origin, "platform": np.array(plat),
+             "equilibration_steps": np.array(int(equilibration_steps))}
     if mds.explicit:
         extra["box_energy"] = E
     ladder = "/".join(f"{t:g}" for t in T)
