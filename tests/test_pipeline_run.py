@@ -55,6 +55,24 @@ def test_rerun_skips_finished_stages(quick_run):
     assert again["kernel_force_mae"] == report["kernel_force_mae"]
 
 
+def test_evaluation_settings_do_not_retrain(quick_run, tmp_path):
+    """Changing only how the backmapper and CG model are evaluated or simulated re-runs those stages alone."""
+    import shutil
+
+    from cgwb.pipeline.config import load_config
+
+    out, report, _ = quick_run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[backmap]\nsamples = 3\n[cg]\nreplicas = 3\n")
+    logs: list[str] = []
+    again = run_pipeline(load_config(cfg, quick=True), out=folder, progress=False, log=logs.append)
+    ran = [line.split("]")[0][1:] for line in logs if line.endswith("running")]
+    assert ran == ["cg_md", "backmap_eval", "backmap_cg"], ran
+    assert again["backmap_samples"] == 3 and report["backmap_samples"] == 2
+
+
 def test_crash_midway_resumes_from_finished_stages(tmp_path, monkeypatch):
     def boom(ctx):
         raise RuntimeError("simulated crash")

@@ -18,6 +18,10 @@ from .stages import RunContext, Stage, StageRunner
 from . import steps, steps_cg
 
 
+#: backmapping settings that only change the evaluation (held-out figures), not the trained model
+BACKMAP_EVAL_KEYS = ("frames", "samples", "temperature", "relax", "relax_k", "cg_frames")
+
+
 def build_stages(cfg: RunConfig) -> list[Stage]:
     """The stages for a configuration, each with the config sections and files that fingerprint it."""
     d = cfg.data
@@ -52,9 +56,13 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         Stage("cg_md", steps_cg.cg_md, ["cg_md.npz"], ["reference.npz", "mapping.json", "cg_potential.pt"],
               {"cg": d["cg"], "kernel_md": d["kernel_md"], "sampling": d["sampling"], "seed": d["seed"]}),
         Stage("backmap_train", steps_cg.backmap_train, ["backmap.pt"], ["reference.npz", "mapping.json"],
-              {"backmap": d["backmap"], "seed": d["seed"]}),
+              {"backmap": {k: v for k, v in d["backmap"].items() if k not in BACKMAP_EVAL_KEYS},
+               "seed": d["seed"]}),  # evaluation settings do not retrain the backmapper
+        Stage("backmap_eval", steps_cg.backmap_eval, ["backmap_eval.json"], ["backmap.pt", "reference.npz"],
+              {"backmap": {k: v for k, v in d["backmap"].items() if k in BACKMAP_EVAL_KEYS}, "seed": d["seed"]}),
         Stage("backmap_cg", steps_cg.backmap_cg, ["backmapped.npz"], ["backmap.pt", "cg_md.npz", "reference.npz"],
-              {"seed": d["seed"]}),
+              {"seed": d["seed"], "cg_frames": d["backmap"]["cg_frames"],
+               "temperature": d["backmap"]["temperature"]}),
     ]
     return st
 

@@ -6,11 +6,13 @@ and the metrics of :mod:`cg.evaluate`.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
 from forcefield import Dataset, InputError, load_dataset
+from forcefield.fileio import atomic_path
 from forcefield.splits import block_split, trajectory_lengths
 
 from .stages import RunContext
@@ -176,7 +178,7 @@ def _ref_frame_fs(cfg: Any) -> float:
 
 # --------------------------------------------------------------------------- 6. backmapping
 def backmap_train(ctx: RunContext) -> dict[str, Any]:
-    from backmap.recipe import evaluate_backmapper, fit_backmapper
+    from backmap.recipe import fit_backmapper
     from cg import Mapping
 
     cfg = ctx.config
@@ -186,6 +188,19 @@ def backmap_train(ctx: RunContext) -> dict[str, Any]:
     bm = fit_backmapper(m, train, b, device=_device(ctx), seed=cfg["seed"],
                         checkpoint=ctx.checkpoint("backmap_train"), progress=ctx.progress)
     bm.save(ctx.file("backmap.pt"))
+    return {"backmap_train_frames": len(train)}
+
+
+def backmap_eval(ctx: RunContext) -> dict[str, Any]:
+    """Backmapping figures on the held-out reference frames (a stage of its own: evaluation settings such as
+    ``frames``, ``samples`` or ``relax`` do not retrain the model)."""
+    from backmap import Backmapper
+    from backmap.recipe import evaluate_backmapper
+
+    cfg = ctx.config
+    b = cfg.section("backmap")
+    train, test = _reference(ctx)
+    bm = Backmapper.load(ctx.file("backmap.pt"), device=_device(ctx))
     met = evaluate_backmapper(bm, test, b, seed=cfg["seed"], train=train)
     out = {"backmap_heldout_frames": met["frames"], "backmap_samples": met["samples"]}
     for key, name in (("prior_rmsd_all", "backmap_rmsd_all"), ("prior_rmsd_all_plain", "backmap_rmsd_all_plain"),
@@ -199,6 +214,8 @@ def backmap_train(ctx: RunContext) -> dict[str, Any]:
                       ("relaxed_clash_rate", "backmap_relaxed_clash_rate")):
         if key in met:
             out[name] = float(met[key])
+    with atomic_path(ctx.file("backmap_eval.json")) as tmp:
+        tmp.write_text(json.dumps(out, indent=1))
     return out
 
 
