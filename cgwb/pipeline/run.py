@@ -19,7 +19,7 @@ from . import steps, steps_cg
 
 
 #: backmapping settings that only change the evaluation (held-out figures), not the trained model
-BACKMAP_EVAL_KEYS = ("frames", "samples", "temperature", "relax", "relax_k", "cg_frames")
+BACKMAP_EVAL_KEYS = ("frames", "samples", "temperature", "relax", "relax_k")
 
 
 def build_stages(cfg: RunConfig) -> list[Stage]:
@@ -56,7 +56,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         Stage("cg_md", steps_cg.cg_md, ["cg_md.npz"], ["reference.npz", "mapping.json", "cg_potential.pt"],
               {"cg": d["cg"], "kernel_md": d["kernel_md"], "sampling": d["sampling"], "seed": d["seed"]}),
         Stage("backmap_train", steps_cg.backmap_train, ["backmap.pt"], ["reference.npz", "mapping.json"],
-              {"backmap": {k: v for k, v in d["backmap"].items() if k not in BACKMAP_EVAL_KEYS},
+              {"backmap": {k: v for k, v in d["backmap"].items() if k not in (*BACKMAP_EVAL_KEYS, "cg_frames")},
                "seed": d["seed"]}),  # evaluation settings do not retrain the backmapper
         Stage("backmap_eval", steps_cg.backmap_eval, ["backmap_eval.json"], ["backmap.pt", "reference.npz"],
               {"backmap": {k: v for k, v in d["backmap"].items() if k in BACKMAP_EVAL_KEYS}, "seed": d["seed"]}),

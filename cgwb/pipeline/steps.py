@@ -81,8 +81,7 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
             ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw, **par)
             copies = reps
         wall = time.perf_counter() - t_md
-        dt = smp["timestep_fs"] if smp["timestep_fs"] else (2.0 if s["solvent"] == "tip3p" else 1.0)
-        eq_steps = int(ds.extra["equilibration_steps"])
+        eq_steps, dt = int(ds.extra["equilibration_steps"]), float(ds.extra["timestep_fs"])
         aa_ns = copies * (eq_steps + kw["n_frames"] * smp["save_every"]) * dt * 1e-6  # all copies, equilibration too
         aa_speed = {"aa_ns_simulated": aa_ns, "aa_ns_per_day": aa_ns / wall * 86400.0,
                     "aa_platform": str(ds.extra.get("platform", ""))}

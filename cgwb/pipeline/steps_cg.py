@@ -69,9 +69,11 @@ def mapping(ctx: RunContext) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 4. CG potential
 def reference_constraints(cfg: Any) -> str:
     """``hbonds`` when the AA reference forces come from OpenMM MD with X-H constraints, else ``none``."""
+    from forcefield.reference.openmm_md import EXPLICIT
+
     smp = cfg["sampling"]
     constrained = smp["constraints"] == "hbonds" or (smp["constraints"] == "auto"
-                                                     and cfg["system"]["solvent"] == "tip3p")
+                                                     and cfg["system"]["solvent"] in EXPLICIT)
     return "hbonds" if cfg["reference"]["forces"] == "openmm" and constrained else "none"
 
 

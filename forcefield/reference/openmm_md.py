@@ -31,6 +31,9 @@ SMALL_SYSTEM = 64
 #: Reference thread beat two CPU threads on chignolin (138 atoms: 1,179 against 885 steps/s), the CPU
 #: platform won at 285 atoms (600 against 286 steps/s; this 2-core machine, HMR 4 fs)
 SMALL_GB_SYSTEM = 160
+#: force classes of an amber14 system in vacuum (plus restraints), which the Reference platform runs fast
+PLAIN_FORCES = frozenset({"HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "NonbondedForce",
+                          "CMMotionRemover", "CustomExternalForce"})
 SOLVENTS = {"vacuum": (), "obc2": ("implicit/obc2.xml",), "gbn2": ("implicit/gbn2.xml",),
             "tip3p": ("amber14/tip3p.xml",)}
 EXPLICIT = ("tip3p",)
@@ -182,16 +185,11 @@ def _platform(name: str | None, n_atoms: int = 0, system: Any = None) -> Any:
         except Exception:  # noqa: BLE001 - OpenMMException
             names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
             raise InputError(f"OpenMM platform {name!r} is not available here; available: {names}") from None
-    plain = system is None or all(f.__class__.__name__ in ("HarmonicBondForce", "HarmonicAngleForce",
-                                                           "PeriodicTorsionForce", "NonbondedForce",
-                                                           "CMMotionRemover", "CustomExternalForce")
-                                  for f in system.getForces())
-    if 0 < n_atoms <= SMALL_SYSTEM and plain:
+    kinds = set() if system is None else {f.__class__.__name__ for f in system.getForces()}
+    if 0 < n_atoms <= SMALL_SYSTEM and kinds <= PLAIN_FORCES:
         return openmm.Platform.getPlatformByName("Reference")
     names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    small_gb = system is not None and 0 < n_atoms <= SMALL_GB_SYSTEM and all(
-        f.__class__.__name__ in ("HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "NonbondedForce",
-                                 "CMMotionRemover", "CustomExternalForce", "GBSAOBCForce") for f in system.getForces())
+    small_gb = system is not None and 0 < n_atoms <= SMALL_GB_SYSTEM and kinds <= PLAIN_FORCES | {"GBSAOBCForce"}
     if small_gb and "CUDA" not in names and "OpenCL" not in names:
         return openmm.Platform.getPlatformByName("Reference")
     for pick in ("CUDA", "OpenCL", "CPU", "Reference"):
@@ -333,7 +331,8 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     Returns
     -------
     Dataset with R (Å), F (kcal/mol/Å), E (kcal/mol, None in explicit solvent); ``extra`` holds ``pdb`` (the
-    solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica``, ``platform`` and ``equilibration_steps``.
+    solute topology as PDB text), ``atom_names``, ``times_fs``, ``replica``, ``platform``,
+    ``equilibration_steps`` and ``timestep_fs``.
     """
     from ..parallel import map_blocks
 
@@ -353,9 +352,9 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
                pressure_bar=pressure_bar, fast_gb=fast_gb, hot_start_K=hot_start_K, box_shape=box_shape,
                hydrogen_mass=hydrogen_mass, progress=progress and client is None, replicas=int(replicas),
                threads=1 if client is not None else None)
-    if client is None:
+    if client is not None:  # bad input fails here, before a cluster starts (serially, replica 0 builds first)
         build_system(pdb, solvent, forcefield, constraints, padding_nm=padding_nm, fast_gb=fast_gb,
-                     box_shape=box_shape, hydrogen_mass=hydrogen_mass)  # bad input fails before any MD
+                     box_shape=box_shape, hydrogen_mass=hydrogen_mass)
     runs = map_blocks(_md_replica, range(int(replicas)), client=client, n_workers=n_workers,
                       progress=progress and client is not None, desc=f"OpenMM MD replicas ({Path(pdb).name})",
                       common=job)
@@ -367,7 +366,7 @@ def run_openmm_md(pdb: str | os.PathLike, n_frames: int = 1000, save_every: int 
     times = np.tile(np.arange(1, n_frames + 1) * save_every * dt_fs, replicas).astype(np.float64)
     extra = {"pdb": np.array(_pdb_text(solute_top.topology, solute_top.positions)), "atom_names": names,
              "times_fs": times, "replica": np.repeat(np.arange(replicas), n_frames), "platform": np.array(plat),
-             "equilibration_steps": np.array(int(equilibration_steps))}
+             "equilibration_steps": np.array(int(equilibration_steps)), "timestep_fs": np.array(dt_fs)}
     if hydrogen_mass is not None:
         extra["hydrogen_mass"] = np.array(float(hydrogen_mass))
     if explicit:

@@ -111,7 +111,7 @@ def run_openmm_remd(pdb: str | os.PathLike, temperatures: Sequence[float] = (300
              "times_fs": (np.arange(1, n_frames + 1) * save_every * dt_fs).astype(np.float64),
              "temperatures": T, "acceptance": np.where(attempts > 0, accepts / np.maximum(attempts, 1), np.nan),
              "origin": frame_origin, "platform": np.array(plat),
-             "equilibration_steps": np.array(int(equilibration_steps))}
+             "equilibration_steps": np.array(int(equilibration_steps)), "timestep_fs": np.array(dt_fs)}
     if mds.explicit:
         extra["box_energy"] = E
     ladder = "/".join(f"{t:g}" for t in T)
