@@ -175,9 +175,16 @@ class Backmapper:
         self._check_aa(np.asarray(R), z, "reconstruct")
         return reconstruct_positions(model, R, self.mapping.map_positions(R), sample, device=self.device)
 
-    def relax(self, R: np.ndarray, force_fn: Any = None, k_restraint: float = 10.0, **kw: Any) -> np.ndarray:
+    def relax(self, R: np.ndarray, force_fn: Any = None, k_restraint: float = 10.0, hold: str = "heavy",
+              **kw: Any) -> np.ndarray:
         """Restrained relaxation of structures (..., N, 3): OpenMM amber14 on the stored topology, or a
-        callable force provider ``r -> (E, F)``; heavy atoms are held near their decoded positions."""
+        callable force provider ``r -> (E, F)``. ``hold``: ``"heavy"`` holds every heavy atom near its decoded
+        position; ``"beads"`` only the atoms the CG beads are made of (the CG trace stays, the force field
+        places the rest)."""
+        if hold not in ("heavy", "beads"):
+            raise InputError(f"relax: hold must be 'heavy' or 'beads', got {hold!r}")
+        if hold == "beads":
+            kw["held"] = np.flatnonzero(np.abs(self.mapping.matrix()).sum(0) > 0)
         if force_fn is not None:
             return relax_callable(R, force_fn, self.z, k_restraint, **kw)
         if self.topology is None:

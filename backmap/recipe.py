@@ -28,8 +28,10 @@ class BackmapConfig(Config):
     samples were closer and more often valid, it trains 2.6-3.7x slower).
     train_frames : at most this many training frames (evenly spaced; None: all). frames, samples : held-out frames
     evaluated and prior samples drawn per frame. temperature : scale of the prior's spread when sampling.
-    relax : also report the prior samples after a short restrained OpenMM (amber14) minimisation, heavy atoms
-    held near their decoded positions by ``relax_k`` kcal/mol/Å² (``relaxed_*`` figures, beside the raw ones).
+    relax : also report the prior samples after a short restrained OpenMM (amber14) minimisation, atoms
+    held near their decoded positions by ``relax_k`` kcal/mol/Å² (``relaxed_*`` figures, beside the raw ones):
+    every heavy atom (``relax_hold = "heavy"``) or only the atoms the beads are made of (``"beads"``: the CG
+    trace is kept, the force field places the rest and can repair a wrongly decoded bond graph).
     """
 
     decoder: Literal["vae", "e3nn"] = "vae"
@@ -45,6 +47,7 @@ class BackmapConfig(Config):
     temperature: float = Field(1.0, gt=0)
     relax: bool = False
     relax_k: float = Field(10.0, gt=0)
+    relax_hold: Literal["heavy", "beads"] = "heavy"
 
 
 def fit_backmapper(mapping: Any, train: Any, config: BackmapConfig | None = None, *,
@@ -96,7 +99,7 @@ def evaluate_backmapper(bm: Backmapper, held_out: Dataset, config: BackmapConfig
     relaxed = None
     if cfg.relax:  # the same samples, relaxed
         R = np.stack([gen.atoms.positions.astype(np.float64) for _ in gen.trajectory])
-        Rr = bm.relax(R, k_restraint=cfg.relax_k).reshape(len(held), cfg.samples, -1, 3)
+        Rr = bm.relax(R, k_restraint=cfg.relax_k, hold=cfg.relax_hold).reshape(len(held), cfg.samples, -1, 3)
         relaxed = evaluate(held.R, Rr, z=held.z)
     recon_R = bm.reconstruct_positions(held, sample=False)
     recon = evaluate(held.R, recon_R[:, None], z=held.z)

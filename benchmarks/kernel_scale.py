@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def load(name: str):
+def load(name: str, frames: int | None = None):
     sys.path.insert(0, str(HERE))
     if name == "aspirin":
         from kernel_make_aspirin import make_aspirin
@@ -40,7 +40,7 @@ def load(name: str):
         return make_aspirin(ROOT / "bench_out" / "aspirin_xtb_500K.npz", progress=False)
     from kernel_make_md22 import make_md22
 
-    return make_md22(name, progress=False)
+    return make_md22(name, n_frames=frames, progress=False)
 
 
 def split(ds, M: int, seed: int = 1, test_fraction: float = 0.15):
@@ -114,11 +114,12 @@ def worker(a) -> None:
     from forcefield import KernelForceField
 
     torch.set_num_threads(a.threads)
-    ds = load(a.molecule)
+    ds = load(a.molecule, a.frames)
     tr, test = split(ds, a.worker)
     perms = perms_for(a, ds, tr)
     ff = KernelForceField(sigma=a.sigma, perms=perms, rtol=a.rtol, cache_gb=a.cache_gb,
-                          max_memory_gb=a.max_memory_gb, checkpoint=a.checkpoint, progress=False)
+                          max_memory_gb=a.max_memory_gb, checkpoint=a.checkpoint, progress=a.progress,
+                          maxiter=a.maxiter)
     t0 = time.perf_counter()
     ff.fit(ds.R[tr], ds.z, F=ds.F[tr], E=ds.E[tr])
     out = {"n_train": int(len(tr)), "train_s": time.perf_counter() - t0, "n_perms": int(len(ff.perms))}
@@ -133,22 +134,29 @@ def worker(a) -> None:
 
 def run_worker(a, M: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(M), "--molecule", a.molecule, "--sigma", str(a.sigma),
+           "--frames", str(a.frames or 0),
            "--threads", str(a.threads), "--rtol", str(a.rtol), "--perms", a.perms, "--max-perms", str(a.max_perms),
            "--cache-gb", str(a.cache_gb), "--max-memory-gb", str(a.max_memory_gb)]
     if a.checkpoint:
         cmd += ["--checkpoint", a.checkpoint]
+    if a.progress:
+        cmd += ["--progress"]
+    cmd += ["--maxiter", str(a.maxiter)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if a.progress else subprocess.PIPE, text=True,
+                       env=env, cwd=ROOT)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"training at {M} points failed:\n{p.stderr[-3000:]}")
+    raise RuntimeError(f"training at {M} points failed:\n{(p.stderr or '')[-3000:]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--molecule", default="ac-ala3-nhme", help="ac-ala3-nhme, dha, ac-ala13-nhme or aspirin")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000])
+    ap.add_argument("--frames", type=int, default=None,
+                    help="frames of the set to use (default: the set's default size; more extends the cached set)")
     ap.add_argument("--sigma", type=float, default=50.0)
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -158,6 +166,9 @@ def main() -> None:
     ap.add_argument("--max-memory-gb", type=float, default=4.0)
     ap.add_argument("--checkpoint", default=None, help="PCG checkpoint file (a killed run resumes from it)")
     ap.add_argument("--no-train", action="store_true", help="only the GEMM and product rates")
+    ap.add_argument("--progress", action="store_true", help="show the training's PCG progress (residual) on stderr")
+    ap.add_argument("--maxiter", type=int, default=3000,
+                    help="PCG iterations at most, counted from the start of a resumed solve (default: %(default)s)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -166,7 +177,7 @@ def main() -> None:
         return
     import torch
 
-    ds = load(a.molecule)
+    ds = load(a.molecule, a.frames)
     load0 = os.getloadavg()
     print(f"{a.molecule}: {len(ds)} frames x {ds.n_atoms} atoms; sigma {a.sigma:g}; {a.threads} torch threads; "
           f"load average {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} on {os.cpu_count()} cores", flush=True)

@@ -120,6 +120,29 @@ class Mapping:
         """Bead masses (amu): the sum of their atoms' masses."""
         return np.array([self.atom_masses[b].sum() for b in self.beads])
 
+    def represented_masses(self) -> np.ndarray:
+        """Bead masses (amu) that count every atom once: a bead's own atoms plus each unmapped atom, given to the
+        bead nearest along :attr:`atom_bonds` (ties to the lower bead index). For a Cα map each bead then carries
+        its residue's mass; with all atoms reachable the beads sum to the molecule's mass. Masses set the CG
+        dynamics' time scale (a larger stable time step), not its Boltzmann distribution."""
+        if self.atom_bonds is None:
+            raise InputError("the mapping has no atomic bond graph, so unmapped atoms cannot be given to beads")
+        owner = self.assignment()
+        nbr: list[list[int]] = [[] for _ in range(self.n_atoms)]
+        for i, j in self.atom_bonds:
+            nbr[i].append(int(j))
+            nbr[j].append(int(i))
+        frontier = [int(i) for b in self.beads for i in b]  # bead order: ties go to the lower index
+        while frontier:
+            nxt = []
+            for i in frontier:
+                for j in nbr[i]:
+                    if owner[j] < 0:
+                        owner[j] = owner[i]
+                        nxt.append(j)
+            frontier = nxt
+        return np.bincount(owner[owner >= 0], weights=self.atom_masses[owner >= 0], minlength=self.n_beads)
+
     def assignment(self) -> np.ndarray:
         """(N,) bead index of every atom, -1 for atoms in no bead."""
         out = np.full(self.n_atoms, -1)

@@ -175,7 +175,7 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
               max_bond_deviation: float | np.ndarray | None = stability.FU_THRESHOLD, reference_bond_lengths: np.ndarray | None = None,
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
               progress: bool = True, fast: bool = True, compile: bool = False,
-              repulsion_cutoff: float | None = None) -> CGRun:
+              repulsion_cutoff: float | None = None, masses: np.ndarray | None = None) -> CGRun:
     """Langevin (BAOAB) MD of B replicas of the CG system from x0 (B, n, 3) or (n, 3) Å.
 
     Parameters
@@ -197,6 +197,9 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
     repulsion_cutoff : Å; with ``fast``, the prior's repulsive pairs go through a Verlet neighbour list
         (:class:`RepulsionNeighbours`) and pairs beyond the cutoff are dropped: for large bead counts, where
         the all-pairs repulsion dominates. None: every pair (exact).
+    masses : (n,) bead masses (amu) for the dynamics instead of the potential's (e.g.
+        :meth:`cg.mapping.Mapping.represented_masses`): heavier beads allow larger time steps; the sampled
+        Boltzmann distribution does not depend on them.
     """
     x = torch.as_tensor(np.asarray(x0) if not torch.is_tensor(x0) else x0)
     if x.dim() == 2:
@@ -207,6 +210,9 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
         raise InputError("starting positions contain non-finite values")
     x = x.to(device=device, dtype=dtype)
     potential = potential.to(device).eval()
+    m = potential.masses if masses is None else torch.as_tensor(np.asarray(masses, dtype=float))
+    if m.shape != (potential.n_beads,) or not bool(torch.isfinite(m).all()) or bool((m <= 0).any()):
+        raise InputError(f"bead masses must be {potential.n_beads} positive numbers (amu), got {m.tolist()}")
     was_training = [(p, p.requires_grad) for p in potential.parameters()]
     for p, _ in was_training:  # no parameter gradients during MD (restored at the end)
         p.requires_grad_(False)
@@ -226,7 +232,7 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
         if fast and repulsion_cutoff is not None and potential.priors is not None and len(potential.priors.rep_idx):
             nl = RepulsionNeighbours(potential.priors, repulsion_cutoff)
         fn = _fast_force_fn(potential, dtype, nl) if fast else potential.force_fn(dtype, fast=False)
-        traj = simulate(fn, x, potential.masses.to(device), n_steps,
+        traj = simulate(fn, x, m.to(device), n_steps,
                         save_every=save_every, dt_fs=dt_fs, temperature=T, friction_per_ps=friction_per_ps, seed=seed,
                         check_fn=check, progress=progress, desc="CG MD", compile=compile)
     finally:
@@ -242,7 +248,7 @@ def run_cg_md(potential: CGPotential, x0: np.ndarray | torch.Tensor, n_steps: in
                        "stopped_ps": None if st is None else st[0] * dt_fs / 1000.0,
                        "reason": None if st is None else st[1]})
     return CGRun(traj=traj, report=report, wall_seconds=wall, n_steps=n_steps, dt_fs=dt_fs, names=potential.names,
-                 bonds=bonds, masses=potential.masses.cpu().numpy(),
+                 bonds=bonds, masses=m.cpu().numpy(),
                  engine=("fast" if fast else "autograd") + ("+compile" if compile else ""))
 
 

@@ -115,11 +115,12 @@ class CGTrajectory:
 
 def simulate_cg(potential: CGPotential, starts: np.ndarray, config: SimulationConfig | None = None, *,
                 reference: np.ndarray | None = None, device: str | torch.device = "cpu", seed: int = 0,
-                progress: bool = True) -> CGTrajectory:
+                progress: bool = True, masses: np.ndarray | None = None) -> CGTrajectory:
     """Run ``config.replicas`` CG replicas from frames drawn (seeded) out of ``starts`` (frames, n, 3) Å.
 
     ``reference`` (mapped reference frames, Å) sets the stability rule's reference bond lengths and
-    thresholds; without it the prior's bond lengths and ``stop_base`` are used.
+    thresholds; without it the prior's bond lengths and ``stop_base`` are used. ``masses`` (amu) replace the
+    potential's bead masses in the dynamics (see :func:`cg.md.run_cg_md`).
     """
     cfg = config or SimulationConfig()
     starts = np.asarray(starts, dtype=float)
@@ -139,7 +140,8 @@ def simulate_cg(potential: CGPotential, starts: np.ndarray, config: SimulationCo
     run = run_cg_md(potential, starts[idx], cfg.n_steps, dt_fs=cfg.timestep_fs, save_every=cfg.save_every,
                     temperature=cfg.temperature, friction_per_ps=cfg.friction_per_ps,
                     max_bond_deviation=thr if cfg.stop else None, reference_bond_lengths=r0, device=device,
-                    seed=seed, progress=progress, compile=cfg.compile, repulsion_cutoff=cfg.repulsion_cutoff)
+                    seed=seed, progress=progress, compile=cfg.compile, repulsion_cutoff=cfg.repulsion_cutoff,
+                    masses=masses)
     out = CGTrajectory.from_run(run)
     out.speed = {**run.speed(), "wall_s": run.wall_seconds}
     return out

@@ -198,6 +198,44 @@ def test_relaxation_lowers_energy_and_keeps_heavy_atoms(trained, ala_md, ala_pdb
     assert np.linalg.norm(out2[h] - target[h], axis=1).mean() < 0.5 * np.linalg.norm(R[0][h] - target[h], axis=1).mean()
 
 
+def test_relaxation_repairs_misplaced_and_overlapping_atoms(trained, ala_md):
+    """Restraints hold atoms near their decoded positions, so a heavy atom decoded 1.5 Å off its bonds stays
+    broken when it is held; released (its bonds are out of range) or with only the CG bead atoms held
+    (``hold="beads"``), the force field puts it back and the bond graph is valid again. Two atoms decoded on
+    top of each other are separated as well."""
+    import copy
+
+    import cg
+    from backmap.metrics import bond_graph_scores
+
+    def valid(X):
+        return bool(bond_graph_scores(X[None], ala_md.R[:1], ala_md.z)[0].all())
+
+    bm = copy.copy(trained[0])  # the same topology, with a one-bead (Cα-like) map of a backbone carbon
+    carbons = np.flatnonzero(ala_md.z == 6)
+    bm.mapping = cg.Mapping(beads=[[int(carbons[1])]], atom_masses=trained[0].mapping.atom_masses)
+    beads = carbons[1:2]
+    a = int(next(i for i in np.flatnonzero(ala_md.z > 1) if i not in beads))
+    R = ala_md.R[:1].copy()
+    R[0, a] += np.array([1.5, 0.0, 0.0])
+    kw = dict(k_restraint=1000.0, max_iterations=300)
+    held = bm.relax(R, release_overlaps=False, bonded_first=False, **kw)
+    released = bm.relax(R, **kw)
+    beads_only = bm.relax(R, hold="beads", release_overlaps=False, **kw)
+    assert [valid(held), valid(released), valid(beads_only)] == [False, True, True]
+    assert np.linalg.norm(released[0, a] - ala_md.R[0, a]) < 0.5
+    assert np.abs(beads_only[0, beads] - R[0, beads]).max() < 0.1
+    # two hydrogens of one carbon decoded at the same place
+    h = np.flatnonzero(ala_md.z == 1)
+    ch = [i for i in h if np.linalg.norm(ala_md.R[0, i] - ala_md.R[0, h[0]]) < 2.0 and i != h[0]][0]
+    R = ala_md.R[:1].copy()
+    R[0, ch] = R[0, h[0]]
+    assert not valid(R[0])
+    assert valid(bm.relax(R, **kw)[0])
+    with pytest.raises(InputError, match="hold"):
+        bm.relax(R, hold="all")
+
+
 def test_evaluation_reports_relaxed_samples_apart(trained, ala_md):
     """``BackmapConfig(relax=True)``: the same prior samples after restrained amber14 minimisation are reported
     as ``relaxed_*`` beside the raw figures; minimisation does not break bonds that were right, does not move the

@@ -10,6 +10,7 @@ from torch import nn
 from cg.md import run_cg_md, write_run
 from cg.potential import CGPotential
 from cg.priors import Priors
+from forcefield.errors import InputError
 from forcefield.units import KB_KCAL
 
 
@@ -108,3 +109,31 @@ def test_md_leaves_network_trainable():
     run = run_cg_md(net_pot, x0, 10, save_every=5, progress=False)
     assert run.all_stable and run.traj.R.shape == (2, 2, 2, 3)
     assert all(p.requires_grad for p in net_pot.net.parameters())
+
+
+def test_bead_masses_set_the_time_scale_not_the_distribution():
+    """Masses given to the MD replace the model's: 10x heavier beads move sqrt(10)x slower per step
+    (ballistic |Δx|² over one step ∝ kT/m), while the bond-length distribution stays the Boltzmann one."""
+    k, r0, T = 60.0, 1.5, 300.0
+    pot = _harmonic_dimer(k, r0, T)
+    x0 = torch.zeros(128, 2, 3)
+    x0[:, 1, 0] = r0
+    step2, dist = [], []
+    for masses in (None, np.array([120.0, 160.0])):
+        run = run_cg_md(pot, x0, 4000, dt_fs=2.0, save_every=1, friction_per_ps=1.0, dtype=torch.float64, seed=3,
+                        progress=False, masses=masses)
+        assert run.all_stable
+        R = run.traj.R[1000:]
+        step2.append(((R[1:] - R[:-1]) ** 2).sum(-1).mean((0, 1)))  # per bead
+        dist.append(np.linalg.norm(R[:, :, 1] - R[:, :, 0], axis=-1).ravel())
+    assert step2[0] / step2[1] == pytest.approx([10.0, 10.0], rel=0.1)
+    assert run.masses.tolist() == [120.0, 160.0]
+    kT = KB_KCAL * T
+    g = np.linspace(0.5, 2.5, 20001)
+    p = g**2 * np.exp(-k * (g - r0) ** 2 / (2 * kT))
+    p /= p.sum()
+    for r in dist:
+        assert r.mean() == pytest.approx((g * p).sum(), abs=0.01)
+        assert r.var() == pytest.approx(((g - (g * p).sum()) ** 2 * p).sum(), rel=0.08)
+    with pytest.raises(InputError, match="bead masses"):
+        run_cg_md(pot, x0, 10, masses=np.array([1.0, -1.0]), progress=False)

@@ -212,3 +212,21 @@ def test_sidechain_preset(chig_pdb):
     # the residue preset: a chain over the caps too; bead force sums keep the total force
     r = cg.Mapping.from_preset(u.atoms, "residue")
     assert r.bonds.tolist() == [[i, i + 1] for i in range(11)] and r.bead_types == ["ACE"] + CHIGNOLIN + ["NME"]
+
+
+def test_represented_masses_give_each_atom_to_its_nearest_bead(chig_pdb):
+    """A chain 0-1-2-3-4 with beads {0} and {4}: 1 goes to bead 0, 3 to bead 1, the tie 2 to bead 0; on a
+    peptide's Cα map every bead carries its residue's mass (what the pipeline's "represented" masses are)."""
+    w = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    m = cg.Mapping(beads=[[0], [4]], atom_masses=w, atom_bonds=np.array([[0, 1], [1, 2], [2, 3], [3, 4]]))
+    assert m.represented_masses().tolist() == [7.0, 24.0]
+    assert m.masses.tolist() == [1.0, 16.0]
+    u = _universe(chig_pdb)
+    ca = cg.Mapping.from_preset(u.atoms, "ca")
+    res = [float(r.atoms.masses.sum()) for r in u.residues]
+    if len(res) == ca.n_beads + 2:  # capped: ACE joins the first Cα bead, NME the last
+        res = [res[0] + res[1], *res[2:-2], res[-2] + res[-1]]
+    assert np.allclose(ca.represented_masses(), res)
+    assert ca.represented_masses().sum() == pytest.approx(ca.atom_masses.sum())
+    with pytest.raises(InputError, match="bond graph"):
+        cg.Mapping(beads=[[0]], atom_masses=w).represented_masses()

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("-n", "--samples", type=int, default=1, help="samples per CG frame (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's spread")
     p.add_argument("--relax", action="store_true", help="restrained amber14 minimisation of every sample (OpenMM)")
+    p.add_argument("--relax-hold", choices=["heavy", "beads"], default="heavy",
+                   help="atoms restrained while relaxing: every heavy atom, or only the atoms of the CG beads")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_quiet(p)
@@ -104,7 +106,7 @@ def _sample(a: argparse.Namespace) -> int:
     cg = _open(a.cg, a.cg_traj)
     t = time.time()
     u = bm.sample(cg, n_samples=a.samples, temperature=a.temperature, seed=a.seed, relax=a.relax,
-                  progress=not a.quiet)
+                  progress=not a.quiet, **({"hold": a.relax_hold} if a.relax else {}))
     dt = time.time() - t
     write_aa(u, a.out)
     n = len(u.trajectory)

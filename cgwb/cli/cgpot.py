@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
                         "frames), the stability rule of the pipeline (0: a fixed --max-bond-dev)")
     p.add_argument("--compile", action="store_true",
                    help="compile the MD step with torch.compile (faster long runs; compiling takes a while)")
+    p.add_argument("--bead-masses", choices=["mapped", "represented"], default="mapped",
+                   help="masses in the dynamics: the model's (mapped atoms) or every atom counted once, unmapped "
+                        "atoms given to the nearest bead (needs --mapping; heavier beads allow a larger --dt; "
+                        "the sampled distribution is the same)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_quiet(p)
@@ -176,7 +180,10 @@ def _simulate(a: argparse.Namespace) -> int:
 
     dev = pick_device(a.device)
     pot = CGPotential.load(a.model, dev)
-    R, *_ = _frames(a.start, _mapping(a.mapping, a.start))
+    mapping = _mapping(a.mapping, a.start)
+    if a.bead_masses == "represented" and mapping is None:
+        raise InputError("--bead-masses represented needs --mapping (the atoms each bead stands for)")
+    R, *_ = _frames(a.start, mapping)
     if R.shape[1] != pot.n_beads:
         raise InputError(f"{a.start}: frames have {R.shape[1]} particles, the model has {pot.n_beads} beads "
                          "(give --mapping for all-atom frames)")
@@ -185,7 +192,8 @@ def _simulate(a: argparse.Namespace) -> int:
                                       stop=a.max_bond_dev > 0, stop_base=a.max_bond_dev if a.max_bond_dev > 0 else 0.5,
                                       stop_widen=a.widen, compile=a.compile), source="cgwb cg simulate")
     traj = simulate_cg(pot, R, cfg, reference=R if a.widen > 0 else None, device=dev, seed=a.seed,
-                       progress=not a.quiet)
+                       progress=not a.quiet,
+                       masses=mapping.represented_masses() if a.bead_masses == "represented" else None)
     sp = traj.speed
     print(f"{traj.n_replicas} replicas x {a.steps} steps of {a.dt:g} fs: {sp['bead_steps_per_s']:.3g} bead-steps/s, "
           f"{sp['ns_per_day']:.1f} ns/day; {int(round(traj.stable_fraction * traj.n_replicas))}/{traj.n_replicas} stable")

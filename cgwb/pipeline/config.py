@@ -122,7 +122,10 @@ class CGSection(ForceMatchingConfig):
     md_ns : CG simulated time summed over ``replicas`` (ns); None: as long as the AA reference. Replicas run
     as one batch, so many replicas cost little more than a few. save_fs : fs between saved CG frames (None:
     the reference's frame interval). compile : compile the CG MD step (``torch.compile``; tens of seconds
-    to compile on CPU, then about 2.5x faster at 256 replicas in ``benchmarks/cg_md_speed.py``).
+    to compile on CPU, then about 2.5x faster at 256 replicas in ``benchmarks/cg_md_speed.py``). bead_masses :
+    the beads' masses in the dynamics: ``"mapped"`` (the mapped atoms' masses; a Cα bead weighs 12 amu) or
+    ``"represented"`` (every atom counted once, :meth:`cg.mapping.Mapping.represented_masses`: a Cα bead
+    carries its residue), which allows a ~3x larger time step; the sampled distribution is the same.
     """
 
     force_map: Literal["auto", "sum", "optimal"] = "auto"  # type: ignore[assignment]
@@ -132,6 +135,7 @@ class CGSection(ForceMatchingConfig):
     md_ns: float | None = Field(8.0, gt=0)
     save_fs: float | None = Field(100.0, gt=0)
     compile: bool = False
+    bead_masses: Literal["mapped", "represented"] = "mapped"
 
     def forcematching(self, force_map: str, constraints: str = "none") -> ForceMatchingConfig:
         """The recipe config, with ``auto`` already resolved into ``force_map`` and the reference's

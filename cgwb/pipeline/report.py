@@ -27,6 +27,8 @@ SUMMARY_KEYS = [
     ("cg_bonded_js_max_floor", "CG MD: bonded JS noise floor (max)", ""),
     ("cg_stable_fraction", "CG MD: stable replicas", ""),
     ("cg_md_ns_per_day", "CG MD: ns/day, summed over replicas", "ns/day"),
+    ("cg_md_timestep_fs", "CG MD: time step", "fs"),
+    ("cg_md_bead_masses", "CG MD: bead masses (mapped atoms, or every atom it represents)", ""),
     ("aa_ns_per_day", "AA sampling (OpenMM, all copies, equilibration included): ns/day", "ns/day"),
     ("cg_md_speedup_vs_aa", "CG MD ns/day over AA sampling ns/day, same machine (goal >= 100 for peptides)", ""),
     ("cg_rg_js", "CG MD (peptides): radius-of-gyration JS", ""),
@@ -48,6 +50,8 @@ SUMMARY_KEYS = [
     ("backmap_recon_rmsd_all", "Backmapping, posterior reconstruction: all-atom RMSD", "Å"),
     ("backmap_valid_ratio", "Backmapping, prior samples: valid bond graphs", ""),
     ("backmap_clash_rate", "Backmapping, prior samples: clash rate", ""),
+    ("backmap_relaxed_valid_ratio", "Backmapping, relaxed prior samples: valid bond graphs", ""),
+    ("backmap_relaxed_clash_rate", "Backmapping, relaxed prior samples: clash rate", ""),
 ]
 
 

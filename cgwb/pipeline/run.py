@@ -19,7 +19,7 @@ from . import steps, steps_cg
 
 
 #: backmapping settings that only change the evaluation (held-out figures), not the trained model
-BACKMAP_EVAL_KEYS = ("frames", "samples", "temperature", "relax", "relax_k")
+BACKMAP_EVAL_KEYS = ("frames", "samples", "temperature", "relax", "relax_k", "relax_hold")
 
 
 def build_stages(cfg: RunConfig) -> list[Stage]:

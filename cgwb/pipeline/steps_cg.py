@@ -132,12 +132,14 @@ def cg_md(ctx: RunContext) -> dict[str, Any]:
     n_steps = max(100, int(total_fs / c["timestep_fs"] / c["replicas"]))
     save_every = max(1, int(round((c["save_fs"] or frame_fs) / c["timestep_fs"])))
     sim = cfg.section("cg").simulation(n_steps, save_every, cfg["system"]["temperature"])
+    masses = m.represented_masses() if c["bead_masses"] == "represented" else None
     traj = simulate_cg(pot, ref_cg, sim, reference=ref_cg, device=_device(ctx), seed=cfg["seed"],
-                       progress=ctx.progress)
+                       progress=ctx.progress, masses=masses)
     traj.save(ctx.file("cg_md.npz"))
     R = traj.frames()
     out = {"cg_stable_fraction": traj.stable_fraction, "cg_md_frames": len(R),
            "cg_md_ps_total": n_steps * c["timestep_fs"] * c["replicas"] / 1000,
+           "cg_md_timestep_fs": c["timestep_fs"], "cg_md_bead_masses": c["bead_masses"],
            "cg_md_bead_steps_per_s": traj.speed.get("bead_steps_per_s", float("nan")),
            "cg_md_ns_per_day": traj.speed.get("ns_per_day", float("nan"))}
     aa_speed = ctx.results.get("aa_ns_per_day")
