@@ -109,8 +109,11 @@ def label(R: np.ndarray, z: np.ndarray, workers: int = 1, progress: bool = True)
 
 
 def make_md22(name: str, out: Path | None = None, n_frames: int | None = None, workers: int = 1,
-              progress: bool = True, sampler: str | None = None):
-    """Load the cached set ``name`` (see ``MOLECULES``), or make it; returns a :class:`forcefield.Dataset`."""
+              progress: bool = True, sampler: str | None = None, save_every: int = 20):
+    """Load the cached set ``name`` (see ``MOLECULES``), or make it; returns a :class:`forcefield.Dataset`.
+
+    ``save_every``: MMFF94 steps (0.5 fs) between frames (20: 10 fs; MD22's training points are ~14 frames of
+    its trajectories apart, so sets for thousands of training points want sparser frames)."""
     from forcefield import Dataset, load_dataset
     from forcefield.reference import xtb_md
 
@@ -129,7 +132,7 @@ def make_md22(name: str, out: Path | None = None, n_frames: int | None = None, w
         # extend: the trajectory goes on from the cached last frame (already at 500 K; fresh Maxwell-Boltzmann
         # velocities, a new noise seed), so the set stays one contiguous run; only the new frames are labelled
         n0 = len(cached)
-        R = mmff_md(mol, cached.R[-1], n_frames - n0, progress=progress, seed=1 + n0, warm=0)
+        R = mmff_md(mol, cached.R[-1], n_frames - n0, progress=progress, seed=1 + n0, warm=0, save_every=save_every)
         R = np.concatenate([cached.R, R])
         t1 = time.perf_counter()
         E, F = label(R[n0:], z, workers, progress)
@@ -142,12 +145,12 @@ def make_md22(name: str, out: Path | None = None, n_frames: int | None = None, w
                     progress=progress)
         ds.extra.pop("times_fs", None)
     else:
-        R = mmff_md(mol, R0, n_frames, progress=progress)
+        R = mmff_md(mol, R0, n_frames, progress=progress, save_every=save_every)
         t1 = time.perf_counter()
         E, F = label(R, z, workers, progress)
         print(f"{name}: MMFF94 sampling {t1 - t0:.0f} s, GFN2-xTB labels {time.perf_counter() - t1:.0f} s")
         ds = Dataset(R=R, z=z, E=E, F=F, name=name,
-                     theory="GFN2-xTB labels on MMFF94 Langevin MD frames (500 K)")
+                     theory=f"GFN2-xTB labels on MMFF94 Langevin MD frames (500 K, every {save_every / 2:g} fs)")
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save(out)
     print(f"made {out}: {len(ds)} frames x {len(z)} atoms in {time.perf_counter() - t0:.0f} s")
@@ -161,9 +164,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=1, help="Dask workers for the xTB labels (MMFF-sampled sets)")
     ap.add_argument("--sampler", choices=["mmff", "xtb"], default=None, help="sampling method (default: mmff)")
+    ap.add_argument("--save-every", type=int, default=20, help="MMFF94 steps of 0.5 fs between frames")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_args()
-    ds = make_md22(a.molecule, a.out, a.frames, a.workers, progress=not a.quiet, sampler=a.sampler)
+    ds = make_md22(a.molecule, a.out, a.frames, a.workers, progress=not a.quiet, sampler=a.sampler,
+                   save_every=a.save_every)
     print(ds.summary())
 
 

@@ -32,7 +32,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def load(name: str, frames: int | None = None):
+def load(name: str, frames: int | None = None, data: str | None = None):
+    if data:
+        from forcefield import load_dataset
+
+        ds = load_dataset(data)
+        return ds[:frames] if frames else ds
     sys.path.insert(0, str(HERE))
     if name == "aspirin":
         from kernel_make_aspirin import make_aspirin
@@ -114,7 +119,7 @@ def worker(a) -> None:
     from forcefield import KernelForceField
 
     torch.set_num_threads(a.threads)
-    ds = load(a.molecule, a.frames)
+    ds = load(a.molecule, a.frames, a.data)
     tr, test = split(ds, a.worker)
     perms = perms_for(a, ds, tr)
     ff = KernelForceField(sigma=a.sigma, perms=perms, rtol=a.rtol, cache_gb=a.cache_gb,
@@ -134,7 +139,7 @@ def worker(a) -> None:
 
 def run_worker(a, M: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(M), "--molecule", a.molecule, "--sigma", str(a.sigma),
-           "--frames", str(a.frames or 0),
+           "--frames", str(a.frames or 0), *(["--data", a.data] if a.data else []),
            "--threads", str(a.threads), "--rtol", str(a.rtol), "--perms", a.perms, "--max-perms", str(a.max_perms),
            "--cache-gb", str(a.cache_gb), "--max-memory-gb", str(a.max_memory_gb)]
     if a.checkpoint:
@@ -155,6 +160,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--molecule", default="ac-ala3-nhme", help="ac-ala3-nhme, dha, ac-ala13-nhme or aspirin")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000])
+    ap.add_argument("--data", default=None, help="a dataset file to use instead of the molecule's cached set")
     ap.add_argument("--frames", type=int, default=None,
                     help="frames of the set to use (default: the set's default size; more extends the cached set)")
     ap.add_argument("--sigma", type=float, default=50.0)
@@ -177,7 +183,7 @@ def main() -> None:
         return
     import torch
 
-    ds = load(a.molecule, a.frames)
+    ds = load(a.molecule, a.frames, a.data)
     load0 = os.getloadavg()
     print(f"{a.molecule}: {len(ds)} frames x {ds.n_atoms} atoms; sigma {a.sigma:g}; {a.threads} torch threads; "
           f"load average {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} on {os.cpu_count()} cores", flush=True)
