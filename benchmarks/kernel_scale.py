@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="only the GEMM and product rates")
     ap.add_argument("--progress", action="store_true", help="show the training's PCG progress (residual) on stderr")
     ap.add_argument("--maxiter", type=int, default=3000,
-                    help="PCG iterations at most, counted from the start of a resumed solve (default: %(default)s)")
+                    help="PCG iterations at most, those before a resume included (default: %(default)s)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
