@@ -55,7 +55,7 @@ def test_rerun_skips_finished_stages(quick_run):
     assert again["kernel_force_mae"] == report["kernel_force_mae"]
 
 
-def test_evaluation_settings_do_not_retrain(quick_run, tmp_path):
+def test_evaluation_settings_do_not_retrain(quick_run, tmp_path, monkeypatch):
     """Changing only how the backmapper and CG model are evaluated or simulated re-runs those stages alone."""
     import shutil
 
@@ -65,12 +65,21 @@ def test_evaluation_settings_do_not_retrain(quick_run, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(out, folder)
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[backmap]\nsamples = 3\n[cg]\nreplicas = 3\n")
+    cfg.write_text('[backmap]\nsamples = 3\n[cg]\nreplicas = 3\nbead_masses = "represented"\n')
+    from cg import Mapping
+    from cg.simulate import CGTrajectory
+
+    # the learned map here holds every atom (represented = mapped masses): double them to see them reach the MD
+    monkeypatch.setattr(Mapping, "represented_masses", lambda self: 2.0 * self.masses)
     logs: list[str] = []
     again = run_pipeline(load_config(cfg, quick=True), out=folder, progress=False, log=logs.append)
     ran = [line.split("]")[0][1:] for line in logs if line.endswith("running")]
     assert ran == ["cg_md", "backmap_eval", "backmap_cg"], ran
     assert again["backmap_samples"] == 3 and report["backmap_samples"] == 2
+    # the CG MD ran with the represented masses (the model keeps its mapped ones)
+    m = Mapping.load(folder / "mapping.json")
+    assert again["cg_md_bead_masses"] == "represented" and report["cg_md_bead_masses"] == "mapped"
+    assert np.allclose(CGTrajectory.load(folder / "cg_md.npz").masses, 2.0 * m.masses)
 
 
 def test_crash_midway_resumes_from_finished_stages(tmp_path, monkeypatch):
