@@ -71,18 +71,18 @@ def _held(z: np.ndarray, held: np.ndarray | None) -> np.ndarray:
 _BONDED = ("HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "CMAPTorsionForce")
 
 
-def _restrained_context(system, held: np.ndarray, k_restraint: float):
-    """An OpenMM Context of ``system`` plus harmonic position restraints on the ``held`` atoms (set later)."""
+def _restrained_context(system, held: np.ndarray):
+    """An OpenMM Context of ``system`` plus harmonic position restraints on the ``held`` atoms (strengths and
+    centres set per structure)."""
     import openmm
 
     from forcefield.reference.openmm_md import _platform
-    from forcefield.units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
     force = openmm.CustomExternalForce("0.5*kr*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
     for name in ("kr", "x0", "y0", "z0"):  # kr per atom: 0 releases an atom
         force.addPerParticleParameter(name)
     for a in held:
-        force.addParticle(int(a), [k_restraint * KJ_PER_KCAL * ANGSTROM_PER_NM**2, 0.0, 0.0, 0.0])
+        force.addParticle(int(a), [0.0, 0.0, 0.0, 0.0])
     system.addForce(force)
     ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), _platform(None, system.getNumParticles()))
     return ctx, force
@@ -147,8 +147,8 @@ def relax_openmm(R: np.ndarray, pdb: str | os.PathLike, z: np.ndarray, k_restrai
         for i in reversed(range(bonded.getNumForces())):
             if type(bonded.getForce(i)).__name__ not in _BONDED:
                 bonded.removeForce(i)
-        stages.append(_restrained_context(bonded, hold, k_restraint))
-    stages.append(_restrained_context(system, hold, k_restraint))
+        stages.append(_restrained_context(bonded, hold))
+    stages.append(_restrained_context(system, hold))
     out = np.empty_like(R)
     for s in tqdm(range(len(R)), desc="relax (OpenMM)", disable=not progress, mininterval=1.0):
         r_nm = R[s] / ANGSTROM_PER_NM

@@ -128,10 +128,7 @@ class Mapping:
         if self.atom_bonds is None:
             raise InputError("the mapping has no atomic bond graph, so unmapped atoms cannot be given to beads")
         owner = self.assignment()
-        nbr: list[list[int]] = [[] for _ in range(self.n_atoms)]
-        for i, j in self.atom_bonds:
-            nbr[i].append(int(j))
-            nbr[j].append(int(i))
+        nbr = topo.neighbours(self.atom_bonds, self.n_atoms)
         frontier = [int(i) for b in self.beads for i in b]  # bead order: ties go to the lower index
         while frontier:
             nxt = []
