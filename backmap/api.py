@@ -23,7 +23,7 @@ import torch
 from forcefield.errors import InputError
 from forcefield.fileio import atomic_path
 
-from .losses import BackmapLoss, GeometryTerms
+from .losses import BackmapLoss, GeometryTerms, equivalent_groups
 from .model import CGVAE, ModelConfig
 from .sample import reconstruct_positions, relax_callable, relax_openmm, sample_positions
 from .train import History, TrainConfig, train_model
@@ -154,7 +154,8 @@ class Backmapper:
         torch.manual_seed(tc.seed)
         self.model = CGVAE(cfg, host, weights)
         loss = BackmapLoss(GeometryTerms.build(self.bonds, R, tc.clash_distance), tc.beta, tc.gamma_bond,
-                           tc.gamma_angle, tc.gamma_clash, tc.gamma_prior)
+                           tc.gamma_angle, tc.gamma_clash, tc.gamma_prior,
+                           groups=equivalent_groups(self.bonds, self.z) if tc.match_equivalent else None)
         self.history = train_model(self.model, loss, R, X, tc, self.device, checkpoint, resume, progress,
                                    extra={"mapping": m.to_dict()}, lengths=lengths, log_dir=log_dir,
                                    devices=devices, accelerator=accelerator, strategy=strategy, num_nodes=num_nodes)

@@ -39,7 +39,7 @@ from torch import nn
 from cg.nets.equivariant import EquivariantStack
 from forcefield.errors import InputError
 
-from .losses import GeometryTerms
+from .losses import GeometryTerms, _pair_d, equivalent_groups, group_buffers, matched_sq_error
 from .train import History, TrainConfig, cosine_adam
 
 __all__ = ["DecoderConfig", "E3nnDecoder", "topology_tokens", "train_e3nn_decoder", "fit_e3nn_decoder"]
@@ -223,50 +223,21 @@ class E3nnDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------- training
-def _pair_d(R: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(((R[:, p[:, 0]] - R[:, p[:, 1]]) ** 2).sum(-1) + 1e-10)
-
-
-def equivalent_groups(bonds: np.ndarray, z: np.ndarray) -> list[list[int]]:
-    """Groups of interchangeable atoms: terminal atoms (one bond) of one element on the same atom, e.g. the
-    hydrogens of a methyl or NH2 group, or the oxygens of a carboxylate (at least two per group)."""
-    bonds = np.asarray(bonds, dtype=int).reshape(-1, 2)
-    deg = np.bincount(bonds.ravel(), minlength=len(z))
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, j in bonds.tolist():
-        for a, b in ((i, j), (j, i)):
-            if deg[a] == 1 and deg[b] > 1:
-                groups.setdefault((b, int(z[a])), []).append(a)
-    return [sorted(g) for g in groups.values() if 2 <= len(g) <= 4]
-
-
 class GeometryBuffers(nn.Module):
     """Index pairs and clash hinges of :class:`backmap.losses.GeometryTerms`, and groups of interchangeable
     atoms (:func:`equivalent_groups`, by size), as buffers (they follow the module's device)."""
 
     def __init__(self, terms: GeometryTerms, groups: list[list[int]] | None = None) -> None:
         super().__init__()
-        import itertools
-
         for k in ("bonds", "angles13", "nonbonded"):
             self.register_buffer(k, torch.as_tensor(np.asarray(getattr(terms, k)), dtype=torch.long).reshape(-1, 2))
         self.register_buffer("clash_t", torch.as_tensor(np.asarray(terms.clash_t), dtype=torch.float32))
-        self.sizes = sorted({len(g) for g in groups or []})
-        for m in self.sizes:
-            self.register_buffer(f"groups{m}", torch.tensor([g for g in groups if len(g) == m], dtype=torch.long))
-            self.register_buffer(f"perms{m}", torch.tensor(list(itertools.permutations(range(m))), dtype=torch.long))
+        self.sizes = group_buffers(self, groups)
 
     def coordinate_error(self, P: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """Mean squared atom error (Å²) of draws P (b, K, N, 3) against R (b, N, 3), each group of
         interchangeable atoms matched in its best order: (b, K)."""
-        d = ((P - R[:, None]) ** 2).sum(-1)                                   # (b, K, N)
-        total = d.sum(-1)
-        for m in self.sizes:
-            g, perms = getattr(self, f"groups{m}"), getattr(self, f"perms{m}")
-            D = ((P[:, :, g][..., :, None, :] - R[:, None, g][..., None, :, :]) ** 2).sum(-1)   # (b, K, G, m, m)
-            cost = D[..., torch.arange(m, device=P.device), perms].sum(-1)          # (b, K, G, m!)
-            total = total - d[:, :, g].sum((-1, -2)) + cost.min(-1).values.sum(-1)
-        return total / P.shape[2]
+        return matched_sq_error(self, self.sizes, P, R[:, None])
 
 
 def imle_loss(model: E3nnDecoder, terms: GeometryBuffers, R: torch.Tensor, X: torch.Tensor, tc: TrainConfig,

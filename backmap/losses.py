@@ -4,7 +4,10 @@ total = MSE(coordinates) + beta * KL(q || p) / N + gamma_bond * MSE(bond lengths
         + gamma_angle * MSE(1-3 distances) + gamma_clash * mean(hinge^2 on non-bonded pairs)
 
 * Coordinates: squared distance between decoded and true atoms, averaged over atoms and frames (Å²); no
-  alignment is needed, as the decoder works in the frame of the CG input.
+  alignment is needed, as the decoder works in the frame of the CG input. Interchangeable atoms (the
+  hydrogens of a methyl, :func:`equivalent_groups`) are matched in their best order: otherwise the labels
+  make a methyl's three staggered positions three different targets, the prior cannot represent that
+  three-fold choice from the CG frame, and prior samples put methyls at random rotor angles.
 * KL: between the diagonal Gaussian posterior and the CG-conditioned prior, summed over latent dimensions
   and beads, divided by the atom count N (nats per atom), averaged over frames.
 * Bond lengths and bonded geometry: squared errors of the 1-2 (bond) and 1-3 (angle-spanning) distances
@@ -53,6 +56,44 @@ def _pair_d(R: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(((R[:, p[:, 0]] - R[:, p[:, 1]]) ** 2).sum(-1) + 1e-10)
 
 
+def equivalent_groups(bonds: np.ndarray, z: np.ndarray) -> list[list[int]]:
+    """Groups of interchangeable atoms: terminal atoms (one bond) of one element on the same atom, e.g. the
+    hydrogens of a methyl or NH2 group, or the oxygens of a carboxylate (at least two per group)."""
+    bonds = np.asarray(bonds, dtype=int).reshape(-1, 2)
+    deg = np.bincount(bonds.ravel(), minlength=len(z))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, j in bonds.tolist():
+        for a, b in ((i, j), (j, i)):
+            if deg[a] == 1 and deg[b] > 1:
+                groups.setdefault((b, int(z[a])), []).append(a)
+    return [sorted(g) for g in groups.values() if 2 <= len(g) <= 4]
+
+
+def group_buffers(module: torch.nn.Module, groups: list[list[int]] | None) -> list[int]:
+    """Register ``groups{m}`` (G, m) and ``perms{m}`` (m!, m) buffers on ``module`` for each group size m;
+    returns the sizes (for :func:`matched_sq_error`)."""
+    import itertools
+
+    sizes = sorted({len(g) for g in groups or []})
+    for m in sizes:
+        module.register_buffer(f"groups{m}", torch.tensor([g for g in groups if len(g) == m], dtype=torch.long))
+        module.register_buffer(f"perms{m}", torch.tensor(list(itertools.permutations(range(m))), dtype=torch.long))
+    return sizes
+
+
+def matched_sq_error(module: torch.nn.Module, sizes: list[int], P: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Mean squared atom error (Å²) of P (..., N, 3) against R (broadcastable), each group of interchangeable
+    atoms (buffers of :func:`group_buffers`) matched in its best order: shape (...)."""
+    d = ((P - R) ** 2).sum(-1)                                                   # (..., N)
+    total = d.sum(-1)
+    for m in sizes:
+        g, perms = getattr(module, f"groups{m}"), getattr(module, f"perms{m}")
+        D = ((P[..., g, :][..., :, None, :] - R[..., g, :][..., None, :, :]) ** 2).sum(-1)  # (..., G, m, m)
+        cost = D[..., torch.arange(m, device=P.device), perms].sum(-1)          # (..., G, m!)
+        total = total - d[..., g].sum((-1, -2)) + cost.min(-1).values.sum(-1)
+    return total / P.shape[-2]
+
+
 def kl_gaussians(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor, lv_p: torch.Tensor) -> torch.Tensor:
     """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) summed over the last axis."""
     return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) / torch.exp(lv_p) - 1.0).sum(-1)
@@ -62,8 +103,12 @@ class BackmapLoss(torch.nn.Module):
     """Weighted sum of the terms above; ``forward`` returns (total, dict of detached parts)."""
 
     def __init__(self, terms: GeometryTerms, beta: float = 0.01, gamma_bond: float = 10.0,
-                 gamma_angle: float = 5.0, gamma_clash: float = 10.0, gamma_prior: float = 0.2) -> None:
+                 gamma_angle: float = 5.0, gamma_clash: float = 10.0, gamma_prior: float = 0.2,
+                 groups: list[list[int]] | None = None) -> None:
+        """``groups``: interchangeable atoms (:func:`equivalent_groups`) matched in their best order in the
+        coordinate term (None: every atom against its own label)."""
         super().__init__()
+        self.sizes = group_buffers(self, groups)
         self.register_buffer("bonds", torch.as_tensor(terms.bonds, dtype=torch.long).reshape(-1, 2))
         self.register_buffer("angles13", torch.as_tensor(terms.angles13, dtype=torch.long).reshape(-1, 2))
         self.register_buffer("nonbonded", torch.as_tensor(terms.nonbonded, dtype=torch.long).reshape(-1, 2))
@@ -77,7 +122,7 @@ class BackmapLoss(torch.nn.Module):
         P = out["R"]
         beta = self.beta if beta is None else beta
         n_atoms = P.shape[1]
-        parts = {"coord": ((P - R) ** 2).sum(-1).mean(),
+        parts = {"coord": matched_sq_error(self, self.sizes, P, R).mean(),
                  "kl": kl_gaussians(out["mu_q"], out["lv_q"], out["mu_p"], out["lv_p"]).sum(-1).mean() / n_atoms}
         zero = P.new_zeros(())
         parts["bond"] = ((_pair_d(P, self.bonds) - _pair_d(R, self.bonds)) ** 2).mean() if len(self.bonds) else zero

@@ -45,6 +45,8 @@ class TrainConfig:
     gamma_prior: float = 0.2  # weight of the bonded/clash terms on decoded prior draws (relative to the above;
     #                           larger: more valid samples, less exact posterior reconstruction)
     clash_distance: float = 2.0
+    match_equivalent: bool = True  # interchangeable atoms (methyl hydrogens...) matched in their best order in the
+    #                                coordinate loss (backmap.losses.equivalent_groups)
     seed: int = 0
     grad_clip: float = 10.0
 

@@ -253,3 +253,34 @@ def test_evaluation_reports_relaxed_samples_apart(trained, ala_md):
     # restrained: the heavy atoms move toward chemistry, not away from the structure (here, a briefly trained
     # model's distorted samples, relaxing brings them closer to the reference)
     assert out["relaxed_rmsd_heavy"] <= out["prior_rmsd_heavy"] + 0.05
+
+
+def test_vae_loss_matches_methyl_hydrogens_in_best_order(ala_pdb, rng):
+    """The VAE's coordinate term: a relabelled methyl costs nothing with groups, as much as a plain per-atom
+    error without them; near the reference (no relabelling helps) both agree exactly."""
+    from backmap.losses import BackmapLoss, GeometryTerms, equivalent_groups
+    from forcefield import open_universe
+    from forcefield.geometry import covalent_bonds
+    from forcefield.universe import elements_of
+
+    u = open_universe(ala_pdb)
+    R0 = u.atoms.positions.astype(float)
+    z = np.asarray(elements_of(u.atoms))
+    bonds = covalent_bonds(R0, z)
+    terms = GeometryTerms.build(bonds, R0[None], 2.0)
+    matched = BackmapLoss(terms, groups=equivalent_groups(bonds, z))
+    plain = BackmapLoss(terms)
+    R = torch.tensor(R0[None])
+    lat = {k: torch.zeros(1, 3, 4, dtype=torch.float64) for k in ("mu_q", "lv_q", "mu_p", "lv_p")}
+
+    def coord(loss, P):
+        return loss({"R": P, **lat}, R)[1]["coord"]
+
+    P = R.clone()
+    for g in equivalent_groups(bonds, z):
+        P[0, g] = R[0, np.roll(g, 1)]
+    assert coord(plain, P) > 0.5
+    assert coord(matched, P) == pytest.approx(0.0, abs=1e-12)
+    Q = R + torch.tensor(rng.normal(scale=0.01, size=R.shape))
+    assert coord(matched, Q) == pytest.approx(coord(plain, Q), rel=1e-12)
+    assert coord(plain, Q) > 0
