@@ -122,7 +122,8 @@ def worker(a) -> None:
     ds = load(a.molecule, a.frames, a.data)
     tr, test = split(ds, a.worker)
     perms = perms_for(a, ds, tr)
-    ff = KernelForceField(sigma=a.sigma, lam=a.lam, perms=perms, rtol=a.rtol, cache_gb=a.cache_gb,
+    ff = KernelForceField(sigma=a.sigma, lam=a.lam, preconditioner=a.preconditioner, rank_per_point=a.rank_per_point,
+                          perms=perms, rtol=a.rtol, cache_gb=a.cache_gb,
                           max_memory_gb=a.max_memory_gb, checkpoint=a.checkpoint, progress=a.progress,
                           maxiter=a.maxiter)
     t0 = time.perf_counter()
@@ -139,7 +140,8 @@ def worker(a) -> None:
 
 def run_worker(a, M: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(M), "--molecule", a.molecule, "--sigma", str(a.sigma),
-           "--lam", str(a.lam),
+           "--lam", str(a.lam), "--preconditioner", a.preconditioner,
+           *(["--rank-per-point", str(a.rank_per_point)] if a.rank_per_point else []),
            "--frames", str(a.frames or 0), *(["--data", a.data] if a.data else []),
            "--threads", str(a.threads), "--rtol", str(a.rtol), "--perms", a.perms, "--max-perms", str(a.max_perms),
            "--cache-gb", str(a.cache_gb), "--max-memory-gb", str(a.max_memory_gb)]
@@ -167,6 +169,8 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=50.0)
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--lam", type=float, default=1e-10, help="regulariser λ of (K + λ I) (sgdml's default 1e-10)")
+    ap.add_argument("--preconditioner", choices=["schur", "woodbury"], default="schur")
+    ap.add_argument("--rank-per-point", type=int, default=None, help="Woodbury: directions kept per inducing point")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--perms", choices=["auto", "none"], default="auto")
     ap.add_argument("--max-perms", type=int, default=100, help="largest detected group kept (max_size)")

@@ -173,3 +173,27 @@ def test_killed_pcg_resumes_from_its_checkpoint(tmp_path):
     assert float((kern.matvec(res.x, 1e-4) - y).norm() / y.norm()) < 1e-8  # the true residual
     ref = pcg(lambda v: kern.matvec(v, 1e-4), y, None, rtol=1e-10, maxiter=20000)
     assert float((res.x - ref.x).norm() / ref.x.norm()) < 1e-6
+
+
+def test_woodbury_on_leading_directions_fits_its_budget_and_agrees_with_cholesky(train):
+    """Woodbury keeping r leading directions per inducing point: the memory budget (factor plus one pivoting
+    step's columns) bounds the points, the factor has at most r columns per point, the solve agrees with the
+    direct one."""
+    from forcefield import KernelForceField
+    from forcefield.kernel.solvers import NystromPreconditioner
+
+    t, ds = train
+    kern = HessianKernel(t, 10.0)
+    n, w = kern.n_unknowns, kern.width
+    col = 8.0 * n * w  # bytes of one point's kernel columns
+    P = NystromPreconditioner(kern, 1e-8, 6, max_bytes=col + 3 * 8.0 * n * 11, rank_per_point=11)
+    assert len(P.points) == 3 and 0 < P.n_columns <= 3 * 11
+    kw = dict(sigma=10.0, lam=1e-8, perms=METHYL)
+    ref = KernelForceField(solver="cholesky", **kw).fit(ds.R[:14], ds.z, F=ds.F[:14])
+    ff = KernelForceField(solver="cg", rtol=1e-10, maxiter=20000, n_inducing=6, preconditioner="woodbury",
+                          rank_per_point=11, **kw).fit(ds.R[:14], ds.z, F=ds.F[:14])
+    assert ff.info["preconditioner"] == "woodbury" and ff.info["rank_per_point"] == 11
+    assert ff.info["n_columns"] <= 6 * 11
+    _, F_ref = ref.predict(ds.R[14:20])
+    _, F = ff.predict(ds.R[14:20])
+    assert np.abs(F - F_ref).max() <= 1e-5 * np.abs(F_ref).max()

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
                    help="also fit the training energies (sGDML's use_E_cstr; needs E in the dataset)")
     p.add_argument("--preconditioner", choices=["schur", "woodbury"], default="schur",
                    help="PCG preconditioner (default: %(default)s)")
+    p.add_argument("--rank-per-point", type=int, default=None,
+                   help="Woodbury: leading directions kept per inducing geometry (default: all, or automatic)")
     p.add_argument("--n-inducing", type=int, default=None,
                    help="inducing geometries of the preconditioner (default: from the problem size)")
     p.add_argument("--max-memory", type=float, default=4.0,
@@ -126,6 +128,7 @@ def _train(a: argparse.Namespace) -> int:
     ff = KernelForceField(sigma=a.sigma if len(a.sigma) > 1 else a.sigma[0], lam=a.lam,
                           perms=None if a.no_sym else "auto", solver=a.solver, rtol=a.rtol,
                           energy_constraints=a.energy_constraints, preconditioner=a.preconditioner,
+                          rank_per_point=a.rank_per_point,
                           n_inducing=a.n_inducing, max_memory_gb=a.max_memory,
                           device=pick_device(a.device), checkpoint=a.checkpoint, progress=not a.quiet)
     t0 = time.perf_counter()

@@ -87,6 +87,10 @@ class KernelForceField:
     preconditioner : ``"schur"`` (default: :class:`~forcefield.kernel.precond.SchurPreconditioner`, applied
         matrix-free, memory linear in M) or ``"woodbury"`` (the same Nyström/PITC idea with a stored
         3NM x k factor, :class:`~forcefield.kernel.solvers.NystromPreconditioner`).
+    rank_per_point : Woodbury only: keep this many leading residual directions of each inducing point (None:
+        all 3N), so that a memory budget holds more points. On Ac-Ala3-NHMe (M = 2,000, 100 fs frames, 2.37
+        GiB) 82 points x 13 directions stood at relative residual 0.14 after 1,500 PCG iterations, Schur on the
+        8 whole points that budget allows at 0.11, so Schur stays the default.
     max_memory_gb : memory budget for the preconditioner's factor (3NM x k numbers, k = 3N per inducing
         point; the Schur form holds it only while it is built).
     cache_gb : the PCG keeps the kernel profile (16 M² P bytes) when it fits this budget, else it is
@@ -101,7 +105,8 @@ class KernelForceField:
 
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
                  solver: str = "auto", rtol: float = 1e-3, maxiter: int = 3000, n_inducing: int | None = None,
-                 preconditioner: str = "schur", cholesky_max: int = 8000, max_memory_gb: float = 4.0,
+                 preconditioner: str = "schur", rank_per_point: int | None = None, cholesky_max: int = 8000,
+                 max_memory_gb: float = 4.0,
                  cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
@@ -111,6 +116,7 @@ class KernelForceField:
         if preconditioner not in ("schur", "woodbury"):
             raise InputError(f"preconditioner must be 'schur' or 'woodbury', got {preconditioner!r}")
         self.preconditioner = preconditioner
+        self.rank_per_point = rank_per_point
         self.sigma = sigma
         self.lam = float(lam)
         self.perms_opt = perms
@@ -225,13 +231,15 @@ class KernelForceField:
             m = self.n_inducing or n_inducing_points(M, n, len(perms))
             t1 = time.perf_counter()
             pb = max(1, min(8, m // 4))
-            if self.preconditioner == "schur":
-                P = SchurPreconditioner(kern, self.lam, m, max_bytes=self.max_memory_gb * 2 ** 30,
-                                        pivot_block=pb, progress=self.progress)
+            budget = self.max_memory_gb * 2 ** 30
+            kind, rpp = self.preconditioner, self.rank_per_point if self.preconditioner == "woodbury" else None
+            if kind == "schur":
+                P = SchurPreconditioner(kern, self.lam, m, max_bytes=budget, pivot_block=pb, progress=self.progress)
             else:
-                P = NystromPreconditioner(kern, self.lam, m, max_bytes=self.max_memory_gb * 2 ** 30,
-                                          pivot_block=pb, progress=self.progress)
-            info.update(n_inducing=len(P.points), n_columns=P.n_columns, precond_s=time.perf_counter() - t1)
+                P = NystromPreconditioner(kern, self.lam, m, max_bytes=budget, pivot_block=pb, rank_per_point=rpp,
+                                          progress=self.progress)
+            info.update(preconditioner=kind, rank_per_point=rpp or kern.width, n_inducing=len(P.points),
+                        n_columns=P.n_columns, precond_s=time.perf_counter() - t1)
             tag = f"{sigma}-{self.lam}-{M}-{perms.tobytes().hex()[:64]}-{R[:2].tobytes().hex()[:64]}"
             res = pcg(lambda v: kern.matvec(v, self.lam), y, P, rtol=self.rtol, maxiter=self.maxiter,
                       checkpoint=self.checkpoint, tag=tag, progress=self.progress)

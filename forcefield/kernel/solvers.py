@@ -82,7 +82,8 @@ def pivoted_nystrom(kernel, n_points: int, resid: torch.Tensor, pivot_block: int
     dev, dt = tr.d.device, tr.d.dtype
     rows_of = kernel.point_rows(torch.arange(M, device=dev))  # (M, w)
     total = float(resid.sum())
-    L = torch.empty(n, n_points * w, dtype=dt, device=dev)
+    per = w if not rank_per_point else min(w, int(rank_per_point))
+    L = torch.empty(n, n_points * per, dtype=dt, device=dev)
     k = 0
     points: list[int] = []
     bar = tqdm(total=n_points, desc="Nyström pivots", disable=not progress, mininterval=1.0)
@@ -147,7 +148,8 @@ class NystromPreconditioner:
     cluster_size : training points per exactly factorised diagonal block (block_diagonal only).
     rank_per_point : keep only this many leading directions of each pivot's residual block (all if None);
         the cost of the Woodbury factor grows with the square of the kept columns.
-    max_bytes : memory allowed for the n x k factor; fewer points are used if it would not fit.
+    max_bytes : memory allowed for the n x k factor and the kernel columns of one pivoting step; fewer points
+        (and points per step) are used if they would not fit.
     pivot_block : training points taken per pivoting step (the ones with the largest residual traces);
         more than one turns the updates into matrix-matrix products (faster for large problems).
     """
@@ -158,7 +160,10 @@ class NystromPreconditioner:
         tr = kernel.train
         M, w = tr.n, kernel.width  # w unknowns per training point (3N, + 1 with energy constraints)
         n = kernel.n_unknowns
-        n_points = int(max(1, min(n_points, M, max_bytes // (8 * n * w))))
+        per = w if not rank_per_point else min(w, int(rank_per_point))  # factor columns per inducing point
+        col = 8.0 * n * w  # bytes of one point's kernel columns (computed per pivoting step)
+        pivot_block = int(max(1, min(pivot_block, max_bytes / 8 // col)))
+        n_points = int(max(1, min(n_points, M, (max_bytes - pivot_block * col) // (8 * n * per))))
         self.cluster_size = max(1, int(cluster_size))
         self.pivot_block = max(1, int(pivot_block))
         self.n = n
