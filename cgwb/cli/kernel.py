@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--preconditioner", choices=["schur", "woodbury"], default="schur",
                    help="PCG preconditioner (default: %(default)s)")
     p.add_argument("--rank-per-point", type=int, default=None,
-                   help="Woodbury: leading directions kept per inducing geometry (default: all, or automatic)")
+                   help="Woodbury: leading directions kept per inducing geometry (default: all)")
     p.add_argument("--n-inducing", type=int, default=None,
                    help="inducing geometries of the preconditioner (default: from the problem size)")
     p.add_argument("--max-memory", type=float, default=4.0,

@@ -106,8 +106,7 @@ class KernelForceField:
     def __init__(self, sigma: float | Sequence[float] = 50.0, lam: float = 1e-10, perms="auto",
                  solver: str = "auto", rtol: float = 1e-3, maxiter: int = 3000, n_inducing: int | None = None,
                  preconditioner: str = "schur", rank_per_point: int | None = None, cholesky_max: int = 8000,
-                 max_memory_gb: float = 4.0,
-                 cache_gb: float = 1.0,
+                 max_memory_gb: float = 4.0, cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
                  progress: bool = False) -> None:
@@ -232,13 +231,13 @@ class KernelForceField:
             t1 = time.perf_counter()
             pb = max(1, min(8, m // 4))
             budget = self.max_memory_gb * 2 ** 30
-            kind, rpp = self.preconditioner, self.rank_per_point if self.preconditioner == "woodbury" else None
-            if kind == "schur":
+            rpp = self.rank_per_point if self.preconditioner == "woodbury" else None
+            if self.preconditioner == "schur":
                 P = SchurPreconditioner(kern, self.lam, m, max_bytes=budget, pivot_block=pb, progress=self.progress)
             else:
                 P = NystromPreconditioner(kern, self.lam, m, max_bytes=budget, pivot_block=pb, rank_per_point=rpp,
                                           progress=self.progress)
-            info.update(preconditioner=kind, rank_per_point=rpp or kern.width, n_inducing=len(P.points),
+            info.update(preconditioner=self.preconditioner, rank_per_point=rpp or kern.width, n_inducing=len(P.points),
                         n_columns=P.n_columns, precond_s=time.perf_counter() - t1)
             tag = f"{sigma}-{self.lam}-{M}-{perms.tobytes().hex()[:64]}-{R[:2].tobytes().hex()[:64]}"
             res = pcg(lambda v: kern.matvec(v, self.lam), y, P, rtol=self.rtol, maxiter=self.maxiter,
