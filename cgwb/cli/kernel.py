@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--max-memory", type=float, default=4.0,
                    help="GiB for the preconditioner's pivoted factor (default: %(default)s)")
     p.add_argument("--no-sym", action="store_true", help="do not detect permutational symmetries")
+    p.add_argument("--std-method", choices=["separable", "posterior"], default="separable",
+                   help="force std of the saved model: fast separable approximation (default) or the GP's "
+                        "force posterior (exact/low-rank, tens of predictions per geometry)")
     p.add_argument("--checkpoint", default=None, help="PCG checkpoint file (resumed from if present)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
@@ -128,7 +131,7 @@ def _train(a: argparse.Namespace) -> int:
     ff = KernelForceField(sigma=a.sigma if len(a.sigma) > 1 else a.sigma[0], lam=a.lam,
                           perms=None if a.no_sym else "auto", solver=a.solver, rtol=a.rtol,
                           energy_constraints=a.energy_constraints, preconditioner=a.preconditioner,
-                          rank_per_point=a.rank_per_point,
+                          rank_per_point=a.rank_per_point, std_method=a.std_method,
                           n_inducing=a.n_inducing, max_memory_gb=a.max_memory,
                           device=pick_device(a.device), checkpoint=a.checkpoint, progress=not a.quiet)
     t0 = time.perf_counter()

@@ -69,7 +69,8 @@ class ActiveConfig(BaseModel):
     sigma: Optional[Union[float, list[float]]] = Field(None, description="None: keep the model's σ each refit")
     cholesky_max: int = Field(20000, ge=0, description="direct solve up to this many unknowns (8 n² bytes, twice "
                                                       "at the peak; PCG beyond)")
-    std_rank: Optional[int] = Field(None, description="rank of the low-rank posterior std (None: automatic)")
+    std_rank: Optional[int] = Field(None, description="rank of the low-rank posterior std (None: automatic); "
+                                                      "only for models with std_method='posterior'")
     seed: int = 0
     progress: bool = False
 
@@ -160,7 +161,8 @@ def _default_label_fn(ds: Dataset) -> Dataset:
 def _refit(ff: KernelForceField, train: Dataset, cfg: ActiveConfig) -> KernelForceField:
     sigma = ff.sigma_ if cfg.sigma is None else cfg.sigma
     new = KernelForceField(sigma=sigma, lam=ff.lam, perms=ff.perms, energy_constraints=ff.energy_constraints,
-                           cholesky_max=cfg.cholesky_max, device=ff.device, progress=cfg.progress)
+                           cholesky_max=cfg.cholesky_max, device=ff.device, progress=cfg.progress,
+                           std_method=getattr(ff, "std_method", "separable"))
     new.fit(train.R, train.z, F=train.F, E=train.E, seed=cfg.seed)
     if cfg.std_rank is not None:
         new.std_options = {"rank": cfg.std_rank}

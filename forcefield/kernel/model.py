@@ -67,6 +67,9 @@ def stratified_split(E: np.ndarray, n_train: int, n_valid: int = 0, n_test: int 
     return tuple(out)
 
 
+STD_METHODS = ("separable", "posterior")
+
+
 class KernelForceField:
     """Symmetrised gradient-domain kernel force field (sGDML family) in torch.
 
@@ -98,6 +101,10 @@ class KernelForceField:
     energy_constraints : also fit the training energies (sGDML's ``use_E_cstr``): one more coefficient per
         training point, the energy-energy and energy-force kernel blocks join the system; needs ``E``.
         Forces stay exactly -∇E.
+    std_method : posterior force std of ``predict(..., return_std=True)``: ``"separable"`` (default, about
+        1.3x a plain prediction; :mod:`~forcefield.kernel.separable`) or ``"posterior"`` (the GP's force
+        posterior, exact for small models, low-rank for large ones, tens of predictions;
+        :mod:`~forcefield.kernel.uncertainty`).
     device : torch device for training and prediction.
     checkpoint : path of a PCG checkpoint (written periodically, resumed from if present).
     progress : show progress bars.
@@ -109,7 +116,9 @@ class KernelForceField:
                  max_memory_gb: float = 4.0, cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
-                 progress: bool = False) -> None:
+                 std_method: str = "separable", progress: bool = False) -> None:
+        if std_method not in STD_METHODS:
+            raise InputError(f"std_method must be one of {STD_METHODS}, got {std_method!r}")
         if solver not in ("auto", "cholesky", "cg"):
             raise InputError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
         if preconditioner not in ("schur", "woodbury"):
@@ -132,6 +141,7 @@ class KernelForceField:
         self.progress = progress
         self.info: dict = {}
         self.std_scale: float | None = None
+        self.std_method = std_method
         self._fitted = False
 
     # ------------------------------------------------------------------ fitting
@@ -337,6 +347,7 @@ class KernelForceField:
             st["alpha"] = self._alpha.cpu().numpy()
         if getattr(self, "std_scale", None) is not None:  # calibrated posterior-std scale (uncertainty.py)
             st["std_scale"] = np.array(self.std_scale)
+        st["std_method"] = np.array(self.std_method)
         return st
 
     def _set_state(self, st: dict[str, np.ndarray], source: str | None = None) -> None:
@@ -373,6 +384,11 @@ class KernelForceField:
         self.energy_constraints = alpha is not None
         self._set_model(d, w, alpha)
         self.std_scale = float(st["std_scale"]) if "std_scale" in st else None
+        # files written before the separable std existed were calibrated with the full posterior
+        method = str(st["std_method"]) if "std_method" in st else ("posterior" if "std_scale" in st else "separable")
+        if method not in STD_METHODS:
+            raise InputError(f"{where(source)}unknown std_method {method!r}")
+        self.std_method = method
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to a ``.npz`` file (no pickles), atomically."""

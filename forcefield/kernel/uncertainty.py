@@ -106,20 +106,50 @@ def prior_blocks(d: torch.Tensor, diff: torch.Tensor, d3: torch.Tensor, q: torch
     return 0.5 * (K + K.transpose(1, 2))
 
 
-def prior_diagonal(d: torch.Tensor, diff: torch.Tensor, d3: torch.Tensor, q: torch.Tensor, sigma: float
-                   ) -> torch.Tensor:
-    """Diagonals (B, 3N) of the prior force covariance blocks K(x, x): w_i · y_i, no 3N x 3N product."""
-    W = dense_jacobian(diff, d3)  # (B, D, 3N)
-    dp, Wp = d[:, q], W[:, q]
-    rr = SQRT5 * torch.linalg.vector_norm(d[:, None] - dp, dim=-1)
-    base = torch.exp(-rr / sigma) * (5.0 / (3.0 * sigma ** 3))
-    A = base * (rr + sigma)
-    WtW = torch.einsum("bdi,bpdi->bpi", W, Wp)  # w_i · (w_i permuted)
-    sdot = torch.einsum("bd,bpdi->bpi", d, Wp) - torch.einsum("bd,bdi->bi", d, W)[:, None]
-    c = (base * (5.0 / sigma))[..., None] * sdot  # (B, P, 3N)
-    wd = torch.einsum("bdi,bd->bi", W, d)[:, None]  # w_i · x
-    wdp = torch.einsum("bdi,bpd->bpi", W, dp)  # w_i · d_p
-    return (A[..., None] * WtW).sum(1) + (c * (wdp - wd)).sum(1)
+def prior_diagonal(R: torch.Tensor, perms: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Diagonals (B, 3N) of the prior force covariance blocks K(x, x) of geometries R (B, N, 3) Å.
+
+    perms : (P, N) atom permutations of the model. Written on N x N pair matrices: a Cartesian component
+    (a, c) moves only the descriptor entries of atom a, so each term is a sum over the other atoms
+    (P N² work per geometry, no D x 3N Jacobian).
+    """
+    B, n, _ = R.shape
+    pi = torch.as_tensor(perms, device=R.device, dtype=torch.long)
+    P = pi.shape[0]
+    ar = torch.arange(n, device=R.device)
+    inv = torch.empty_like(pi)
+    inv.scatter_(1, pi, ar.expand(P, -1).contiguous())
+    fixed = (pi == ar).to(R.dtype)[None, :, :, None]  # (1, P, N, 1): π(a) = a
+    fp = (pi[:, :, None] * n + pi[:, None, :]).reshape(-1)  # flat (a, v) -> (π(a), π(v)): Mat(d[q])
+    fi = (inv[:, :, None] * n + inv[:, None, :]).reshape(-1)
+    fg = (ar[None, :, None] * n + pi[:, None, :]).reshape(-1)  # (a, v) -> (a, π(v))
+    fa, fb = ar * n + inv, ar * n + pi  # (P, N): (a, π⁻¹(a)) and (a, π(a))
+    out = torch.empty(B, n, 3, dtype=R.dtype, device=R.device)
+    step = max(1, int(1.5e7 // (P * n * n * 3)))
+    for s in range(0, B, step):
+        x = R[s:s + step]
+        b = len(x)
+        u = x[:, :, None] - x[:, None]  # (b, N, N, 3): x_a - x_v
+        r2 = (u * u).sum(-1)
+        r2.diagonal(dim1=1, dim2=2).fill_(1.0)
+        Dm = torch.rsqrt(r2)
+        Dm.diagonal(dim1=1, dim2=2).zero_()  # inverse-distance matrix
+        G = -u * (Dm ** 3)[..., None]  # G[a, v, c] = ∂(1/|x_a - x_v|)/∂x_ac
+        Df, Gf = Dm.reshape(b, n * n), G.reshape(b, n * n, 3)
+        Dp = Df.index_select(1, fp).view(b, P, n, n)  # Mat(d)[π][:, π]
+        Dinv = Df.index_select(1, fi).view(b, P, n, n)
+        rr = SQRT5 * torch.sqrt(0.5 * ((Dm[:, None] - Dp) ** 2).sum((2, 3)))  # (b, P): |d - d[q]|
+        base = torch.exp(-rr / sigma) * (5.0 / (3.0 * sigma ** 3))
+        A = base * (rr + sigma)
+        wd = (G * Dm[..., None]).sum(2)[:, None]  # (b, 1, N, 3): w_(a,c) · d
+        Gp = Gf.index_select(1, fg).view(b, P, n, n, 3)  # G[a, π(v), c]
+        swap = Gf.index_select(1, fa.reshape(-1)) * Gf.index_select(1, fb.reshape(-1))
+        wtw = fixed * (G[:, None] * Gp).sum(3) + swap.view(b, P, n, 3)  # w_(a,c) · (its permuted copy)
+        wdp = torch.einsum("bavc,bpav->bpac", G, Dp)  # w · d[q]
+        sdot = torch.einsum("bavc,bpav->bpac", G, Dinv) - wd  # d · (w permuted) - d · w
+        c = (base * (5.0 / sigma))[..., None, None] * sdot
+        out[s:s + b] = (A[..., None, None] * wtw + c * (wdp - wd)).sum(1)
+    return out.reshape(B, 3 * n)
 
 
 class ForcePosterior:
@@ -143,8 +173,10 @@ class ForcePosterior:
         ff._check_fitted()
         t0 = time.perf_counter()
         self.ff = ff
+        self.method = "posterior"
         self.sigma = float(ff.sigma_)
         self.q = ff._dk.q
+        self.perms = torch.as_tensor(np.asarray(ff.perms), device=ff.device)
         dev = ff.device
         R = getattr(ff, "R_train", None)
         if R is None:
@@ -303,7 +335,7 @@ class ForcePosterior:
         for s in range(0, len(R), batch):
             xd, xdiff, xd3 = descriptor(R[s:s + batch])
             b = len(xd)
-            prior = prior_diagonal(xd, xdiff, xd3, self.q, self.sigma)  # (b, 3N)
+            prior = prior_diagonal(R[s:s + batch], self.perms, self.sigma)  # (b, 3N)
             k = self._columns(xd, xdiff, xd3, self.dir_frame, self.dir_w)  # (b, r, 3N)
             Z = torch.linalg.solve_triangular(self.C, k.transpose(0, 1).reshape(self.rank, b * n3), upper=False)
             red = (Z * Z).sum(0).view(b, n3)
@@ -373,13 +405,25 @@ def ml_amplitude2(ff, n_eff: int) -> float:
     return max(quad, 0.0) / max(1, n)
 
 
-def posterior(ff, **kw) -> ForcePosterior:
-    """The model's cached :class:`ForcePosterior` (built on first use; keyword arguments rebuild it)."""
+def posterior(ff, method: str | None = None, **kw):
+    """The model's cached posterior (built on first use; keyword arguments rebuild it).
+
+    method : ``"separable"`` (:class:`~forcefield.kernel.separable.SeparablePosterior`, fast) or
+        ``"posterior"`` (:class:`ForcePosterior`); default the model's ``std_method``.
+    """
+    method = method or getattr(ff, "std_method", None) or "separable"
     post = getattr(ff, "_posterior", None)
-    if post is None or kw:
-        opts = dict(getattr(ff, "std_options", None) or {})
-        opts.update(kw)
-        post = ForcePosterior(ff, **opts)
+    if post is None or kw or post.method != method:
+        if method == "separable":
+            from .separable import SeparablePosterior
+
+            post = SeparablePosterior(ff, **kw)
+        elif method == "posterior":
+            opts = dict(getattr(ff, "std_options", None) or {})
+            opts.update(kw)
+            post = ForcePosterior(ff, **opts)
+        else:
+            raise InputError(f"unknown std method {method!r} (separable or posterior)")
         ff._posterior = post
     return post
 
