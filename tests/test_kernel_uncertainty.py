@@ -146,7 +146,21 @@ def test_positions_from_descriptors_give_the_same_std(ff, ethanol):
 
 def test_calibration_figures_need_frames():
     fig = calibration_figures(np.ones((2, 3)), np.zeros((2, 3, 3)), np.ones((2, 3, 3)))
-    assert np.isnan(fig["spearman"]) and "fewer" in fig["reason"]
+    assert np.isnan(fig["spearman"]) and np.isnan(fig["spearman_ideal"]) and "fewer" in fig["reason"]
+
+
+def test_ideal_spearman_is_the_ceiling_of_an_exact_std():
+    """Errors drawn from the std itself reach about spearman_ideal; it is high when the std varies across
+    frames far more than per-frame errors fluctuate, and near zero when every frame has the same std."""
+    rng = np.random.default_rng(5)
+    F_ref = np.zeros((300, 7, 3))
+    wide = np.exp(rng.uniform(0.0, np.log(10.0), size=(300, 1))) * np.ones((1, 7))
+    narrow = np.exp(rng.uniform(0.0, np.log(1.1), size=(300, 1))) * np.ones((1, 7))
+    for std, lo, hi in ((wide, 0.9, 1.0), (narrow, -0.05, 0.3)):
+        F_pred = std[..., None] * rng.normal(size=F_ref.shape)
+        fig = calibration_figures(std, F_pred, F_ref, draws=100)
+        assert lo < fig["spearman_ideal"] < hi
+        assert abs(fig["spearman"] - fig["spearman_ideal"]) < 0.12
 
 
 def _kappa_numpy(R1, R2, perms, sigma):
