@@ -31,7 +31,7 @@ import torch
 
 from ..errors import InputError
 from .descriptor import descriptor
-from .uncertainty import SQRT5, ml_amplitude2, positions_from_descriptors, prior_diagonal
+from .uncertainty import SQRT5, ml_amplitude2, prior_diagonal, training_positions
 
 
 class SeparablePosterior:
@@ -50,12 +50,10 @@ class SeparablePosterior:
         ff._check_fitted()
         t0 = time.perf_counter()
         self.ff = ff
-        self.dk = ff._dk
         self.sigma = float(ff.sigma_)
-        self.q = ff._dk.q
         self.perms = torch.as_tensor(np.asarray(ff.perms), device=ff.device)
         self.M = len(ff._d)
-        self.P = self.q.shape[0]
+        self.P = ff._dk.q.shape[0]
         n = ff.n_atoms
         K = self._kappa(ff._d)[0]
         K = 0.5 * (K + K.T)
@@ -75,9 +73,7 @@ class SeparablePosterior:
         self.rank = self.M
         self.n_eff = self.M * max(1, 3 * n - (5 if n == 2 else 6))
         self.amplitude2 = ml_amplitude2(ff, self.n_eff)
-        R = getattr(ff, "R_train", None)
-        R = np.asarray(R) if R is not None else positions_from_descriptors(ff._d.cpu().numpy())
-        R = torch.as_tensor(R, dtype=torch.float64, device=ff.device)
+        R = training_positions(ff)
         prior = torch.cat([prior_diagonal(R[i:i + 256], self.perms, self.sigma) for i in range(0, self.M, 256)])
         self.prior_atom = prior.view(self.M, n, 3).sum(-1) / 3.0  # (M, N): mean over x, y, z
         self.build_seconds = time.perf_counter() - t0
@@ -87,10 +83,10 @@ class SeparablePosterior:
         flat index b·P + p (B,) of the copy most similar to each x."""
         out = torch.empty(len(x), self.M, dtype=x.dtype, device=x.device)
         best = torch.empty(len(x), dtype=torch.long, device=x.device)
-        bs = self.dk.block_size
-        for s in range(0, len(x), bs):
-            xb = x[s:s + bs]
-            base, r = self.dk._profile(xb, (xb * xb).sum(1))
+        dk = self.ff._dk
+        for s in range(0, len(x), dk.block_size):
+            xb = x[s:s + dk.block_size]
+            base, r = dk._profile(xb, (xb * xb).sum(1))
             prof = base.mul_(r.add_(self.sigma))  # (b, M P), decreasing in the distance
             best[s:s + len(xb)] = prof.argmax(1)
             out[s:s + len(xb)] = prof.view(len(xb), self.M, self.P).sum(-1)
@@ -98,7 +94,7 @@ class SeparablePosterior:
 
     def _kappa_self(self, x: torch.Tensor) -> torch.Tensor:
         """κ(x, x) (B,)."""
-        rr = SQRT5 * torch.linalg.vector_norm(x[:, None] - x[:, self.q], dim=-1)  # (B, P)
+        rr = SQRT5 * torch.linalg.vector_norm(x[:, None] - x[:, self.ff._dk.q], dim=-1)  # (B, P)
         base = torch.exp(-rr / self.sigma) * (5.0 / (3.0 * self.sigma ** 3))
         return (base * (rr + self.sigma)).sum(1)
 

@@ -61,6 +61,15 @@ def positions_from_descriptors(d: np.ndarray) -> np.ndarray:
     return out
 
 
+def training_positions(ff) -> torch.Tensor:
+    """The fitted model's training geometries (M, N, 3) Å, float64 on its device: the stored ones, or for
+    models imported without them (sGDML files) an embedding of the training descriptors
+    (:func:`positions_from_descriptors`)."""
+    R = getattr(ff, "R_train", None)
+    R = np.asarray(R) if R is not None else positions_from_descriptors(ff._d.cpu().numpy())
+    return torch.as_tensor(R, dtype=torch.float64, device=ff.device)
+
+
 def _response(x: torch.Tensor, dp: torch.Tensor, wp: torch.Tensor, t: torch.Tensor, sigma: float
               ) -> torch.Tensor:
     """Descriptor responses y (B, r, D) of query descriptors x (B, D) to r one-point weight sets.
@@ -177,11 +186,7 @@ class ForcePosterior:
         self.sigma = float(ff.sigma_)
         self.q = ff._dk.q
         self.perms = torch.as_tensor(np.asarray(ff.perms), device=ff.device)
-        dev = ff.device
-        R = getattr(ff, "R_train", None)
-        if R is None:
-            R = positions_from_descriptors(ff._d.cpu().numpy())
-        self.R = torch.as_tensor(np.asarray(R), dtype=torch.float64, device=dev)
+        self.R = training_positions(ff)
         d, diff, d3 = descriptor(self.R)
         self.d, self.diff, self.d3 = d, diff, d3
         M, n = self.R.shape[:2]
