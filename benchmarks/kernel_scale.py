@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=50.0)
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--lam", type=float, default=1e-10, help="regulariser λ of (K + λ I) (sgdml's default 1e-10)")
-    ap.add_argument("--preconditioner", choices=["schur", "woodbury"], default="schur")
+    ap.add_argument("--preconditioner", choices=["auto", "schur", "lean", "woodbury"], default="auto")
     ap.add_argument("--rank-per-point", type=int, default=None, help="Woodbury: directions kept per inducing point")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--perms", choices=["auto", "none"], default="auto")

@@ -155,7 +155,7 @@ def main() -> None:
                          "loaded by other jobs 1 thread avoids oversubscription)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="repeats of the 200-point trainings (ours and sgdml); the median time is reported")
-    ap.add_argument("--preconditioner", default="schur", help=argparse.SUPPRESS)
+    ap.add_argument("--preconditioner", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--maxiter-2000", type=int, default=3000,
                     help="PCG iteration cap at 2,000 points (default: the library's; lower it to measure memory "
                          "only, the time is then partial)")

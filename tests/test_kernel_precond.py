@@ -197,3 +197,93 @@ def test_woodbury_on_leading_directions_fits_its_budget_and_agrees_with_cholesky
     _, F_ref = ref.predict(ds.R[14:20])
     _, F = ff.predict(ds.R[14:20])
     assert np.abs(F - F_ref).max() <= 1e-5 * np.abs(F_ref).max()
+
+
+def test_scalar_pivots_shrink_is_the_scalar_gp_residual(train):
+    """Lean preconditioner pieces: the shrink factors equal an independently written scalar GP residual
+    1 - κ_bI κ_II⁻¹ κ_Ib / κ_bb over the chosen points (zero on them), and each pivot is the point with the
+    largest residual given the earlier ones."""
+    from forcefield.kernel.precond import scalar_pivots
+
+    t, _ = train
+    kern = HessianKernel(t, 10.0)
+    pts, v = scalar_pivots(kern, 5)
+    d = t.d.numpy()
+    q = t.q.numpy()
+    sig = 10.0
+
+    def kappa(a, b):  # Σ_p (1 + √5 r/σ) exp(-√5 r/σ) 5/(3σ³) σ... up to the constant the code uses
+        r = np.sqrt(5.0) * np.linalg.norm(d[a][None, :] - d[b][q], axis=1)
+        return float((np.exp(-r / sig) * 5.0 / (3.0 * sig ** 3) * (r + sig)).sum())
+
+    K = np.array([[kappa(a, b) for b in range(14)] for a in range(14)])
+    assert np.allclose(K, K.T, rtol=1e-10)
+    ref = np.empty(14)
+    for b in range(14):
+        kI = K[b, pts]
+        ref[b] = 1.0 - kI @ np.linalg.solve(K[np.ix_(pts, pts)], kI) / K[b, b]
+    assert np.allclose(v.numpy(), np.clip(ref, 0, 1), atol=1e-8)
+    assert np.all(v.numpy()[pts] == 0.0) and np.all(v.numpy() >= 0) and np.all(v.numpy() <= 1)
+    for j in range(1, len(pts)):  # greedy: pivot j has the largest residual given pivots < j
+        I = pts[:j]
+        res = [K[b, b] - K[b, I] @ np.linalg.solve(K[np.ix_(I, I)], K[I, b]) if b not in I else -1 for b in range(14)]
+        assert pts[j] == int(np.argmax(res))
+
+
+@pytest.mark.parametrize("energy", [False, True])
+def test_lean_preconditioner_is_spd_and_pcg_agrees_with_cholesky(train, energy):
+    """The lean (separable-residual) Schur preconditioner: symmetric positive definite on the complement of
+    the rigid motions, and PCG with it reaches the direct solution."""
+    t, ds = train
+    kern = HessianKernel(t, 10.0, energy=energy)
+    lam = 1e-8
+    P = SchurPreconditioner(kern, lam, 4, lean=True)
+    assert P.lean and len(P.points) == 4
+    g = torch.Generator().manual_seed(3)
+    r = kern.project_rigid(torch.randn(kern.n_unknowns, dtype=torch.float64, generator=g))
+    r2 = kern.project_rigid(torch.randn(kern.n_unknowns, dtype=torch.float64, generator=g))
+    z = P(r)
+    assert torch.allclose(kern.project_rigid(z), z, atol=1e-12 * float(z.abs().max()))
+    assert abs(float(r2 @ P(r)) - float(r @ P(r2))) <= 1e-9 * abs(float(r @ z))
+    assert float(r @ z) > 0
+    y = torch.as_tensor(ds.F[:14]).reshape(-1)
+    if energy:
+        y = torch.cat([y, torch.as_tensor(ds.E[:14].mean() - ds.E[:14])])
+    y = kern.project_rigid(y / float(y.std()))
+    x_ch = kern.project_rigid(cholesky_solve(kern.dense(), y, lam))
+    res = pcg(lambda v: kern.matvec(v, lam), y, P, rtol=1e-12, maxiter=5000)
+    assert res.converged
+    assert float((res.x - x_ch).norm() / x_ch.norm()) <= 1e-6
+
+
+def test_lean_preconditioner_memory_is_its_inducing_block_only(train):
+    """The lean build's budget bounds only the (m w)² inducing block (two copies), not 3NM x m w columns, so
+    the same budget holds more inducing points than the exact build's pivoted factor."""
+    import math
+
+    t, _ = train
+    kern = HessianKernel(t, 10.0)
+    n, w = kern.n_unknowns, kern.width
+    budget = 4 * 8.0 * n * w  # four points' kernel columns
+    exact = SchurPreconditioner(kern, 1e-8, 8, max_bytes=budget)
+    lean = SchurPreconditioner(kern, 1e-8, 8, max_bytes=budget, lean=True)
+    assert len(lean.points) == min(8, math.isqrt(int(budget / 16)) // w)
+    assert len(lean.points) > len(exact.points) >= 1
+
+
+def test_auto_preconditioner_goes_lean_when_the_exact_factor_does_not_fit(train):
+    """preconditioner='auto': the exact Schur build while its pivoted factor holds every inducing point,
+    the lean one when the memory budget would cut them; both reach the direct solution."""
+    from forcefield import KernelForceField
+
+    t, ds = train
+    kw = dict(sigma=10.0, lam=1e-8, perms=METHYL, solver="cg", rtol=1e-10, maxiter=20000, n_inducing=5)
+    ref = KernelForceField(solver="cholesky", sigma=10.0, lam=1e-8, perms=METHYL).fit(ds.R[:14], ds.z, F=ds.F[:14])
+    _, F_ref = ref.predict(ds.R[14:20])
+    col_gb = 8.0 * 14 * 27 * 27 / 2 ** 30  # one point's kernel columns
+    for budget, kind in ((100 * col_gb, "schur"), (3 * col_gb, "lean")):
+        ff = KernelForceField(max_memory_gb=budget, **kw).fit(ds.R[:14], ds.z, F=ds.F[:14])
+        assert ff.info["preconditioner"] == kind
+        assert ff.info["n_inducing"] == (5 if kind == "schur" else min(5, int(np.sqrt(budget * 2 ** 30 / 16)) // 27))
+        _, F = ff.predict(ds.R[14:20])
+        assert np.abs(F - F_ref).max() <= 1e-5 * np.abs(F_ref).max()

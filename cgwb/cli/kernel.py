@@ -26,14 +26,15 @@ def register(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
     p.add_argument("--rtol", type=float, default=1e-3, help="PCG relative residual (default: %(default)s)")
     p.add_argument("--energy-constraints", action="store_true",
                    help="also fit the training energies (sGDML's use_E_cstr; needs E in the dataset)")
-    p.add_argument("--preconditioner", choices=["schur", "woodbury"], default="schur",
-                   help="PCG preconditioner (default: %(default)s)")
+    p.add_argument("--preconditioner", choices=["auto", "schur", "lean", "woodbury"], default="auto",
+                   help="PCG preconditioner (default: %(default)s = schur where its pivoted factor fits "
+                        "--max-memory, else lean)")
     p.add_argument("--rank-per-point", type=int, default=None,
                    help="Woodbury: leading directions kept per inducing geometry (default: all)")
     p.add_argument("--n-inducing", type=int, default=None,
                    help="inducing geometries of the preconditioner (default: from the problem size)")
     p.add_argument("--max-memory", type=float, default=4.0,
-                   help="GiB for the preconditioner's pivoted factor (default: %(default)s)")
+                   help="GiB for the preconditioner's factor (default: %(default)s)")
     p.add_argument("--no-sym", action="store_true", help="do not detect permutational symmetries")
     p.add_argument("--std-method", choices=["separable", "posterior"], default="separable",
                    help="force std of the saved model: fast separable approximation (default) or the GP's "

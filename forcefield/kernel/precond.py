@@ -24,8 +24,18 @@ factor and computes P⁻¹ r as a difference of two terms ~1/λ on the pivots. O
 inducing points, one core) the Schur form trained in 82 s against 143 s for the Woodbury form in the
 same conditions, with the same force MAE. Every block works in the complement of the training points' rigid motions (which K annihilates
 exactly): the solver projects them out of the right-hand side (:meth:`HessianKernel.project_rigid`).
+
+The exact build's transient factor is 3NM x 3N m numbers: at Ac-Ala3-NHMe with M = 6,000 one inducing
+geometry costs 0.76 GB, so a 24 GB machine would hold a few dozen while the problem needs ~180. The lean
+build (``lean=True``) never forms it: the inducing points come from a greedy pivoted Cholesky of the
+isotropic scalar kernel κ (M x M, one column per step, :func:`scalar_pivots`), and the residual blocks are
+the separable estimate Λ_b ≈ v_b K_bb + λ with v_b = 1 - κ_bI κ_II⁻¹ κ_Ib / κ_bb (the scalar GP's residual
+fraction, as in :mod:`~forcefield.kernel.separable`). Its memory is the (m w)² block K_II and its factor plus
+O(M w²), so the budget buys ~sqrt(budget)/w inducing points whatever M is; the application is unchanged.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -47,6 +57,60 @@ def _chol_jitter(A: torch.Tensor, lam: float) -> torch.Tensor:
         jitter += step
 
 
+def _nystrom_blocks(L: torch.Tensor, a0: int, a1: int, M: int, n3: int, w: int, energy: bool) -> torch.Tensor:
+    """Diagonal blocks (a1 - a0, w, w) of L Lᵀ for training points a0..a1 (rows of L read as views)."""
+    k = L.shape[1]
+    Fc = L[a0 * n3:a1 * n3].view(a1 - a0, n3, k)
+    LL = torch.empty(a1 - a0, w, w, dtype=L.dtype, device=L.device)
+    LL[:, :n3, :n3] = torch.bmm(Fc, Fc.transpose(1, 2))
+    if energy:  # the energy unknowns' rows come after all force rows
+        ec = L[M * n3 + a0:M * n3 + a1]
+        LL[:, :n3, n3] = torch.bmm(Fc, ec[..., None])[..., 0]
+        LL[:, n3, :n3] = LL[:, :n3, n3]
+        LL[:, n3, n3] = (ec * ec).sum(1)
+    return LL
+
+
+def scalar_pivots(kernel, n_points: int, progress: bool = False, rel_tol: float = 1e-12
+                  ) -> tuple[list[int], torch.Tensor]:
+    """Inducing points by greedy pivoted Cholesky of the isotropic scalar kernel κ (M x M), and shrink factors.
+
+    κ(a, b) = Σ_p a(|d_a - P_p d_b|) with the Matérn-3/2 profile a of the Hessian kernel (its isotropic part,
+    as in :mod:`~forcefield.kernel.separable`). Each step takes the point with the largest residual
+    variance; a column costs one M·P x D product and nothing M x 3N is formed. Returns the points in the
+    order taken and, per training point, the residual fraction v_b = 1 - κ_bI κ_II⁻¹ κ_Ib / κ_bb ∈ [0, 1]
+    (0 on the pivots), the separable estimate of how much of the point's own block the pivots leave.
+    """
+    from tqdm.auto import tqdm
+
+    d, sigma = kernel.train.d, kernel.sigma
+    M, P = len(d), kernel.q.shape[0]
+
+    def cols(idx: torch.Tensor) -> torch.Tensor:
+        x = d[idx]
+        base, r = kernel._profile(x, (x * x).sum(1))
+        return base.mul_(r.add_(sigma)).view(len(idx), M, P).sum(-1)
+
+    ar = torch.arange(M, device=d.device)
+    diag = torch.cat([cols(ar[s:s + kernel.block_size])[torch.arange(len(ar[s:s + kernel.block_size])),
+                                                        ar[s:s + kernel.block_size]]
+                      for s in range(0, M, kernel.block_size)])
+    resid = diag.clone()
+    n_points = min(int(n_points), M)
+    F = torch.zeros(n_points, M, dtype=d.dtype, device=d.device)
+    points: list[int] = []
+    for j in tqdm(range(n_points), desc="scalar pivots", disable=not progress, leave=False):
+        i = int(torch.argmax(resid))
+        if float(resid[i]) <= rel_tol * float(diag[i]):
+            break
+        c = cols(ar[i:i + 1])[0] - F[:j].T @ F[:j, i]
+        F[j] = c / math.sqrt(float(c[i]))
+        resid.sub_(F[j] * F[j]).clamp_(min=0.0)
+        resid[i] = 0.0
+        points.append(i)
+    return points, (resid / diag).clamp_(0.0, 1.0)
+
+
 class SchurPreconditioner:
     """Block-elimination (Schur-complement) Nyström preconditioner, applied matrix-free.
 
@@ -62,28 +126,39 @@ class SchurPreconditioner:
     nystrom_shift : the shift λp of the pivoted Cholesky of K + λp (default λ; on aspirin smaller shifts
         needed more PCG iterations).
     progress : tqdm bar over the pivots.
+    lean : pick the inducing points on the scalar kernel and estimate the residual blocks separably (see
+        the module docstring); ``max_bytes`` then bounds the two (m w)² arrays of K_II and its factor.
+    min_shrink : lean only: lower bound of the residual fractions v_b.
     """
 
     def __init__(self, kernel, lam: float, n_points: int, pivot_block: int = 1, max_bytes: float = 2e9,
-                 nystrom_shift: float | None = None, progress: bool = False) -> None:
+                 nystrom_shift: float | None = None, progress: bool = False, lean: bool = False,
+                 min_shrink: float = 0.0) -> None:
         tr = kernel.train
         M, w = tr.n, kernel.width
         n = kernel.n_unknowns
         dev, dt = tr.d.device, tr.d.dtype
-        col = 8.0 * n * w  # bytes of one training point's kernel columns
-        pivot_block = int(max(1, min(pivot_block, max_bytes / 8 // (2 * col))))
-        n_points = int(max(1, min(n_points, M - 1, (max_bytes - 2 * pivot_block * col) // col)))
         self.lam = float(lam)
         self.n = n
+        self.lean = bool(lean)
         diag = kernel.diag_blocks()  # (M, w, w)
-        resid = diag.diagonal(dim1=1, dim2=2).sum(1).clone()
         Q = kernel.rigid_basis()  # (M, w, 6)
-        # pivoted Cholesky of K + λ on the complement of the rigid motions: L = (K + λ)[:, I] T
         lp = self.lam if nystrom_shift is None else float(nystrom_shift)
-        L, points = pivoted_nystrom(kernel, n_points, resid, pivot_block, progress=progress,
-                                       shift=lp, rigid=Q)
+        if lean:  # K_II and its factor: two (m w)² arrays
+            n_points = int(max(1, min(n_points, M - 1, math.isqrt(int(max_bytes / 16)) // w)))
+            points, shrink = scalar_pivots(kernel, n_points, progress=progress)
+            self.shrink = shrink.clamp(min=float(min_shrink))
+            L = None
+            self.n_columns = len(points) * w
+        else:
+            pivot_block, cap = self.exact_capacity(kernel, max_bytes, pivot_block)
+            n_points = int(max(1, min(n_points, M - 1, cap)))
+            resid = diag.diagonal(dim1=1, dim2=2).sum(1).clone()
+            # pivoted Cholesky of K + λ on the complement of the rigid motions: L = (K + λ)[:, I] T
+            L, points = pivoted_nystrom(kernel, n_points, resid, pivot_block, progress=progress,
+                                        shift=lp, rigid=Q)
+            self.n_columns = L.shape[1]
         self.points = np.array(points)
-        self.n_columns = L.shape[1]
         I = torch.as_tensor(self.points, device=dev)
         is_piv = torch.zeros(M, dtype=torch.bool, device=dev)
         is_piv[I] = True
@@ -97,30 +172,29 @@ class SchurPreconditioner:
         # than an explicit T Tᵀ (which lost ~5 digits with energy constraints)
         m = len(points)
         KII = kernel.dense(self.points, self.points)
-        order = kernel_order(m, kernel.n3, kernel.energy, dev)
-        KII = KII[order][:, order]
-        QI = torch.block_diag(*Q[I])
+        if kernel.energy:  # point-major order
+            order = kernel_order(m, kernel.n3, kernel.energy, dev)
+            KII = KII[order][:, order]
         self._QI = Q[I]
-        KII = 0.5 * (KII + KII.T) + float(KII.diagonal().mean()) * (QI @ QI.T)
+        # the factorisation reads the lower triangle only, so no symmetrised copy; the rigid motions are
+        # lifted block by block (QI QIᵀ is block diagonal): two (m w)² arrays at most
+        mu = float(KII.diagonal().mean())
+        for i in range(m):
+            KII[i * w:(i + 1) * w, i * w:(i + 1) * w] += mu * (self._QI[i] @ self._QI[i].T)
         KII.diagonal().add_(lp)
         self._B_chol = _chol_jitter(KII, lp)
-        del KII, QI
+        del KII
         # Λ_R: residual diagonal blocks of the rest, inverted on the complement of their rigid motions
         inv = torch.empty(M, w, w, dtype=dt, device=dev)
-        n3, k = kernel.n3, L.shape[1]
+        n3 = kernel.n3
         for a0 in range(0, M, 256):  # rows of L are read as views: a gather of n x k rows is slow
             a1 = min(M, a0 + 256)
-            Fc = L[a0 * n3:a1 * n3].view(a1 - a0, n3, k)
-            LL = torch.empty(a1 - a0, w, w, dtype=dt, device=dev)
-            LL[:, :n3, :n3] = torch.bmm(Fc, Fc.transpose(1, 2))
-            if kernel.energy:  # the energy unknowns' rows come after all force rows
-                ec = L[M * n3 + a0:M * n3 + a1]
-                LL[:, :n3, n3] = torch.bmm(Fc, ec[..., None])[..., 0]
-                LL[:, n3, :n3] = LL[:, :n3, n3]
-                LL[:, n3, n3] = (ec * ec).sum(1)
             Qc = Q[a0:a1]
             Pc = torch.eye(w, dtype=dt, device=dev) - Qc @ Qc.transpose(1, 2)
-            Lam = diag[a0:a1] - LL
+            if L is None:  # separable estimate of the residual blocks: shrink x prior block
+                Lam = self.shrink[a0:a1, None, None] * diag[a0:a1]
+            else:
+                Lam = diag[a0:a1] - _nystrom_blocks(L, a0, a1, M, n3, w, kernel.energy)
             piv = is_piv[a0:a1]
             Lam[piv] = torch.eye(w, dtype=dt, device=dev)  # the pivots' blocks are not used
             Lam.diagonal(dim1=1, dim2=2).add_(self.lam)  # (K_RR + λp - L_R L_Rᵀ) + (λ - λp)
@@ -128,12 +202,20 @@ class SchurPreconditioner:
             scale = Lam.diagonal(dim1=1, dim2=2).mean(1).clamp_min(self.lam)
             Lam += scale[:, None, None] * (Qc @ Qc.transpose(1, 2))  # lift the rigid motions to invert
             inv[a0:a1] = Pc @ torch.cholesky_inverse(_chol_jitter(Lam, self.lam)) @ Pc
-            del Fc, LL, Lam
+            del Lam
         inv = inv[rest]  # the pivots' blocks are not used
         self._LamR_inv = inv
         del L, diag
         self._K_RI = KernelSlice(kernel, rest, self.points)
         self._K_IR = KernelSlice(kernel, self.points, rest)
+
+    @staticmethod
+    def exact_capacity(kernel, max_bytes: float, pivot_block: int = 1) -> tuple[int, int]:
+        """(pivot block, most inducing points) the exact build's transient factor allows in ``max_bytes``:
+        3NM x 3N numbers per point plus one pivoting step's columns (the pivot block cut to an eighth)."""
+        col = 8.0 * kernel.n_unknowns * kernel.width  # bytes of one training point's kernel columns
+        pivot_block = int(max(1, min(pivot_block, max_bytes / 8 // (2 * col))))
+        return pivot_block, int((max_bytes - 2 * pivot_block * col) // col)
 
     def _apply_B(self, v: torch.Tensor) -> torch.Tensor:
         """B v = (K_II + λ)⁻¹ v on the complement of the pivots' rigid motions, for v (m, w)."""
