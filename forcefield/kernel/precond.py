@@ -40,6 +40,7 @@ import math
 import numpy as np
 import torch
 
+from .separable import scalar_kernel
 from .slices import KernelSlice
 from .solvers import kernel_order, pivoted_nystrom
 
@@ -83,27 +84,18 @@ def scalar_pivots(kernel, n_points: int, progress: bool = False, rel_tol: float 
     """
     from tqdm.auto import tqdm
 
-    d, sigma = kernel.train.d, kernel.sigma
-    M, P = len(d), kernel.q.shape[0]
-
-    def cols(idx: torch.Tensor) -> torch.Tensor:
-        x = d[idx]
-        base, r = kernel._profile(x, (x * x).sum(1))
-        return base.mul_(r.add_(sigma)).view(len(idx), M, P).sum(-1)
-
-    ar = torch.arange(M, device=d.device)
-    diag = torch.cat([cols(ar[s:s + kernel.block_size])[torch.arange(len(ar[s:s + kernel.block_size])),
-                                                        ar[s:s + kernel.block_size]]
-                      for s in range(0, M, kernel.block_size)])
+    M = kernel.train.n
+    diag = torch.cat([scalar_kernel(kernel, kernel.train.d[s:s + kernel.block_size])[0][:, s:s + kernel.block_size]
+                      .diagonal() for s in range(0, M, kernel.block_size)])
     resid = diag.clone()
     n_points = min(int(n_points), M)
-    F = torch.zeros(n_points, M, dtype=d.dtype, device=d.device)
+    F = torch.zeros(n_points, M, dtype=diag.dtype, device=diag.device)
     points: list[int] = []
     for j in tqdm(range(n_points), desc="scalar pivots", disable=not progress, leave=False):
         i = int(torch.argmax(resid))
         if float(resid[i]) <= rel_tol * float(diag[i]):
             break
-        c = cols(ar[i:i + 1])[0] - F[:j].T @ F[:j, i]
+        c = scalar_kernel(kernel, kernel.train.d[i:i + 1])[0][0] - F[:j].T @ F[:j, i]
         F[j] = c / math.sqrt(float(c[i]))
         resid.sub_(F[j] * F[j]).clamp_(min=0.0)
         resid[i] = 0.0

@@ -34,6 +34,22 @@ from .descriptor import descriptor
 from .uncertainty import SQRT5, ml_amplitude2, prior_diagonal, training_positions
 
 
+def scalar_kernel(dk, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """κ(x, b) (B, M), the isotropic Hessian-kernel profile of a
+    :class:`~forcefield.kernel.kernel.DescriptorKernel` ``dk`` summed over the permuted copies of each training
+    point b, and the flat index b·P + p (B,) of the copy most similar to each query descriptor x (B, D)."""
+    M, P = len(dk.dp) // dk.q.shape[0], dk.q.shape[0]
+    out = torch.empty(len(x), M, dtype=x.dtype, device=x.device)
+    best = torch.empty(len(x), dtype=torch.long, device=x.device)
+    for s in range(0, len(x), dk.block_size):
+        xb = x[s:s + dk.block_size]
+        base, r = dk._profile(xb, (xb * xb).sum(1))
+        prof = base.mul_(r.add_(dk.sigma))  # (b, M P), decreasing in the distance
+        best[s:s + len(xb)] = prof.argmax(1)
+        out[s:s + len(xb)] = prof.view(len(xb), M, P).sum(-1)
+    return out, best
+
+
 class SeparablePosterior:
     """Separable approximation of the force posterior variance of a fitted kernel force field.
 
@@ -55,7 +71,7 @@ class SeparablePosterior:
         self.M = len(ff._d)
         self.P = ff._dk.q.shape[0]
         n = ff.n_atoms
-        K = self._kappa(ff._d)[0]
+        K = scalar_kernel(ff._dk, ff._d)[0]
         K = 0.5 * (K + K.T)
         scale = float(K.diagonal().mean())
         eye = torch.eye(self.M, dtype=K.dtype, device=K.device)
@@ -78,20 +94,6 @@ class SeparablePosterior:
         self.prior_atom = prior.view(self.M, n, 3).sum(-1) / 3.0  # (M, N): mean over x, y, z
         self.build_seconds = time.perf_counter() - t0
 
-    def _kappa(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """κ(x, b) (B, M), the isotropic Hessian-kernel profile summed over the permuted copies of b, and the
-        flat index b·P + p (B,) of the copy most similar to each x."""
-        out = torch.empty(len(x), self.M, dtype=x.dtype, device=x.device)
-        best = torch.empty(len(x), dtype=torch.long, device=x.device)
-        dk = self.ff._dk
-        for s in range(0, len(x), dk.block_size):
-            xb = x[s:s + dk.block_size]
-            base, r = dk._profile(xb, (xb * xb).sum(1))
-            prof = base.mul_(r.add_(self.sigma))  # (b, M P), decreasing in the distance
-            best[s:s + len(xb)] = prof.argmax(1)
-            out[s:s + len(xb)] = prof.view(len(xb), self.M, self.P).sum(-1)
-        return out, best
-
     def _kappa_self(self, x: torch.Tensor) -> torch.Tensor:
         """κ(x, x) (B,)."""
         rr = SQRT5 * torch.linalg.vector_norm(x[:, None] - x[:, self.ff._dk.q], dim=-1)  # (B, P)
@@ -104,7 +106,7 @@ class SeparablePosterior:
         return self._shrink(d)[0]
 
     def _shrink(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, best = self._kappa(d)
+        k, best = scalar_kernel(self.ff._dk, d)
         Z = torch.linalg.solve_triangular(self.L, k.T, upper=False)
         return (1.0 - (Z * Z).sum(0) / self._kappa_self(d)).clamp_(0.0, 1.0), best
 
