@@ -116,6 +116,24 @@ def test_sigma_selection_and_energy_constant(ethanol):
     assert abs(np.mean(E - ds.E[:40])) < 0.2  # the constant c is fitted on the training part
 
 
+def test_sigma_selection_refits_on_every_frame(ethanol):
+    """After σ is chosen on a split of the training frames, the model is the fit at that σ on all of them
+    (refit=True), or the split's fit (refit=False); the refit reproduces the validation frames it now holds."""
+    R, z, F, E = ethanol.R[:40], ethanol.z, ethanol.F[:40], ethanol.E[:40]
+    kw = dict(sigma=[2, 10, 40], perms=None, solver="cholesky")
+    a = KernelForceField(**kw).fit(R, z, F=F, E=E)
+    b = KernelForceField(**kw, refit=False).fit(R, z, F=F, E=E)
+    assert a.sigma_ == b.sigma_ and a.info["refit_frames"] == 40 and "refit_frames" not in b.info
+    one = KernelForceField(sigma=a.sigma_, perms=None, solver="cholesky").fit(R, z, F=F, E=E)
+    Xq = ethanol.R[50:60]
+    np.testing.assert_allclose(a.predict(Xq)[1], one.predict(Xq)[1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(a.predict(Xq)[0], one.predict(Xq)[0], rtol=0, atol=1e-8)
+    # the split's fit has not seen its validation fifth; the refit interpolates every training frame
+    err_a = np.abs(a.predict(R)[1] - F).max()  # (the rigid projection keeps it above 0)
+    err_b = np.abs(b.predict(R)[1] - F).max()
+    assert err_a < 0.1 * err_b, (err_a, err_b)
+
+
 def test_device_argument_and_torch_predict(ff, ethanol):
     E, F = ff.predict(ethanol.R[40:42])
     Et, Ft = ff.predict_torch(torch.as_tensor(ethanol.R[40:42]))

@@ -110,6 +110,9 @@ class KernelForceField:
         1.3x a plain prediction; :mod:`~forcefield.kernel.separable`) or ``"posterior"`` (the GP's force
         posterior, exact for small models, low-rank for large ones, tens of predictions;
         :mod:`~forcefield.kernel.uncertainty`).
+    refit : when σ is chosen on a validation split taken from the training frames, refit on all of them at
+        the chosen σ (default; one more fit). On the main job's 200 alanine-dipeptide xTB frames (σ 80) the
+        held-out force MAE fell from 0.835 (the 160-frame fit) to 0.764. False keeps the split's fit.
     device : torch device for training and prediction.
     checkpoint : path of a PCG checkpoint (written periodically, resumed from if present).
     progress : show progress bars.
@@ -121,7 +124,7 @@ class KernelForceField:
                  max_memory_gb: float = 4.0, cache_gb: float = 1.0,
                  device: str | torch.device = "cpu", energy_constraints: bool = False,
                  batch_size: int | None = None, checkpoint: str | os.PathLike | None = None,
-                 std_method: str = "separable", progress: bool = False) -> None:
+                 std_method: str = "separable", refit: bool = True, progress: bool = False) -> None:
         if std_method not in STD_METHODS:
             raise InputError(f"std_method must be one of {STD_METHODS}, got {std_method!r}")
         if solver not in ("auto", "cholesky", "cg"):
@@ -144,6 +147,7 @@ class KernelForceField:
         self.batch_size = batch_size
         self.checkpoint = checkpoint
         self.progress = progress
+        self.refit = bool(refit)
         self.info: dict = {}
         self.std_scale: float | None = None
         self.std_method = std_method
@@ -156,8 +160,9 @@ class KernelForceField:
 
         If ``sigma`` is a sequence, each value is trained and the one with the lowest force MAE on the
         validation set is kept: ``valid=(R_v, F_v)`` or, if not given, ``n_valid`` frames (default a fifth)
-        split off energy-stratified. Energies set the integration constant c = mean(E - E_pred); with
-        ``energy_constraints=True`` they are also fitted (then E is required). ``client`` (``"local"``, a
+        split off energy-stratified, and then (``refit``) the chosen σ is fitted on every frame. Energies set
+        the integration constant c = mean(E - E_pred); with ``energy_constraints=True`` they are also fitted
+        (then E is required). ``client`` (``"local"``, a
         scheduler address or a Dask Client; see :mod:`forcefield.parallel`) trains the σ values on workers.
         """
         z = check_z(np.asarray(z))
@@ -180,6 +185,7 @@ class KernelForceField:
         if len(sigmas) == 1:
             self._fit_one(R, z, F, E, float(sigmas[0]))
             return self
+        R_all, F_all, E_all = R, F, E
         if valid is None:
             nv = n_valid or max(1, len(R) // 5)
             if E is not None:
@@ -205,8 +211,12 @@ class KernelForceField:
             scores[float(s)] = float(np.abs(Fp - Fv).mean())
             if best is None or scores[float(s)] < best[0]:
                 best = (scores[float(s)], float(s), self._state())
-        self._set_state(best[2])
         self.info["sigma_scores"] = scores
+        if self.refit and valid is None:  # the validation frames were training frames: use them all
+            self._fit_one(R_all, z, F_all, E_all, best[1])
+            self.info["refit_frames"] = len(R_all)
+        else:
+            self._set_state(best[2])
         return self
 
     def _fit_one(self, R: np.ndarray, z: np.ndarray, F: np.ndarray, E, sigma: float) -> None:
