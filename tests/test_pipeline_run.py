@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from forcefield import load_dataset
+
 from cgwb.cli import main
 from cgwb.pipeline import steps_cg
 from cgwb.pipeline.run import run_pipeline
@@ -32,6 +34,12 @@ def test_quick_run_reports_every_figure(quick_run):
     assert report["backmap_rmsd_all"] <= report["backmap_rmsd_all_plain"] + 1e-9
     assert report["kernel_selfconsistency"] == pytest.approx(report["kernel_spot_force_mae"] / report["kernel_force_mae"])
     assert report["mapping_n_beads"] == 6
+    # coverage labels: 5 frames of the 800 K run join the 30 training labels (never the held-out ones); hotter
+    # frames sit higher on the xTB surface (equipartition: ~(3N-6)/2 kB ΔT ≈ 30 kcal/mol for 500 K more)
+    assert report["label_hot_frames"] == 5 and report["label_train_frames"] == 35
+    tr = load_dataset(out / "labels_train.npz")
+    assert len(tr) == 35 and len(load_dataset(out / "labels_test.npz")) == 20
+    assert tr.E[30:].mean() > tr.E[:30].mean() + 10.0
     # AA sampling speed: simulated ns (all copies, equilibration included) over the stage's MD wall time
     # quick run: REMD over 4 temperatures, 5,000 equilibration + 300 x 50 steps of 1 fs each
     assert report["aa_ns_simulated"] == pytest.approx(4 * (5000 + 300 * 50) * 1e-6)

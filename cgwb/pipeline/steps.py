@@ -56,6 +56,7 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
     else:
         from forcefield.data import alanine_dipeptide_pdb
         from forcefield.reference import run_openmm_md
+        from forcefield.reference.openmm_md import EXPLICIT
 
         pdb = cfg.path(s["pdb"]) if s["pdb"] else alanine_dipeptide_pdb()
         kw = dict(n_frames=smp["frames"], save_every=smp["save_every"], timestep_fs=smp["timestep_fs"],
@@ -81,6 +82,12 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
             ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw, **par)
             copies = reps
         wall = time.perf_counter() - t_md
+        hot_T = smp["coverage_temperature"]
+        if (hot_T and cfg["reference"]["forces"] == "kernel" and cfg["reference"]["hot_frames"]
+                and s["solvent"] not in EXPLICIT):  # frames that only widen the kernel FF's training labels
+            cov = run_openmm_md(pdb, temperature=hot_T, **{**kw, "n_frames": smp["coverage_frames"],
+                                                           "seed": cfg["seed"] + 1})
+            ds.extra.update(hot_R=cov.R, hot_temperature=np.array(float(hot_T)))
         eq_steps, dt = int(ds.extra["equilibration_steps"]), float(ds.extra["timestep_fs"])
         aa_ns = copies * (eq_steps + kw["n_frames"] * smp["save_every"]) * dt * 1e-6  # all copies, equilibration too
         aa_speed = {"aa_ns_simulated": aa_ns, "aa_ns_per_day": aa_ns / wall * 86400.0,
@@ -97,11 +104,14 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- 2. reference forces
 def labels(ctx: RunContext) -> dict[str, Any]:
-    """Training/test labels for the kernel FF: the user's sGDML dataset, or GFN2-xTB on AA frames."""
+    """Training/test labels for the kernel FF: the user's sGDML dataset, or GFN2-xTB on AA frames (held-out
+    labels from the target temperature only; ``reference.hot_frames`` more training labels, evenly spaced, from
+    the sampling's coverage run, so the seed covers states such as φ > 0 the kernel FF's MD may visit)."""
     cfg = ctx.config
     ref = cfg["reference"]
     n_tr, n_te = ref["label_frames"], ref["test_frames"]
     rng = np.random.default_rng(cfg["seed"])
+    n_hot = 0
     if ref["dataset"]:
         ds = load_dataset(cfg.path(ref["dataset"]))
         aa = load_dataset(ctx.file("aa.npz"))
@@ -113,14 +123,21 @@ def labels(ctx: RunContext) -> dict[str, Any]:
         from forcefield.reference import label_dataset
 
         aa = load_dataset(ctx.file("aa.npz"))
+        hot = aa.extra.pop("hot_R", None)  # frames of the sampling's coverage run (sampling.coverage_temperature)
         n = min(len(aa), n_tr + n_te)
         idx = np.sort(rng.choice(len(aa), n, replace=False))
         lab = label_dataset(aa[idx], progress=ctx.progress)
         perm = rng.permutation(n)
         train, test = lab[np.sort(perm[:n_tr])], lab[np.sort(perm[n_tr:])]
+        n_hot = min(ref["hot_frames"], 0 if hot is None else len(hot))
+        if n_hot:  # coverage: states the target temperature rarely visits but the kernel FF's MD may reach
+            hx = Dataset(R=hot[np.linspace(0, len(hot) - 1, n_hot).round().astype(int)], z=aa.z, name=aa.name,
+                         theory=f"{aa.theory}, coverage run ({float(aa.extra['hot_temperature']):g} K)")
+            extra = label_dataset(hx, progress=ctx.progress)
+            train = Dataset.concatenate([train, extra])
     train.save(ctx.file("labels_train.npz"))
     test.save(ctx.file("labels_test.npz"))
-    return {"label_train_frames": len(train), "label_test_frames": len(test)}
+    return {"label_train_frames": len(train), "label_test_frames": len(test), "label_hot_frames": n_hot}
 
 
 def kernel_train(ctx: RunContext) -> dict[str, Any]:

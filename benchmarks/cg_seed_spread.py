@@ -1,0 +1,97 @@
+"""How much a run folder's CG figures move when only the CG model's training seed changes.
+
+Reads a ``cgwb run`` folder (``config.json``, ``reference.npz``, ``mapping.json``, ``topology.pdb``,
+``backmap.pt``), then for each seed retrains the CG potential with the run's own force-matching settings
+(:func:`cg.forcematching.fit_cg_model`), runs the run's CG MD (:func:`cg.simulate.simulate_cg`) and reports the
+figures the main job reports for it: stable fraction, bonded JS mean / max (:func:`cg.evaluate.bonded_js`)
+and, through the run's backmapper, the φ/ψ free-energy JS against the reference (:func:`cg.evaluate.fes_js`),
+beside the reference's own half-against-half floors. The spread over seeds is the training noise of the
+CG figures, which a single run cannot show.
+
+    python benchmarks/cg_seed_spread.py runs/alanine-dipeptide [--seeds 0 1 2] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="a cgwb run folder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="JSON of the rows (default: RUN/cg_seed_spread.json)")
+    a = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import backmap
+    from cg import Mapping
+    from cg.evaluate import bonded_js, fes_js, phi_psi
+    from cg.forcematching import fit_cg_model
+    from cg.simulate import simulate_cg
+    from cgwb.pipeline.config import load_config
+    from cgwb.pipeline.steps_cg import _ref_frame_fs, cg_force_map, reference_constraints
+    from forcefield import load_dataset, open_universe
+    from forcefield.universe import backbone_phi_psi_atoms
+
+    run = a.run
+    data = json.loads((run / "config.json").read_text())
+    cfg = load_config(None, overrides=data)
+    c = cfg["cg"]
+    m = Mapping.load(run / "mapping.json")
+    ref = load_dataset(run / "reference.npz")
+    ref_cg = m.map_positions(ref.R)
+    fm = cfg.section("cg").forcematching(cg_force_map(cfg), reference_constraints(cfg))
+    frame_fs = _ref_frame_fs(cfg)
+    total_fs = c["md_ns"] * 1e6 if c["md_ns"] else len(ref) * frame_fs
+    n_steps = max(100, int(total_fs / c["timestep_fs"] / c["replicas"]))
+    save_every = max(1, int(round((c["save_fs"] or frame_fs) / c["timestep_fs"])))
+    sim = cfg.section("cg").simulation(n_steps, save_every, cfg["system"]["temperature"])
+    bm = backmap.Backmapper.load(run / "backmap.pt")
+    u = open_universe(run / "topology.pdb", to_guess=("types", "masses", "bonds"), force_guess=("bonds",))
+    quads = backbone_phi_psi_atoms(u)
+    pp_ref = phi_psi(ref.R, *quads) if quads is not None else None
+    half = len(ref_cg) // 2
+    floor = bonded_js(ref_cg[:half], ref_cg[half:], m.bonds)
+    rows = []
+    for seed in a.seeds:
+        t0 = time.perf_counter()
+        model = fit_cg_model(m, ref, fm, temperature=cfg["system"]["temperature"], seed=seed, progress=False)
+        t_fit = time.perf_counter() - t0
+        traj = simulate_cg(model.potential, ref_cg, sim, reference=ref_cg, seed=seed, progress=False)
+        R = traj.frames()
+        js = bonded_js(ref_cg, R, m.bonds)
+        row = {"seed": seed, "fit_s": t_fit, "epochs": model.info.get("epochs"),
+               "val_rmse": model.info.get("best_val_rmse"), "stable": traj.stable_fraction,
+               "bonded_js": js["all_mean"], "bonded_js_max": js["all_max"]}
+        if pp_ref is not None and len(R):
+            nb = cfg["backmap"]["cg_frames"]  # as the main job: evenly spaced CG frames, one sample each
+            sel = R[np.linspace(0, len(R) - 1, nb).round().astype(int)] if len(R) > nb else R
+            gen = bm.sample(sel, n_samples=1, seed=seed, temperature=cfg["backmap"]["temperature"])
+            X = np.stack([gen.atoms.positions.astype(np.float64) for _ in gen.trajectory])
+            row["fes_js"] = fes_js(pp_ref, phi_psi(X, *quads), bins=36)["js"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    fl = {"bonded_js_floor": floor["all_mean"], "bonded_js_max_floor": floor["all_max"]}
+    if pp_ref is not None:
+        fl["fes_js_floor"] = fes_js(pp_ref[:len(pp_ref) // 2], pp_ref[len(pp_ref) // 2:], bins=36)["js"]
+    print("\n| seed | epochs | val RMSE | stable | bonded JS mean / max | φ/ψ FES JS |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['epochs']} | {r['val_rmse']:.3f} | {r['stable']:.2f} | {r['bonded_js']:.4f} / "
+              f"{r['bonded_js_max']:.4f} | {r.get('fes_js', float('nan')):.4f} |")
+    print(f"| reference half vs half | | | | {fl['bonded_js_floor']:.4f} / {fl['bonded_js_max_floor']:.4f} | "
+          f"{fl.get('fes_js_floor', float('nan')):.4f} |")
+    out = a.out or run / "cg_seed_spread.json"
+    out.write_text(json.dumps({"rows": rows, "floors": fl}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
