@@ -1,7 +1,7 @@
 """How much a run folder's CG figures move when only the CG model's training seed changes.
 
 Reads a ``cgwb run`` folder (``config.json``, ``reference.npz``, ``mapping.json``, ``topology.pdb``,
-``backmap.pt``), then for each seed retrains the CG potential with the run's own force-matching settings
+``backmap.pt``), then for each seed (of the training and of the CG MD) retrains the CG potential with the run's own force-matching settings
 (:func:`cg.forcematching.fit_cg_model`), runs the run's CG MD (:func:`cg.simulate.simulate_cg`) and reports the
 figures the main job reports for it: stable fraction, bonded JS mean / max (:func:`cg.evaluate.bonded_js`)
 and, through the run's backmapper, the φ/ψ free-energy JS against the reference (:func:`cg.evaluate.fes_js`),
@@ -34,26 +34,24 @@ def main() -> int:
     import backmap
     from cg import Mapping
     from cg.evaluate import bonded_js, fes_js, phi_psi
-    from cg.forcematching import fit_cg_model
-    from cg.simulate import simulate_cg
-    from cgwb.pipeline.config import load_config
-    from cgwb.pipeline.steps_cg import _ref_frame_fs, cg_force_map, reference_constraints
-    from forcefield import load_dataset, open_universe
+    from cg.forcematching import CGModel, fit_cg_model
+    from cg.simulate import SimulationConfig, simulate_cg
+    from forcefield import InputError, load_dataset, open_universe
     from forcefield.universe import backbone_phi_psi_atoms
 
     run = a.run
-    data = json.loads((run / "config.json").read_text())
-    cfg = load_config(None, overrides=data)
-    c = cfg["cg"]
+    cfg = json.loads((run / "config.json").read_text())  # the run's settings, as the pipeline resolved them
+    c, temperature = cfg["cg"], cfg["system"]["temperature"]
     m = Mapping.load(run / "mapping.json")
     ref = load_dataset(run / "reference.npz")
     ref_cg = m.map_positions(ref.R)
-    fm = cfg.section("cg").forcematching(cg_force_map(cfg), reference_constraints(cfg))
-    frame_fs = _ref_frame_fs(cfg)
-    total_fs = c["md_ns"] * 1e6 if c["md_ns"] else len(ref) * frame_fs
-    n_steps = max(100, int(total_fs / c["timestep_fs"] / c["replicas"]))
-    save_every = max(1, int(round((c["save_fs"] or frame_fs) / c["timestep_fs"])))
-    sim = cfg.section("cg").simulation(n_steps, save_every, cfg["system"]["temperature"])
+    fm = CGModel.load(run / "cg_potential.pt").config  # the force-matching config the run trained with
+    if not c["md_ns"] or not c["save_fs"]:
+        raise InputError(f"{run / 'config.json'}: cg.md_ns and cg.save_fs must be set for this benchmark")
+    n_steps = max(100, int(c["md_ns"] * 1e6 / c["timestep_fs"] / c["replicas"]))
+    sim = SimulationConfig(replicas=c["replicas"], n_steps=n_steps, timestep_fs=c["timestep_fs"],
+                           save_every=max(1, int(round(c["save_fs"] / c["timestep_fs"]))),
+                           friction_per_ps=c["friction_per_ps"], temperature=float(temperature), compile=c["compile"])
     bm = backmap.Backmapper.load(run / "backmap.pt")
     u = open_universe(run / "topology.pdb", to_guess=("types", "masses", "bonds"), force_guess=("bonds",))
     quads = backbone_phi_psi_atoms(u)
@@ -63,9 +61,10 @@ def main() -> int:
     rows = []
     for seed in a.seeds:
         t0 = time.perf_counter()
-        model = fit_cg_model(m, ref, fm, temperature=cfg["system"]["temperature"], seed=seed, progress=False)
+        model = fit_cg_model(m, ref, fm, temperature=temperature, seed=seed, progress=False)
         t_fit = time.perf_counter() - t0
-        traj = simulate_cg(model.potential, ref_cg, sim, reference=ref_cg, seed=seed, progress=False)
+        masses = m.represented_masses() if c["bead_masses"] == "represented" else None
+        traj = simulate_cg(model.potential, ref_cg, sim, reference=ref_cg, seed=seed, progress=False, masses=masses)
         R = traj.frames()
         js = bonded_js(ref_cg, R, m.bonds)
         row = {"seed": seed, "fit_s": t_fit, "epochs": model.info.get("epochs"),
