@@ -100,8 +100,11 @@ def _peak_bytes(M: int) -> int:
 
 def test_product_memory_grows_linearly():
     """Peak extra memory of one product (profile recomputed in blocks of 64 rows) at M and 3M training
-    points: linear growth at most triples it, a stored M x MP kernel profile (16 M² P bytes) would add
-    ~250 MB and multiply it by nine."""
-    small, large = _peak_bytes(800), _peak_bytes(2400)  # ~28 and ~75 MB here (GEMM work buffers included)
-    assert large < 4 * small + 8e6
+    points: linear growth (plus fixed buffers) stays within a few times, while a stored M x MP kernel
+    profile (16 M² P bytes) would add ~250 MB, nine times its size at M."""
+    # ~28 and ~75 MB on one machine, ~13 and ~60 MB on another (GEMM work buffers included); single
+    # high-water marks jitter by tens of MB, so each size is the median of three runs
+    small = float(np.median([_peak_bytes(800) for _ in range(3)]))
+    large = float(np.median([_peak_bytes(2400) for _ in range(3)]))
+    assert large < 6 * small + 8e6
     assert large - small < 0.3 * 16 * (2400 * 7200 - 800 * 2400)
