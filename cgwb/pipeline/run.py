@@ -26,7 +26,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     """The stages for a configuration, each with the config sections and files that fingerprint it."""
     d = cfg.data
     system = {"system": d["system"], "sampling": d["sampling"], "seed": d["seed"],
-              "coverage": d["reference"]["forces"] == "kernel" and d["reference"]["hot_frames"] > 0}
+              "coverage": steps.coverage_run(d)}
     sysfiles = [str(cfg.path(p)) for p in (d["system"]["pdb"], d["system"]["topology"], d["system"]["trajectory"]) if p]
     st = [Stage("aa_sampling", steps.aa_sampling, ["aa.npz", "topology.pdb"], sysfiles, system)]
     if d["reference"]["forces"] == "kernel":

@@ -35,6 +35,16 @@ def _device(ctx: RunContext) -> str:
 
 
 # --------------------------------------------------------------------------- 1. AA sampling
+def coverage_run(d: dict[str, Any]) -> bool:
+    """Whether the AA sampling adds the coverage run (config as nested dicts): kernel-FF labels asked for
+    (``reference.hot_frames``), a ``sampling.coverage_temperature``, OpenMM on the PDB, no explicit solvent."""
+    from forcefield.reference.openmm_md import EXPLICIT
+
+    return bool(d["reference"]["forces"] == "kernel" and d["reference"]["hot_frames"]
+                and d["sampling"]["coverage_temperature"] and not d["system"]["topology"]
+                and d["system"]["solvent"] not in EXPLICIT)
+
+
 def aa_sampling(ctx: RunContext) -> dict[str, Any]:
     """OpenMM MD of the configured PDB (default: alanine dipeptide) or the user's topology + trajectory."""
     cfg = ctx.config
@@ -56,7 +66,6 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
     else:
         from forcefield.data import alanine_dipeptide_pdb
         from forcefield.reference import run_openmm_md
-        from forcefield.reference.openmm_md import EXPLICIT
 
         pdb = cfg.path(s["pdb"]) if s["pdb"] else alanine_dipeptide_pdb()
         kw = dict(n_frames=smp["frames"], save_every=smp["save_every"], timestep_fs=smp["timestep_fs"],
@@ -82,12 +91,11 @@ def aa_sampling(ctx: RunContext) -> dict[str, Any]:
             ds = run_openmm_md(pdb, temperature=s["temperature"], replicas=reps, hot_start_K=hot, **kw, **par)
             copies = reps
         wall = time.perf_counter() - t_md
-        hot_T = smp["coverage_temperature"]
-        if (hot_T and cfg["reference"]["forces"] == "kernel" and cfg["reference"]["hot_frames"]
-                and s["solvent"] not in EXPLICIT):  # frames that only widen the kernel FF's training labels
+        if coverage_run(cfg.data):  # frames that only widen the kernel FF's training labels
+            hot_T = float(smp["coverage_temperature"])
             cov = run_openmm_md(pdb, temperature=hot_T, **{**kw, "n_frames": smp["coverage_frames"],
                                                            "seed": cfg["seed"] + 1})
-            ds.extra.update(hot_R=cov.R, hot_temperature=np.array(float(hot_T)))
+            ds.extra.update(hot_R=cov.R, hot_temperature=np.array(hot_T))
         eq_steps, dt = int(ds.extra["equilibration_steps"]), float(ds.extra["timestep_fs"])
         aa_ns = copies * (eq_steps + kw["n_frames"] * smp["save_every"]) * dt * 1e-6  # all copies, equilibration too
         aa_speed = {"aa_ns_simulated": aa_ns, "aa_ns_per_day": aa_ns / wall * 86400.0,
