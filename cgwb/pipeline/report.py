@@ -21,6 +21,8 @@ SUMMARY_KEYS = [
     ("mapping_n_beads", "CG beads", ""),
     ("mapping_recon_rmsd", "Mapping: linear reconstruction RMSD", "Å"),
     ("cg_force_rmse_val", "CG potential: validation force RMSE", "kcal/mol/Å"),
+    ("cg_ensemble", "CG potential: networks averaged (ensemble members)", ""),
+    ("cg_member_force_rmse_val", "CG potential: validation force RMSE of each member", "kcal/mol/Å"),
     ("cg_bonded_js", "CG MD: bonded distributions JS (mean)", ""),
     ("cg_bonded_js_max", "CG MD: bonded distributions JS (max)", ""),
     ("cg_bonded_js_floor", "CG MD: bonded JS noise floor, reference half vs half (mean)", ""),

@@ -110,6 +110,8 @@ def cg_train(ctx: RunContext) -> dict[str, Any]:
         out.update({"cg_force_rmse_val": model.info["best_val_rmse"],
                     "cg_prior_only_rmse_val": model.info["prior_val_rmse"], "cg_epochs": model.info["epochs"],
                     "cg_seconds_per_epoch": model.info["seconds_per_epoch"]})
+        if "member_val_rmse" in model.info:  # an ensemble: its members' own validation errors
+            out.update(cg_ensemble=model.info["ensemble"], cg_member_force_rmse_val=model.info["member_val_rmse"])
     return out
 
 
