@@ -8,7 +8,11 @@ and, through the run's backmapper, the φ/ψ free-energy JS against the referenc
 beside the reference's own half-against-half floors. The spread over seeds is the training noise of the
 CG figures, which a single run cannot show.
 
-    python benchmarks/cg_seed_spread.py runs/alanine-dipeptide [--seeds 0 1 2] [--threads 2]
+Variants of the run's settings: ``--ensemble K`` (K networks per model, averaged: ``cg.ensemble``) and
+``--no-gate`` (no domain gate: ``cg.domain_gate = false``).
+
+    python benchmarks/cg_seed_spread.py runs/alanine-dipeptide [--seeds 0 1 2] [--threads 2] [--ensemble K]
+        [--no-gate]
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ def main() -> int:
     ap.add_argument("run", type=Path, help="a cgwb run folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ensemble", type=int, default=None, help="networks per model, averaged (default: the run's)")
+    ap.add_argument("--no-gate", action="store_true", help="train without the domain gate")
     ap.add_argument("--out", type=Path, default=None, help="JSON of the rows (default: RUN/cg_seed_spread.json)")
     a = ap.parse_args()
 
@@ -46,6 +52,9 @@ def main() -> int:
     ref = load_dataset(run / "reference.npz")
     ref_cg = m.map_positions(ref.R)
     fm = CGModel.load(run / "cg_potential.pt").config  # the force-matching config the run trained with
+    update = {**({"ensemble": a.ensemble} if a.ensemble else {}), **({"domain_gate": False} if a.no_gate else {})}
+    fm = fm.replace(**update) if update else fm
+    variant = ", ".join(f"{k}={v}" for k, v in update.items()) or "as the run"
     if not c["md_ns"] or not c["save_fs"]:
         raise InputError(f"{run / 'config.json'}: cg.md_ns and cg.save_fs must be set for this benchmark")
     n_steps = max(100, int(c["md_ns"] * 1e6 / c["timestep_fs"] / c["replicas"]))
@@ -67,7 +76,7 @@ def main() -> int:
         traj = simulate_cg(model.potential, ref_cg, sim, reference=ref_cg, seed=seed, progress=False, masses=masses)
         R = traj.frames()
         js = bonded_js(ref_cg, R, m.bonds)
-        row = {"seed": seed, "fit_s": t_fit, "epochs": model.info.get("epochs"),
+        row = {"seed": seed, "variant": variant, "fit_s": t_fit, "epochs": model.info.get("epochs"),
                "val_rmse": model.info.get("best_val_rmse"), "stable": traj.stable_fraction,
                "bonded_js": js["all_mean"], "bonded_js_max": js["all_max"]}
         if pp_ref is not None and len(R):
@@ -81,6 +90,7 @@ def main() -> int:
     fl = {"bonded_js_floor": floor["all_mean"], "bonded_js_max_floor": floor["all_max"]}
     if pp_ref is not None:
         fl["fes_js_floor"] = fes_js(pp_ref[:len(pp_ref) // 2], pp_ref[len(pp_ref) // 2:], bins=36)["js"]
+    print(f"\nvariant: {variant}")
     print("\n| seed | epochs | val RMSE | stable | bonded JS mean / max | φ/ψ FES JS |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['epochs']} | {r['val_rmse']:.3f} | {r['stable']:.2f} | {r['bonded_js']:.4f} / "
