@@ -195,11 +195,7 @@ def gate_network(potential, frames: np.ndarray, forces: np.ndarray | None = None
         err = []
         for d in (None, dom):
             potential.set_domain(d)
-            se = 0.0
-            for i in range(0, len(R), batch):
-                _, F = potential.fast_energy_forces(R[i:i + batch].to(dev))
-                se += float(((F.cpu().double() - Fr[i:i + batch]) ** 2).sum())
-            err.append((se / Fr.numel()) ** 0.5)
+            err.append(potential.force_rmse(R, Fr, batch))
         out.update(domain_force_rmse_ungated=err[0], domain_force_rmse_gated=err[1])
     potential.set_domain(dom)
     return out

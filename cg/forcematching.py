@@ -119,21 +119,6 @@ def _meta(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _val_rmse(pot: CGPotential, R: np.ndarray, F: np.ndarray, lengths, val_fraction: float,
-              batch: int = 4096) -> float:
-    """Force RMSE (kcal/mol/Å) of the whole potential on the validation blocks the trainer uses."""
-    from forcefield.splits import block_split
-
-    _, va = block_split(len(R), max(val_fraction, 1e-9), lengths, min_val=1)
-    dev = pot.masses.device
-    se = 0.0
-    for i in range(0, len(va), batch):
-        idx = va[i:i + batch]
-        _, Fp = pot.fast_energy_forces(torch.as_tensor(R[idx], dtype=torch.float64, device=dev))
-        se += float(((Fp.double().cpu().numpy() - F[idx]) ** 2).sum())
-    return float(np.sqrt(se / (len(va) * F.shape[1] * 3)))
-
-
 def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConfig | None = None, *,
                  temperature: float = 300.0, lengths: Sequence[int] | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, checkpoint: str | os.PathLike | None = None,
@@ -217,7 +202,10 @@ def fit_cg_model(mapping: Mapping, reference: Dataset, config: ForceMatchingConf
             info.update(ensemble=cfg.ensemble, member_val_rmse=[float(r.best_val_rmse) for r in results],
                         epochs=int(sum(len(r.val_rmse) for r in results)))
             # the ensemble's own validation error, on the members' (shared) validation blocks
-            info["best_val_rmse"] = _val_rmse(pot, R, F, lengths, cfg.val_fraction)
+            from forcefield.splits import block_split
+
+            _, va = block_split(len(R), max(cfg.val_fraction, 1e-9), lengths, min_val=1)
+            info["best_val_rmse"] = pot.force_rmse(R[va], F[va])
         if cfg.domain_gate and pri is not None and len(pri.dih_idx):
             from .domain import gate_network
 

@@ -274,6 +274,17 @@ class CGPotential(nn.Module):
             torsion_bwd(G, d.quads, sv, gc * u[:, None], gs * u[:, None])
             return g * u, g[:, None, None] * Fn - G
 
+    def force_rmse(self, R, F, batch: int = 4096) -> float:
+        """Force RMSE (kcal/mol/Å) of :meth:`fast_energy_forces` over frames R (M, n, 3) Å against F (M, n, 3)."""
+        R = torch.as_tensor(R, dtype=torch.float64)
+        F = torch.as_tensor(F, dtype=torch.float64)
+        dev = self.masses.device
+        se = 0.0
+        for i in range(0, len(R), batch):
+            _, Fp = self.fast_energy_forces(R[i:i + batch].to(dev))
+            se += float(((Fp.cpu().double() - F[i:i + batch]) ** 2).sum())
+        return (se / F.numel()) ** 0.5
+
     def force_fn(self, dtype: torch.dtype = torch.float32, fast: bool = False):
         """Callable for :func:`forcefield.langevin.simulate`: positions -> (E, F), evaluated in ``dtype``
         (``fast``: :meth:`fast_energy_forces`, else autograd through :meth:`forward`)."""
