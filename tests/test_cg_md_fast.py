@@ -152,6 +152,9 @@ def test_symmetry_factored_kernel_predictor_equals_model():
         E1, F1 = sp(x)
         assert torch.allclose(F1, F0, rtol=0, atol=1e-8 * F0.abs().max().item())
         assert torch.allclose(E1, E0, rtol=0, atol=1e-6 * max(1.0, E0.abs().max().item()))
+        E2, F2 = SymmetryFactoredPredictor(ff, block=7)(x)  # training points in blocks: the same sums
+        assert torch.allclose(F2, F0, rtol=0, atol=1e-8 * F0.abs().max().item())
+        assert torch.allclose(E2, E0, rtol=0, atol=1e-6 * max(1.0, E0.abs().max().item()))
     a = run_md(ff, ds.R[0], n_steps=30, n_replicas=2, save_every=10, fast=False, progress=False)
     b = run_md(ff, ds.R[0], n_steps=30, n_replicas=2, save_every=10, fast=True, progress=False)
     assert np.allclose(a.R, b.R, atol=1e-8)

@@ -50,10 +50,11 @@ class SymmetryFactoredPredictor:
     (float64, to rounding) at a fraction of the arithmetic (~9x fewer for alanine dipeptide).
 
     Built from the model's saved arrays (``R_desc``, ``w``, ``alpha``, ``perms``), so it follows the file
-    format, not the model's internals. Units: Å in; kcal/mol and kcal/mol/Å out.
+    format, not the model's internals. ``block``: training points per pass (None: all at once); it bounds the
+    work arrays to P·2·block·B float64 values for B geometries. Units: Å in; kcal/mol and kcal/mol/Å out.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, block: int | None = None) -> None:
         from ..kernel.descriptor import descriptor_permutation, pair_index
 
         st = model._state()
@@ -63,72 +64,91 @@ class SymmetryFactoredPredictor:
         perms = np.asarray(st["perms"], dtype=int).reshape(-1, len(model.z))
         d = torch.as_tensor(np.asarray(st["R_desc"], dtype=float), device=dev)
         w = torch.as_tensor(np.asarray(st["w"], dtype=float), device=dev)
-        self.alpha = torch.as_tensor(np.asarray(st["alpha"], dtype=float), device=dev) if "alpha" in st else None
+        alpha = torch.as_tensor(np.asarray(st["alpha"], dtype=float), device=dev) if "alpha" in st else None
         n, P, M = perms.shape[1], len(perms), len(d)
         self.n_atoms, self.P, self.M = n, P, M
         orbit = _orbits(perms)
         i, j = pair_index(n)
-        self.pi, self.pj = torch.as_tensor(i, device=dev), torch.as_tensor(j, device=dev)
         q = np.stack([descriptor_permutation(p) for p in perms])  # (P, D)
         keys = [tuple(sorted({orbit[a], orbit[b]} - {-1})) for a, b in zip(i, j)]
-        self.classes = []  # (entries K, restrictions g, index p -> restriction, stacked [d; w] copies)
+        # the descriptor entries are reordered so that every class is one contiguous range [lo, hi)
+        self.classes = []  # (lo, hi, restrictions g, entry indices of the permuted copies (g, n_K))
+        order, idxs = [], []
         for key in sorted(set(keys), key=lambda k: (len(k), k)):
             K = np.array([k for k, kk in enumerate(keys) if kk == key])
             atoms = np.flatnonzero(np.isin(orbit, key)) if key else np.zeros(0, int)
             _, reps, idx = np.unique(perms[:, atoms], axis=0, return_index=True, return_inverse=True)
-            qs = q[reps][:, K]  # (g, n_K): entry indices of the permuted copies, one row per restriction
-            g = len(reps)
-            DW = torch.stack([d[:, qs].transpose(0, 1), w[:, qs].transpose(0, 1)], 1)  # (g, 2, M, n_K)
-            self.classes.append((torch.as_tensor(K, device=dev), g,
-                                 torch.as_tensor(idx.reshape(-1), device=dev), DW.reshape(g * 2 * M, len(K))))
+            lo = sum(len(k) for k in order)
+            self.classes.append((lo, lo + len(K), len(reps), q[reps][:, K]))
+            order.append(K)
+            idxs.append(idx.reshape(-1))
+        order = np.concatenate(order)
+        self.pi, self.pj = torch.as_tensor(i[order], device=dev), torch.as_tensor(j[order], device=dev)
         # spreading the classes' restrictions over p and marginalising back are one GEMM each with the 0/1
         # selection matrix S (P, G): S[p, offset_c + k] = 1 when permutation p restricts to k in class c
-        offs = np.cumsum([0] + [c[1] for c in self.classes])
+        offs = np.cumsum([0] + [c[2] for c in self.classes])
         S = torch.zeros(P, int(offs[-1]), dtype=f64, device=dev)
-        for (K, g, idx, DW), o in zip(self.classes, offs[:-1]):
-            S[torch.arange(P, device=dev), int(o) + idx] = 1.0
-        self.S, self.offsets = S, [int(o) for o in offs]
-        self.d_sq = (d * d).sum(1)  # |P_p d_b|² = |d_b|²
-        self.t = (d * w).sum(1)  # d_b^p · w_b^p = d_b · w_b
-        self.flops_ratio = sum(len(c[0]) * c[1] for c in self.classes) / float(P * d.shape[1])
+        for idx, o in zip(idxs, offs[:-1]):
+            S[torch.arange(P, device=dev), int(o) + torch.as_tensor(idx, device=dev)] = 1.0
+        self.S, self.St, self.offsets = S, S.T.contiguous(), [int(o) for o in offs]
+        # training points in blocks of ``block`` (None: all), which bounds the (P, 2, m, B) work arrays; per block
+        # and class the stacked permuted copies [d; w] (g * 2 * m, n_K) and, transposed, for the back-products
+        self.blocks = []
+        step = M if block is None else max(1, int(block))
+        for b0 in range(0, M, step):
+            sl = slice(b0, min(M, b0 + step))
+            DWs = []
+            for lo, hi, g, qs in self.classes:
+                DW = torch.stack([d[sl][:, qs].transpose(0, 1), w[sl][:, qs].transpose(0, 1)], 1)  # (g, 2, m, n_K)
+                DW = DW.reshape(-1, hi - lo)
+                DWs.append((DW.contiguous(), DW.T.contiguous()))
+            self.blocks.append((sl.stop - sl.start, DWs, (d[sl] * d[sl]).sum(1), (d[sl] * w[sl]).sum(1),
+                                None if alpha is None else alpha[sl]))  # |P_p d_b|² = |d_b|², d_b·w_b
+        self.alpha = alpha
+        self.flops_ratio = sum((c[1] - c[0]) * c[2] for c in self.classes) / float(P * d.shape[1])
 
     def __call__(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies (B,) and forces (B, N, 3) of positions R (B, N, 3) Å (float64 inside, R's dtype out)."""
-        Rd = R.to(self.device, torch.float64)
-        diff = Rd[:, self.pi] - Rd[:, self.pj]  # the descriptor (inverse distances), indices cached
-        x = torch.rsqrt((diff * diff).sum(-1))
-        d3 = x * x * x
-        B, M, P, s5 = x.shape[0], self.M, self.P, math.sqrt(5.0)
-        # arrays are (P, M, B): p leading, so spreading over p and marginalising are GEMMs with S over the rows
-        # x·(copies) over each class's few restrictions, then spread over p (one GEMM with S)
-        Z = torch.cat([DW @ x[:, K].T for K, g, idx, DW in self.classes]).view(-1, 2 * M * B)
-        dot = (self.S @ Z).view(P, 2, M, B)
-        dotD, dotW = dot[:, 0], dot[:, 1]
-        sig = self.sigma
-        r2 = dotD.mul_(-2.0).add_(self.d_sq[:, None]).add_((x * x).sum(1)).clamp_min_(0.0)
-        r = r2.sqrt_().mul_(s5)
-        base = torch.exp(-r / sig).mul_(5.0 / (3.0 * sig ** 3))
-        A = base * (r + sig)
-        sdot = dotW.sub_(self.t[:, None])
-        T = (A * sdot).sum((0, 1))
-        c = base.mul_(sdot).mul_(5.0 / sig)  # (P, M, B)
-        csum = c.sum((0, 1))
-        if self.alpha is not None:
-            al = self.alpha[:, None]
-            kv = (A / (r + sig)) * (0.6 * sig ** 3) * (1.0 + r / sig + r * r / (3.0 * sig * sig))
-            T = T + (kv * al).sum((0, 1))
-            Aal = A * al
-            csum = csum + Aal.sum((0, 1))
-            c = c + Aal
-        y = -csum[:, None] * x
-        AC = torch.stack([c, A], 1)  # (P, 2, M, B): coefficients of the permuted d and of the permuted w
-        Mg = (self.S.T @ AC.view(P, -1)).view(-1, 2 * M, B)  # marginalised over p onto every restriction
-        for (K, g, idx, DW), o in zip(self.classes, self.offsets):  # back-products per class
-            y[:, K] += (DW.T @ Mg[o:o + g].reshape(g * 2 * M, B)).T
-        g = (y * d3).mul_(-self.std)[..., None] * diff  # J^T y on atom i; atom j gets the opposite
-        F = torch.zeros_like(Rd).index_add_(1, self.pi, g).index_add_(1, self.pj, -g)
+        Rt = R.to(self.device, torch.float64).transpose(0, 1)  # (N, B, 3)
+        diff = Rt[self.pi] - Rt[self.pj]  # (D, B, 3), entries in class order
+        x = torch.rsqrt((diff * diff).sum(-1))  # the descriptor (inverse distances), (D, B)
+        B, P, G, sig = x.shape[1], self.P, self.offsets[-1], self.sigma
+        x_sq5 = 5.0 * (x * x).sum(0)
+        ln_k = math.log(5.0 / (3.0 * sig ** 3))
+        T = x.new_zeros(B)
+        y = x.new_zeros(x.shape)
+        csum = x.new_zeros(B)
+        lo0, g0 = self.offsets[0], self.classes[0][2]
+        for m, DWs, d_sq, t, alpha in self.blocks:
+            # x·(copies) over each class's few restrictions, then spread over p (one GEMM with S); arrays are
+            # (P, 2, m, B): p leading, so spreading and marginalising are GEMMs with S over the rows
+            Z = x.new_empty(G * 2 * m, B)
+            for (lo, hi, g, _), o, (DW, _) in zip(self.classes, self.offsets, DWs):
+                torch.mm(DW, x[lo:hi], out=Z[o * 2 * m:(o + g) * 2 * m])
+            dot = (self.S @ Z.view(G, 2 * m * B)).view(P, 2, m, B)
+            dotD, sd = dot[:, 0], dot[:, 1]
+            # Matérn 5/2 in r = √5 |x - P_p d_b|: base = 5/(3σ³) e^{-r/σ}, in few passes over the arrays
+            r = dotD.mul_(-10.0).add_(5.0 * d_sq[:, None] + x_sq5).clamp_min_(0.0).sqrt_()
+            e = torch.mul(r, -1.0 / sig).add_(ln_k).exp_()
+            sd.sub_(t[:, None]).mul_(5.0 / sig)  # (x·P_p w_b - d_b·w_b) 5/σ
+            AC = x.new_empty(P, 2, m, B)  # coefficients of the permuted d (c) and of the permuted w (A)
+            A, c = torch.mul(e, r.add(sig), out=AC[:, 1]), torch.mul(e, sd, out=AC[:, 0])
+            W = A * sd
+            if alpha is not None:
+                al = alpha[:, None]
+                c.addcmul_(A, al)
+                W.addcmul_(r.add(3.0 * sig).mul_(r).add_(3.0 * sig * sig).mul_(e), al)  # Matérn value
+            T.add_(W.sum((0, 1)), alpha=sig / 5.0)
+            Mg = (self.St @ AC.view(P, -1)).view(G, 2 * m, B)  # marginalised over p onto every restriction
+            # Σ_p c: every p restricts to exactly one restriction of a class, so the first class's rows hold it
+            csum.add_(Mg[lo0:lo0 + g0, :m].sum((0, 1)))
+            for (lo, hi, g, _), o, (_, DWt) in zip(self.classes, self.offsets, DWs):  # back-products per class
+                y[lo:hi].addmm_(DWt, Mg[o:o + g].view(g * 2 * m, B))
+        y.addcmul_(x, csum, value=-1.0)
+        gr = y.mul_(x * x * x).mul_(-self.std).unsqueeze(-1) * diff  # J^T y on atom i; atom j gets the opposite
+        F = torch.zeros_like(Rt).index_add_(0, self.pi, gr).index_add_(0, self.pj, gr, alpha=-1.0)
         E = self.c - self.std * T
-        return E.to(R.dtype), F.to(R.dtype)
+        return E.to(R.dtype), F.transpose(0, 1).to(R.dtype)
 
 
 def _orbits(perms: np.ndarray) -> np.ndarray:
