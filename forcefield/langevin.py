@@ -81,6 +81,17 @@ def _baoab_step(force_fn: ForceFn, x: torch.Tensor, v: torch.Tensor, F: torch.Te
     return x, v, F, E
 
 
+def _step_mismatch(new: tuple, ref: tuple, rtol: float = 1e-3) -> str:
+    """'' when a compiled step's (x, v, F, E) equal the eager step's to ``rtol`` of each one's largest
+    magnitude (rounding differences of float32 are ~1e-6 of it), else which one differs and by how much."""
+    for name, a, b in zip(("positions", "velocities", "forces", "energies"), new, ref):
+        scale = max(1.0, float(b.abs().max()))
+        err = float((a - b).abs().max())
+        if not err <= rtol * scale:
+            return f"{name}: max difference {err:.3g} against a largest value of {scale:.3g}"
+    return ""
+
+
 def compile_step(force_fn: ForceFn, device: torch.device) -> Callable | None:
     """``torch.compile`` of one BAOAB step with ``force_fn`` fused in (CUDA graphs on a CUDA device), or None
     when torch.compile is unavailable here. The first call compiles (seconds to minutes on a CPU)."""
@@ -175,6 +186,7 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
         noise = torch.empty((B, N, 3), dtype=dt, device=dev)
         ngen = torch.Generator(device=dev).manual_seed(int(seed) + 1)
     step_fn = compile_step(force_fn, dev) if compile else None
+    checked = False
     it = tqdm(range(1, n_steps + 1), desc=desc, disable=not progress, mininterval=1.0)
     for step in it:
         torch.randn((B, N, 3), generator=ngen, dtype=dt, device=noise.device, out=noise)
@@ -192,6 +204,16 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
                     new = step_fn(*args)
                     if dev.type == "cuda":  # CUDA-graph outputs are overwritten by the next replay: keep copies
                         new = tuple(t.clone() for t in new)
+                    if not checked:  # the first compiled step must agree with the eager step (miscompilation)
+                        checked = True
+                        ref = _baoab_step(force_fn, *args)
+                        bad = _step_mismatch(new, ref)
+                        if bad:
+                            import warnings
+
+                            warnings.warn(f"compiled MD step disagrees with the eager step ({bad}); using the "
+                                          "eager step", RuntimeWarning, stacklevel=2)
+                            step_fn, new = None, ref
                 else:
                     new = _baoab_step(force_fn, *args)
             except Exception as e:  # noqa: BLE001 - compiling failed: the eager step from now on

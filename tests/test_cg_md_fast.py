@@ -119,6 +119,32 @@ def test_compiled_step_falls_back_when_compiling_fails(monkeypatch):
     assert np.allclose(run.traj.R, ref.traj.R, atol=1e-10)
 
 
+def test_miscompiled_step_is_caught_and_replaced_by_the_eager_step(monkeypatch):
+    """A compiled step whose forces disagree with the eager step's (a miscompilation: seen with torch 2.13's
+    inductor on a gated FeatureNet potential under no_grad) is checked on its first call: MD warns and runs
+    the eager step, so the trajectory is the eager one."""
+    from forcefield.langevin import _baoab_step
+
+    pri, R, bonds = _priors()
+    pot = CGPotential(pri, None, [f"B{k}" for k in range(6)], np.full(6, 40.0), bonds)
+    kw = dict(dt_fs=2.0, save_every=10, dtype=torch.float64, seed=2, progress=False)
+    ref = run_cg_md(pot, R[:4], 60, **kw)
+
+    import forcefield.langevin as lv
+
+    monkeypatch.setattr(lv, "compile_step", lambda force_fn, dev: (lambda *a: (lambda r: (r[0], r[1], 1.1 * r[2], r[3]))(
+        _baoab_step(force_fn, *a))))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        run = run_cg_md(pot, R[:4], 60, compile=True, **kw)
+    assert any("disagrees with the eager step" in str(m.message) for m in w)
+    assert np.allclose(run.traj.R, ref.traj.R, atol=1e-10)
+    x = torch.ones(2, 3, 3)
+    same = (x, x, x, x[:, 0, 0])
+    assert lv._step_mismatch(same, same) == ""
+    assert "forces" in lv._step_mismatch((x, x, 1.01 * x, x[:, 0, 0]), same)
+
+
 @pytest.mark.skipif(os.environ.get("CGWB_TEST_COMPILE") == "0",
                     reason="CGWB_TEST_COMPILE=0: torch.compile skipped (13 s on a quiet 2-core machine, minutes under load)")
 def test_compiled_step_equals_eager():
