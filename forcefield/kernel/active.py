@@ -67,8 +67,9 @@ class ActiveConfig(BaseModel):
                                                                      "most uncertain frames <= uncertain_ratio x "
                                                                      "held-out MAE (worst-case check)")
     sigma: Optional[Union[float, list[float]]] = Field(None, description="None: keep the model's σ each refit")
-    cholesky_max: int = Field(20000, ge=0, description="direct solve up to this many unknowns (8 n² bytes, twice "
-                                                      "at the peak; PCG beyond)")
+    cholesky_max: int = Field(8000, ge=0, description="direct solve up to this many unknowns (8 n² bytes, twice "
+                                                     "at the peak; PCG beyond: alanine dipeptide, 290 frames, "
+                                                     "19,140 unknowns: 77 s against 177 s, same held-out MAE)")
     std_rank: Optional[int] = Field(None, description="rank of the low-rank posterior std (None: automatic); "
                                                       "only for models with std_method='posterior'")
     seed: int = 0
