@@ -93,11 +93,18 @@ def _step_mismatch(new: tuple, ref: tuple, rtol: float = 1e-3) -> str:
 
 
 def compile_step(force_fn: ForceFn, device: torch.device) -> Callable | None:
-    """``torch.compile`` of one BAOAB step with ``force_fn`` fused in (CUDA graphs on a CUDA device), or None
-    when torch.compile is unavailable here. The first call compiles (seconds to minutes on a CPU)."""
+    """One BAOAB step whose ``force_fn`` is fused by ``torch.compile`` (CUDA graphs on a CUDA device), or None
+    when torch.compile is unavailable here. The first call compiles (seconds to minutes on a CPU).
+
+    Only the force is compiled; the integrator's few element-wise updates stay eager. Compiling the whole
+    step was no faster and, with torch 2.13's inductor on a CPU, miscompiled the forces of a gated
+    FeatureNet CG potential under ``no_grad`` (hundreds of kcal/mol/Å off); :func:`simulate` still checks
+    the first compiled step against the eager one.
+    """
     try:
         mode = "reduce-overhead" if device.type == "cuda" else None
-        return torch.compile(lambda *a: _baoab_step(force_fn, *a), dynamic=False, fullgraph=False, mode=mode)
+        compiled = torch.compile(force_fn, dynamic=False, fullgraph=False, mode=mode)
+        return lambda *a: _baoab_step(compiled, *a)
     except Exception:  # noqa: BLE001 - no compiler backend: the eager step is used
         return None
 
