@@ -6,6 +6,7 @@ friction 1/ps (converted to 1/fs inside).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -90,6 +91,29 @@ def _step_mismatch(new: tuple, ref: tuple, rtol: float = 1e-3) -> str:
         if not err <= rtol * scale:
             return f"{name}: max difference {err:.3g} against a largest value of {scale:.3g}"
     return ""
+
+
+def _compiled_step(step_fn: Callable, force_fn: ForceFn, args: tuple, check: bool, cuda: bool
+                   ) -> tuple[tuple, Callable | None]:
+    """One step by the compiled ``step_fn`` and the step function to go on with: where compiling fails, or
+    (``check``) where the step disagrees with the eager one (a miscompilation), a warning, the eager step and
+    None (eager from now on)."""
+    try:
+        new = step_fn(*args)
+    except Exception as e:  # noqa: BLE001 - compiling failed: the eager step from now on
+        warnings.warn(f"compiled MD step unavailable ({type(e).__name__}: {e}); using the eager step",
+                      RuntimeWarning, stacklevel=3)
+        return _baoab_step(force_fn, *args), None
+    if cuda:  # CUDA-graph outputs are overwritten by the next replay: keep copies
+        new = tuple(t.clone() for t in new)
+    if check:
+        ref = _baoab_step(force_fn, *args)
+        bad = _step_mismatch(new, ref)
+        if bad:
+            warnings.warn(f"compiled MD step disagrees with the eager step ({bad}); using the eager step",
+                          RuntimeWarning, stacklevel=3)
+            return ref, None
+    return new, step_fn
 
 
 def compile_step(force_fn: ForceFn, device: torch.device) -> Callable | None:
@@ -206,31 +230,10 @@ def simulate(force_fn: ForceFn, x0: torch.Tensor, masses: torch.Tensor, n_steps:
             v.addcmul_(F, inv_m, value=half)
         else:
             args = (x, v, F, noise, inv_m, vstd, half, c1, c2)
-            try:
-                if step_fn is not None:
-                    new = step_fn(*args)
-                    if dev.type == "cuda":  # CUDA-graph outputs are overwritten by the next replay: keep copies
-                        new = tuple(t.clone() for t in new)
-                    if not checked:  # the first compiled step must agree with the eager step (miscompilation)
-                        checked = True
-                        ref = _baoab_step(force_fn, *args)
-                        bad = _step_mismatch(new, ref)
-                        if bad:
-                            import warnings
-
-                            warnings.warn(f"compiled MD step disagrees with the eager step ({bad}); using the "
-                                          "eager step", RuntimeWarning, stacklevel=2)
-                            step_fn, new = None, ref
-                else:
-                    new = _baoab_step(force_fn, *args)
-            except Exception as e:  # noqa: BLE001 - compiling failed: the eager step from now on
-                if step_fn is None:
-                    raise
-                import warnings
-
-                warnings.warn(f"compiled MD step unavailable ({type(e).__name__}: {e}); using the eager step",
-                              RuntimeWarning, stacklevel=2)
-                step_fn = None
+            if step_fn is not None:
+                new, step_fn = _compiled_step(step_fn, force_fn, args, not checked, dev.type == "cuda")
+                checked = True
+            else:
                 new = _baoab_step(force_fn, *args)
             if all_alive:
                 x, v, F, E = new

@@ -132,8 +132,13 @@ def test_miscompiled_step_is_caught_and_replaced_by_the_eager_step(monkeypatch):
 
     import forcefield.langevin as lv
 
-    monkeypatch.setattr(lv, "compile_step", lambda force_fn, dev: (lambda *a: (lambda r: (r[0], r[1], 1.1 * r[2], r[3]))(
-        _baoab_step(force_fn, *a))))
+    def wrong_forces(force_fn, dev):  # the right step with forces 10 % off
+        def step(*a):
+            x, v, F, E = _baoab_step(force_fn, *a)
+            return x, v, 1.1 * F, E
+        return step
+
+    monkeypatch.setattr(lv, "compile_step", wrong_forces)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         run = run_cg_md(pot, R[:4], 60, compile=True, **kw)

@@ -104,7 +104,6 @@ class SymmetryFactoredPredictor:
                 DWs.append((DW.contiguous(), DW.T.contiguous()))
             self.blocks.append((sl.stop - sl.start, DWs, (d[sl] * d[sl]).sum(1), (d[sl] * w[sl]).sum(1),
                                 None if alpha is None else alpha[sl]))  # |P_p d_b|² = |d_b|², d_b·w_b
-        self.alpha = alpha
         self.flops_ratio = sum((c[1] - c[0]) * c[2] for c in self.classes) / float(P * d.shape[1])
 
     def __call__(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +117,7 @@ class SymmetryFactoredPredictor:
         T = x.new_zeros(B)
         y = x.new_zeros(x.shape)
         csum = x.new_zeros(B)
-        lo0, g0 = self.offsets[0], self.classes[0][2]
+        g0 = self.classes[0][2]
         for m, DWs, d_sq, t, alpha in self.blocks:
             # x·(copies) over each class's few restrictions, then spread over p (one GEMM with S); arrays are
             # (P, 2, m, B): p leading, so spreading and marginalising are GEMMs with S over the rows
@@ -141,7 +140,7 @@ class SymmetryFactoredPredictor:
             T.add_(W.sum((0, 1)), alpha=sig / 5.0)
             Mg = (self.St @ AC.view(P, -1)).view(G, 2 * m, B)  # marginalised over p onto every restriction
             # Σ_p c: every p restricts to exactly one restriction of a class, so the first class's rows hold it
-            csum.add_(Mg[lo0:lo0 + g0, :m].sum((0, 1)))
+            csum.add_(Mg[:g0, :m].sum((0, 1)))
             for (lo, hi, g, _), o, (_, DWt) in zip(self.classes, self.offsets, DWs):  # back-products per class
                 y[lo:hi].addmm_(DWt, Mg[o:o + g].view(g * 2 * m, B))
         y.addcmul_(x, csum, value=-1.0)
