@@ -90,41 +90,6 @@ def test_evaluation_settings_do_not_retrain(quick_run, tmp_path, monkeypatch):
     assert np.allclose(CGTrajectory.load(folder / "cg_md.npz").masses, 2.0 * m.masses)
 
 
-def test_branches_side_by_side_match_one_after_the_other(quick_run, tmp_path):
-    """With ``workers = 2`` the CG branch and the backmapping branch run in two worker processes, with the
-    figures of a run that takes them in turn (same thread count), and the report's total is the wall time."""
-    import shutil
-
-    import torch
-
-    from cgwb.pipeline.config import load_config
-
-    out, _, _ = quick_run
-    reports, logs = {}, {}
-    for workers in (1, 2):
-        folder = tmp_path / f"w{workers}"
-        shutil.copytree(out, folder)
-        cfg = tmp_path / f"c{workers}.toml"
-        cfg.write_text(f'workers = {workers}\n[backmap]\nsamples = 3\n[cg]\nreplicas = 3\n')
-        logs[workers] = []
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as each of the two workers
-        try:
-            reports[workers] = run_pipeline(load_config(cfg, quick=True), out=folder, progress=False,
-                                            log=logs[workers].append)
-        finally:
-            torch.set_num_threads(threads)
-    assert any("side by side" in line for line in logs[2]) and not any("side by side" in line for line in logs[1])
-    ran = sorted(line.split("]")[0][1:] for line in logs[2] if line.endswith("running"))
-    assert ran == ["backmap_cg", "backmap_eval", "cg_md"], ran
-    for key in ("cg_stable_fraction", "cg_bonded_js", "cg_md_frames", "backmap_rmsd_all", "backmap_valid_ratio",
-                "cg_fes_js", "backmap_samples"):
-        assert reports[2][key] == pytest.approx(reports[1][key], rel=1e-9, abs=1e-12), key
-    # what running side by side saved is reported (negative here: the quick stages take less than starting
-    # the workers); in turn, nothing is
-    assert "parallel_overlap_seconds" in reports[2] and "parallel_overlap_seconds" not in reports[1]
-
-
 def test_crash_midway_resumes_from_finished_stages(tmp_path, monkeypatch):
     def boom(ctx):
         raise RuntimeError("simulated crash")

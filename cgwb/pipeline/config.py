@@ -166,19 +166,11 @@ class BackmapSection(BackmapConfig):
 
 
 class PipelineConfig(Config):
-    """The whole ``cgwb run`` config: one typed section per stage.
-
-    workers : local processes for the two independent branches after the mapping (CG potential + CG MD,
-    backmapper training + evaluation), run side by side (Dask), each with an equal share of the torch
-    threads; 1: one after the other. These small networks gain little from a second thread on CPU (the
-    dipeptide's CG training: 1.9 s per epoch on 2 threads, 1.6 s on one), so two branches on one core each
-    finish sooner than both in turn.
-    """
+    """The whole ``cgwb run`` config: one typed section per stage."""
 
     name: str = "alanine-dipeptide"
     seed: int = Field(0, ge=0)
     device: str | None = None
-    workers: int = Field(2, ge=1, le=2)
     system: SystemConfig = Field(default_factory=SystemConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
@@ -201,7 +193,6 @@ QUICK: dict[str, Any] = {
     "mapping": {"epochs": 20},
     "cg": {"epochs": 3, "replicas": 2, "md_ns": None, "save_fs": None, "compile": False},
     "backmap": {"epochs": 2, "samples": 2, "frames": 10, "train_frames": 60},
-    "workers": 1,
 }
 
 

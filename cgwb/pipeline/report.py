@@ -64,16 +64,11 @@ def _fmt(v: Any) -> str:
 
 
 def write_report(folder: Path, results: dict[str, Any], seconds: dict[str, float], plots: list[str],
-                 title: str = "cgworkbench run", overlap_seconds: float | None = None) -> dict[str, Any]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` (plots embedded) into ``folder``.
-
-    ``total_seconds`` is the sum of the stage seconds less ``overlap_seconds`` (what stages run side by side
-    saved against running in turn; reported as ``parallel_overlap_seconds``)."""
+                 title: str = "cgworkbench run") -> dict[str, Any]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` (plots embedded) into ``folder``."""
     report = dict(results)
     report["stage_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    report["total_seconds"] = round(sum(seconds.values()) - (overlap_seconds or 0.0), 2)
-    if overlap_seconds is not None:
-        report["parallel_overlap_seconds"] = round(overlap_seconds, 2)
+    report["total_seconds"] = round(sum(seconds.values()), 2)
     with atomic_path(folder / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))
     rows = [(label, _fmt(report[k]), unit) for k, label, unit in SUMMARY_KEYS if k in report]

@@ -68,63 +68,6 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     return st
 
 
-#: independent branches, run side by side in worker processes when the config's ``workers`` is 2
-BRANCHES = (("cg_train", "cg_md"), ("backmap_train", "backmap_eval"))
-
-
-def _run_branch(folder: str, cfg: RunConfig, names: tuple[str, ...], results: dict[str, Any], threads: int,
-                progress: bool) -> tuple[dict[str, Any], dict[str, float], list[str]]:
-    """Run the stages ``names`` in this (worker) process with ``threads`` torch threads; returns their
-    results, seconds and log lines."""
-    import torch
-
-    torch.set_num_threads(threads)
-    logs: list[str] = []
-    ctx = RunContext(folder=Path(folder), config=cfg, progress=progress, results=dict(results), log=logs.append)
-    runner = StageRunner(ctx)
-    stages = {s.name: s for s in build_stages(cfg)}
-    for name in names:
-        runner.run(stages[name])
-    return {k: v for k, v in ctx.results.items() if k not in results or results[k] != v}, ctx.seconds, logs
-
-
-def _run_branches(runner: StageRunner, cfg: RunConfig, stages: dict[str, Stage]) -> float | None:
-    """Run :data:`BRANCHES` in two local worker processes (when both have stale stages; else in turn, here);
-    returns the seconds saved against running them in turn (their stage seconds minus the wall time, worker
-    start-up included; negative when that outweighs the overlap), or None when they ran in turn."""
-    import time
-
-    import torch
-
-    from forcefield.parallel import dask_client
-
-    ctx = runner.ctx
-    todo = [b for b in BRANCHES if not all(runner.current(stages[n]) for n in b)]
-    for b in BRANCHES:
-        if b not in todo:
-            for n in b:
-                runner.run(stages[n])
-    if len(todo) < 2:
-        for b in todo:
-            for n in b:
-                runner.run(stages[n])
-        return None
-    threads = max(1, torch.get_num_threads() // len(todo))
-    ctx.log(f"[{' + '.join(todo[0])}] and [{' + '.join(todo[1])}] side by side, {threads} thread(s) each")
-    t0 = time.perf_counter()
-    with dask_client("local", n_workers=len(todo)) as client:
-        futs = [client.submit(_run_branch, str(ctx.folder), cfg, b, ctx.results, threads, False, pure=False)
-                for b in todo]
-        outs = client.gather(futs)
-    wall = time.perf_counter() - t0
-    for res, secs, logs in outs:
-        ctx.results.update(res)
-        ctx.seconds.update(secs)
-        for line in logs:
-            ctx.log(line)
-    return sum(sum(secs.values()) for _, secs, _ in outs) - wall
-
-
 PLOTS = ["fes_aa_vs_cg.png", "kernel_active.png", "cg_bonded.png", "cg_training.png", "kernel_parity.png"]
 
 
@@ -146,21 +89,12 @@ def run_pipeline(config: str | os.PathLike | RunConfig | None = None, out: str |
     (folder / "config.json").write_text(cfg.to_json())
     ctx = RunContext(folder=folder, config=cfg, progress=progress, log=log)
     runner = StageRunner(ctx)
-    stages = build_stages(cfg)
-    by_name = {s.name: s for s in stages}
-    side_by_side = cfg["workers"] > 1 and stop_after is None and all(n in by_name for b in BRANCHES for n in b)
-    saved = None
-    for stage in stages:
-        if side_by_side and stage.name in {n for b in BRANCHES for n in b}:
-            if stage.name == BRANCHES[0][0]:
-                saved = _run_branches(runner, cfg, by_name)
-            continue
+    for stage in build_stages(cfg):
         runner.run(stage)
         if stop_after == stage.name:
             break
     _kernel_plot(ctx)
-    report = write_report(folder, ctx.results, ctx.seconds, PLOTS, title=f"cgworkbench run: {cfg['name']}",
-                          overlap_seconds=saved)
+    report = write_report(folder, ctx.results, ctx.seconds, PLOTS, title=f"cgworkbench run: {cfg['name']}")
     log(f"report: {folder / 'report.html'}")
     return report
 

@@ -76,13 +76,6 @@ class StageRunner:
             h.update(file_digest(p).encode() if p.exists() else b"missing")
         return h.hexdigest()
 
-    def current(self, st: Stage) -> bool:
-        """Whether the stage's outputs exist and its stamp matches its inputs (so :meth:`run` skips it)."""
-        stamp = self.ctx.folder / ".stages" / f"{st.name}.json"
-        if not (stamp.exists() and all(self.ctx.file(o).exists() for o in st.outputs)):
-            return False
-        return json.loads(stamp.read_text()).get("fingerprint") == self._fingerprint(st)
-
     def run(self, st: Stage) -> dict[str, Any]:
         stamp = self.ctx.folder / ".stages" / f"{st.name}.json"
         fp = self._fingerprint(st)
