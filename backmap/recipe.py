@@ -26,6 +26,9 @@ class BackmapConfig(Config):
     decoder : ``vae`` (equivariant conditional VAE after CGVAE; an encoder gives posterior reconstructions) or
     ``e3nn`` (e3nn decoder on residue/bead tokens, one model for any sequence; on alanine dipeptide its prior
     samples were closer and more often valid, it trains 2.6-3.7x slower).
+    batch_size : frames per step (the default run's VAE, 3,000 frames, 30 epochs: 64 against 32 gave prior-sample
+    all-atom RMSD 0.327 against 0.333 Å, heavy 0.063 against 0.067 Å, the same validity, at ~20 % less time;
+    128 was faster still but reconstructed worse, 0.21 against 0.09 Å).
     train_frames : at most this many training frames (evenly spaced; None: all). frames, samples : held-out frames
     evaluated and prior samples drawn per frame. temperature : scale of the prior's spread when sampling.
     relax : also report the prior samples after a short restrained OpenMM (amber14) minimisation, atoms
@@ -36,7 +39,7 @@ class BackmapConfig(Config):
 
     decoder: Literal["vae", "e3nn"] = "vae"
     epochs: int = Field(30, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-3, gt=0)
     beta: float = Field(0.01, ge=0)
     hidden: int = Field(64, gt=0)
