@@ -49,19 +49,21 @@ def cholesky_solve(K: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor
 def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1, coef: float = 0.45) -> int:
     """Inducing training points for the preconditioner, from the problem size.
 
-    Each inducing point brings 3N columns; the rule is ``m = ceil(coef * M**0.73 * s * S**0.25)`` with
-    ``s = sqrt(63 / 3N)`` (1 for a 21-atom molecule) and S permutations, at least 10 and at most M (the
-    memory budget may lower it further). Measured on aspirin (σ = 50, λ = 1e-10, rtol 1e-3, one core, loaded
-    machine) with the Schur preconditioner: at M = 200, m = 15 / 22 / 30 / 45 took 364 / 215 / 146 / 73 PCG
-    iterations (build 1.1 / 1.9 / 2.9 / 5.4 s); at M = 1,000, m = 49 / 63 took 233 / 146 iterations and
-    94 / 82 s in all. The number of inducing points must grow faster than sqrt(M) (the build costs
-    ~ 3NM (3N m)²). A PCG iteration costs S times more with S permutations, which makes a richer
-    preconditioner pay: alanine dipeptide (S = 27, M = 240, σ 80, one core, loaded), m = 25 / 40 / 50 / 60 / 80
-    took 336 / 158 / 93 / 56 / 26 iterations (build 13 / 22 / 29 / 42 / 62 s), 107 / 70 / 62 / 64 / 73 s in
-    all; the S**0.25 factor (m = 55 there) puts the rule at that optimum and leaves S = 1 unchanged.
+    Each inducing point brings 3N columns; the rule is ``m = ceil(coef * M**0.73 * s * t)`` with
+    ``s = sqrt(63 / 3N)`` (1 for a 21-atom molecule) and, for S permutations, ``t = sqrt(max(1, S / 6))``; at
+    least 10 and at most M (the memory budget may lower it further). Measured on aspirin (S = 6, σ = 50,
+    λ = 1e-10, rtol 1e-3, one core, loaded machine) with the Schur preconditioner: at M = 200, m = 15 / 22 /
+    30 / 45 took 364 / 215 / 146 / 73 PCG iterations (build 1.1 / 1.9 / 2.9 / 5.4 s); at M = 1,000,
+    m = 49 / 63 took 233 / 146 iterations and 94 / 82 s in all. The number of inducing points must grow faster
+    than sqrt(M) (the build costs ~ 3NM (3N m)²). A PCG iteration costs S times more with S permutations, the
+    factor's algebra does not, so beyond aspirin's 6 a richer preconditioner pays: alanine dipeptide (S = 27,
+    M = 240, σ 80, one core, loaded), m = 25 / 40 / 50 / 60 / 80 took 336 / 158 / 93 / 56 / 26 iterations
+    (build 13 / 22 / 29 / 42 / 62 s), 107 / 70 / 62 / 64 / 73 s in all (the rule: 51). Growing m as S**0.25
+    for every S was slower on aspirin (M = 1,000, 2 cores: m 110 against 70, 107 against 70 s), hence t = 1
+    up to S = 6.
     """
     m = int(math.ceil(coef * n_train ** 0.73 * math.sqrt(63.0 / (3.0 * max(n_atoms, 1)))
-                      * max(int(n_perms), 1) ** 0.25))
+                      * math.sqrt(max(1.0, max(int(n_perms), 1) / 6.0))))
     return int(min(n_train, max(10, m)))
 
 
