@@ -63,7 +63,7 @@ def n_inducing_points(n_train: int, n_atoms: int, n_perms: int = 1, coef: float 
     up to S = 6.
     """
     m = int(math.ceil(coef * n_train ** 0.73 * math.sqrt(63.0 / (3.0 * max(n_atoms, 1)))
-                      * math.sqrt(max(1.0, max(int(n_perms), 1) / 6.0))))
+                      * math.sqrt(max(1.0, n_perms / 6.0))))
     return int(min(n_train, max(10, m)))
 
 
